@@ -1,0 +1,604 @@
+"""The product's data: the contact index, clusters, merge operations, the audit log and policy.
+
+The index mirrors what Podium reported when a contact was last indexed; Podium stays the source of
+truth and every merge re-reads it first. Audit events are append-only and hash-chained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Location(models.Model):
+    """A Podium location; its ``country`` is the default region for its national-format numbers."""
+
+    uid = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    country = models.CharField(max_length=2, default="AU", help_text="ISO 3166 alpha-2 default region")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.uid})"
+
+
+class LocationGrant(models.Model):
+    """A user may see and act on the clusters and contacts of this location. Admins see all."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="location_grants")
+    location = models.ForeignKey(Location, on_delete=models.CASCADE, related_name="grants")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "location"], name="uniq_location_grant")]
+
+    def __str__(self) -> str:
+        return f"grant {self.user_id} → {self.location_id}"
+
+
+class Contact(models.Model):
+    """One Podium contact as it was when last indexed (the contact index).
+
+    ``updated_at``, ``deleted_at`` and ``merged_into_uid`` are Podium's values; ``indexed_at`` is ours.
+    A merge compares Podium's live ``updatedAt`` with ``updated_at`` to detect drift.
+    """
+
+    uid = models.CharField(max_length=64, unique=True)
+    location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="contacts")
+    name = models.CharField(max_length=500, blank=True, default="")
+    normalized_name = models.CharField(max_length=500, blank=True, default="")
+    channels = models.JSONField(default=list, blank=True, help_text="[{type, identifier}] as Podium holds them")
+    tags = models.JSONField(default=list, blank=True, help_text="tag labels")
+    attributes = models.JSONField(default=list, blank=True, help_text="[{label, value}]")
+    address = models.JSONField(null=True, blank=True)
+    field_count = models.PositiveIntegerField(default=0)
+    marketing_opt_out = models.BooleanField(default=False)
+    sms_opt_out = models.BooleanField(default=False)
+    email_opt_out = models.BooleanField(default=False)
+    conversation_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(null=True, blank=True, help_text="Podium's updatedAt when indexed")
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    merged_into_uid = models.CharField(max_length=64, blank=True, default="")
+    indexed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["location", "deleted_at"], name="contact_loc_deleted"),
+            models.Index(fields=["merged_into_uid"], name="contact_merged_into"),
+        ]
+        permissions = [("restore_contact", "Can restore a soft-deleted contact in Podium")]
+
+    def __str__(self) -> str:
+        return self.uid
+
+    @property
+    def is_active(self) -> bool:
+        """Neither soft-deleted nor merged away: the only contacts that may join a cluster."""
+        return self.deleted_at is None and not self.merged_into_uid
+
+    @property
+    def opt_outs(self) -> dict[str, bool]:
+        return {
+            "marketingOptOut": self.marketing_opt_out,
+            "smsOptOut": self.sms_opt_out,
+            "emailOptOut": self.email_opt_out,
+        }
+
+
+class ContactKey(models.Model):
+    """A natural key of a contact: the E.164 of a valid phone, or a normalized email.
+
+    Kept in its own table so detection is an indexed scan over keys; ``location`` is copied from the
+    contact so the within-location grouping uses the (key, location) index alone.
+    """
+
+    PHONE = "PHONE"
+    EMAIL = "EMAIL"
+    KIND_CHOICES = [(PHONE, "Phone"), (EMAIL, "Email")]
+
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="keys")
+    location = models.ForeignKey(Location, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=5, choices=KIND_CHOICES)
+    key = models.CharField(max_length=320)
+    raw = models.CharField(max_length=500, help_text="the channel identifier as typed")
+    extension = models.CharField(max_length=40, blank=True, default="")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["contact", "kind", "key"], name="uniq_contact_key")]
+        indexes = [
+            models.Index(fields=["key"], name="contactkey_key"),
+            models.Index(fields=["key", "location"], name="contactkey_key_loc"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.key}"
+
+
+class UncategorizedPhone(models.Model):
+    """A phone that could not become a natural key, waiting for a person to fix it in Podium."""
+
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="uncategorized_phones")
+    location = models.ForeignKey(Location, on_delete=models.CASCADE, related_name="+")
+    raw = models.CharField(max_length=500)
+    code = models.CharField(max_length=20, help_text="ERR_DEDUP_001 or ERR_DEDUP_002")
+    reason = models.CharField(max_length=300)
+    region = models.CharField(max_length=2, help_text="the default region it was parsed with")
+    first_seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["contact", "raw"], name="uniq_uncategorized_phone")]
+        indexes = [models.Index(fields=["location", "code"], name="uncat_loc_code")]
+
+    def __str__(self) -> str:
+        return f"{self.code} on {self.contact_id}"
+
+
+class ScanRun(models.Model):
+    """One scan job: its scope, progress counters and timings, updated as it goes.
+
+    At most one queued or running scan per ``scope_key`` (a database constraint), so a second scan of
+    the same scope is refused with ``ERR_DEDUP_014`` naming the holder.
+    """
+
+    FULL = "full"
+    INCREMENTAL = "incremental"
+    FILE = "file"
+    KIND_CHOICES = [(FULL, "Full"), (INCREMENTAL, "Incremental"), (FILE, "Export file")]
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STATE_CHOICES = [(QUEUED, "Queued"), (RUNNING, "Running"), (SUCCEEDED, "Succeeded"), (FAILED, "Failed")]
+    ACTIVE_STATES = (QUEUED, RUNNING)
+
+    kind = models.CharField(max_length=12, choices=KIND_CHOICES, default=FULL)
+    scope = models.JSONField(default=list, blank=True, help_text="location uids; empty = every location")
+    scope_key = models.CharField(max_length=300, help_text="canonical scope, for the one-run-per-scope rule")
+    source_file = models.CharField(max_length=500, blank=True, default="")
+    state = models.CharField(max_length=10, choices=STATE_CHOICES, default=QUEUED)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    holder = models.CharField(max_length=200, blank=True, default="", help_text="who runs it: user or worker")
+    pages = models.PositiveIntegerField(default=0)
+    contacts_seen = models.PositiveIntegerField(default=0)
+    contacts_total = models.PositiveIntegerField(null=True, blank=True, help_text="estimate, for the ETA")
+    invalid_phones = models.PositiveIntegerField(default=0)
+    clusters_found = models.PositiveIntegerField(default=0)
+    auto_clusters = models.PositiveIntegerField(default=0)
+    duplicate_rate = models.FloatField(null=True, blank=True, help_text="share of indexed contacts in a cluster")
+    checkpoint = models.JSONField(default=dict, blank=True, help_text="per-location cursor and watermark")
+    error_code = models.CharField(max_length=20, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scope_key"], condition=Q(state__in=("queued", "running")), name="one_active_scan_per_scope"
+            )
+        ]
+        permissions = [("run_scan", "Can start a scan")]
+
+    def __str__(self) -> str:
+        return f"scan #{self.pk} {self.kind} {self.state}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def elapsed_seconds(self) -> float:
+        if not self.started_at:
+            return 0.0
+        end = self.finished_at or timezone.now()
+        return max((end - self.started_at).total_seconds(), 0.0)
+
+    @property
+    def rate(self) -> float:
+        """Contacts indexed per second so far."""
+        elapsed = self.elapsed_seconds
+        return self.contacts_seen / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def progress(self) -> float | None:
+        """0..1 when the total is known."""
+        if not self.contacts_total:
+            return 1.0 if self.state == self.SUCCEEDED else None
+        return min(self.contacts_seen / self.contacts_total, 1.0)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if not self.contacts_total or not self.rate or not self.is_active:
+            return None
+        return max(self.contacts_total - self.contacts_seen, 0) / self.rate
+
+
+class Cluster(models.Model):
+    """A proposed set of contacts that are one person, with its score and its fate.
+
+    ``cluster_id`` is derived from the sorted member uids, so it is stable across rescans while the
+    membership is unchanged; a changed membership supersedes the old row (kept, not deleted).
+    """
+
+    OPEN = "open"
+    APPROVED = "approved"
+    MERGING = "merging"
+    MERGED = "merged"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"
+    FAILED = "failed"
+    STATUS_CHOICES = [
+        (OPEN, "Open"),
+        (APPROVED, "Approved"),
+        (MERGING, "Merging"),
+        (MERGED, "Merged"),
+        (REJECTED, "Rejected"),
+        (SUPERSEDED, "Superseded"),
+        (FAILED, "Failed"),
+    ]
+
+    AUTO = "auto"
+    REVIEW = "review"
+    CROSS = "cross"
+    KIND_CHOICES = [(AUTO, "Auto-mergeable"), (REVIEW, "Review"), (CROSS, "Cross-location")]
+
+    cluster_id = models.CharField(max_length=40, unique=True)
+    natural_keys = models.JSONField(default=list)
+    location = models.ForeignKey(
+        Location, null=True, blank=True, on_delete=models.PROTECT, related_name="clusters",
+        help_text="empty for a cross-location cluster",
+    )
+    locations = models.ManyToManyField(Location, related_name="clusters_touching", blank=True)
+    cross_location = models.BooleanField(default=False)
+    kind = models.CharField(max_length=6, choices=KIND_CHOICES, default=REVIEW)
+    confidence = models.DecimalField(max_digits=4, decimal_places=2, default=Decimal("0"))
+    auto_merge = models.BooleanField(default=False)
+    status = models.CharField(max_length=12, choices=STATUS_CHOICES, default=OPEN)
+    reasons = models.JSONField(default=list, blank=True)
+    pair_scores = models.JSONField(default=list, blank=True, help_text="[{a, b, score, reasons, conflict}]")
+    member_count = models.PositiveIntegerField(default=0)
+    suggested_primary_uid = models.CharField(max_length=64, blank=True, default="")
+    chosen_primary_uid = models.CharField(
+        max_length=64, blank=True, default="", help_text="a reviewer's choice; review clusters only"
+    )
+    superseded_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="supersedes"
+    )
+    scan_run = models.ForeignKey(ScanRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "kind", "confidence"], name="cluster_status_kind_conf"),
+            models.Index(fields=["location", "status"], name="cluster_loc_status"),
+        ]
+        permissions = [
+            ("approve_cluster", "Can approve a cluster for merging"),
+            ("reject_cluster", "Can reject a cluster as different people"),
+        ]
+
+    def __str__(self) -> str:
+        return self.cluster_id
+
+    @property
+    def primary_uid(self) -> str:
+        """The member that survives: a reviewer's choice (review clusters only) or the rule's."""
+        if self.chosen_primary_uid and not self.auto_merge:
+            return self.chosen_primary_uid
+        return self.suggested_primary_uid
+
+
+class ClusterMember(models.Model):
+    """A contact in a cluster, with the ``updatedAt`` it had when the cluster was scored."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="members")
+    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="memberships")
+    location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="+")
+    updated_at_when_scored = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["cluster", "contact"], name="uniq_cluster_member")]
+
+    def __str__(self) -> str:
+        return f"{self.contact_id} in {self.cluster_id}"
+
+
+class ReviewDecision(models.Model):
+    """A person's decision on a cluster, and the remembered "different people" pairs.
+
+    A ``different_people`` row names one contact pair (uids sorted); detection never proposes that
+    pair together again.
+    """
+
+    APPROVE = "approve"
+    REJECT = "reject"
+    DIFFERENT_PEOPLE = "different_people"
+    CHANGE_PRIMARY = "change_primary"
+    DECISION_CHOICES = [
+        (APPROVE, "Approve"),
+        (REJECT, "Reject"),
+        (DIFFERENT_PEOPLE, "Different people"),
+        (CHANGE_PRIMARY, "Change primary"),
+    ]
+
+    decision = models.CharField(max_length=20, choices=DECISION_CHOICES)
+    cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.SET_NULL, related_name="decisions")
+    uid_a = models.CharField(max_length=64, blank=True, default="")
+    uid_b = models.CharField(max_length=64, blank=True, default="")
+    primary_uid = models.CharField(max_length=64, blank=True, default="")
+    note = models.TextField(blank=True, default="")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["uid_a", "uid_b"], condition=Q(decision="different_people"), name="uniq_different_people_pair"
+            ),
+            models.CheckConstraint(
+                condition=~Q(decision="different_people") | (Q(uid_a__lt=models.F("uid_b")) & ~Q(uid_a="")),
+                name="different_people_pair_sorted",
+            ),
+        ]
+        indexes = [models.Index(fields=["decision", "uid_a"], name="decision_pair")]
+
+    def __str__(self) -> str:
+        return f"{self.decision} {self.uid_a} {self.uid_b}".strip()
+
+    @staticmethod
+    def sorted_pair(a: str, b: str) -> tuple[str, str]:
+        return (a, b) if a < b else (b, a)
+
+
+class MergeBatch(models.Model):
+    """A group of merge operations started together (bulk approve, ``merge --all-auto``), for progress."""
+
+    label = models.CharField(max_length=200)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+class MergeOperation(models.Model):
+    """The durable state machine of one cluster's merge, written before each external call.
+
+    ``pending → merging → merged → patched`` is the success path; the side exits are terminal
+    (``failed_permanent``, ``re_index_required``) or need a person or a retry (``compliance_failed``,
+    ``conflict_pending``, ``unreconcilable``).
+    """
+
+    PENDING = "pending"
+    MERGING = "merging"
+    MERGED = "merged"
+    PATCHED = "patched"
+    FAILED_PERMANENT = "failed_permanent"
+    RE_INDEX_REQUIRED = "re_index_required"
+    COMPLIANCE_FAILED = "compliance_failed"
+    CONFLICT_PENDING = "conflict_pending"
+    UNRECONCILABLE = "unreconcilable"
+    STATE_CHOICES = [
+        (PENDING, "Pending"),
+        (MERGING, "Merging"),
+        (MERGED, "Merged"),
+        (PATCHED, "Patched"),
+        (FAILED_PERMANENT, "Failed (permanent)"),
+        (RE_INDEX_REQUIRED, "Re-index required"),
+        (COMPLIANCE_FAILED, "Compliance failed"),
+        (CONFLICT_PENDING, "Conflict pending"),
+        (UNRECONCILABLE, "Needs manual reconciliation"),
+    ]
+    TERMINAL_STATES = (PATCHED, FAILED_PERMANENT, RE_INDEX_REQUIRED)
+    # States a worker picks up again by itself (compliance incidents retry until they hold).
+    RESUMABLE_STATES = (PENDING, MERGING, MERGED, COMPLIANCE_FAILED, CONFLICT_PENDING)
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="operations")
+    batch = models.ForeignKey(MergeBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations")
+    state = models.CharField(max_length=20, choices=STATE_CHOICES, default=PENDING)
+    primary_uid = models.CharField(max_length=64)
+    duplicate_uids = models.JSONField(default=list)
+    plan = models.JSONField(default=dict, help_text="the merge plan, committed before any call")
+    member_snapshot = models.JSONField(
+        default=dict, blank=True, help_text="uid → updatedAt and opt-outs when planned"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    automatic = models.BooleanField(default=False)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    error_code = models.CharField(max_length=20, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+    evidence = models.JSONField(default=dict, blank=True, help_text="what reconciliation saw")
+    request_ids = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster"],
+                condition=~Q(state__in=("patched", "failed_permanent", "re_index_required")),
+                name="one_live_operation_per_cluster",
+            )
+        ]
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="mergeop_state_next")]
+        permissions = [
+            ("retry_operation", "Can retry a compliance-failed merge"),
+            ("resolve_operation", "Can resolve an unreconcilable merge"),
+        ]
+
+    def __str__(self) -> str:
+        return f"merge #{self.pk} {self.state}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in self.TERMINAL_STATES
+
+
+class RestoreRecord(models.Model):
+    """A contact restored after a merge; three rounds for one contact is a restore loop (ERR_DEDUP_013)."""
+
+    contact_uid = models.CharField(max_length=64, db_index=True)
+    merged_into_uid = models.CharField(max_length=64, blank=True, default="")
+    operation = models.ForeignKey(MergeOperation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    opt_outs_applied = models.JSONField(default=dict)
+    marked_different_people = models.BooleanField(default=False)
+    restored_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    restored_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"restore of {self.contact_uid}"
+
+
+class AppendOnlyQuerySet(models.QuerySet["AuditEvent"]):
+    """Bulk updates and deletes are refused: the audit log only grows."""
+
+    def update(self, **kwargs: Any) -> int:
+        raise AuditImmutableError("audit events cannot be updated")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise AuditImmutableError("audit events cannot be deleted")
+
+
+class AuditImmutableError(Exception):
+    """Raised on any attempt to change or remove an audit event."""
+
+
+class AuditEvent(models.Model):
+    """One append-only, hash-chained record of something the product or a person did.
+
+    ``hash`` covers ``prev_hash`` and the event's content, so editing or removing any event breaks
+    every link after it; ``manage.py verify_audit`` names the first broken one. On PostgreSQL a
+    trigger refuses UPDATE and DELETE as well.
+    """
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    event_type = models.CharField(max_length=60, db_index=True)
+    actor = models.CharField(max_length=200, help_text="user:NAME or worker:NAME or system")
+    actor_user_id = models.IntegerField(null=True, blank=True, db_index=True)
+    cluster_ref = models.CharField(max_length=40, blank=True, default="", db_index=True)
+    operation_ref = models.BigIntegerField(null=True, blank=True, db_index=True)
+    location_uids = models.JSONField(default=list, blank=True)
+    subjects = models.TextField(
+        blank=True, default="", help_text="space-framed contact uids and natural keys, for search"
+    )
+    payload = models.JSONField(default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects: ClassVar[models.Manager[AuditEvent]] = AppendOnlyQuerySet.as_manager()
+
+    GENESIS = "0" * 64
+
+    class Meta:
+        ordering = ["id"]
+        permissions = [("export_audit", "Can export the audit log")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.event_type} by {self.actor}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None or not self._state.adding:
+            raise AuditImmutableError("audit events cannot be updated")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise AuditImmutableError("audit events cannot be deleted")
+
+    def content(self) -> dict[str, Any]:
+        """The fields the hash covers, in a canonical JSON-ready form."""
+        return {
+            "created_at": _iso(self.created_at),
+            "event_type": self.event_type,
+            "actor": self.actor,
+            "actor_user_id": self.actor_user_id,
+            "cluster_ref": self.cluster_ref,
+            "operation_ref": self.operation_ref,
+            "location_uids": self.location_uids,
+            "subjects": self.subjects,
+            "payload": self.payload,
+        }
+
+    def compute_hash(self) -> str:
+        body = json.dumps(self.content(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(f"{self.prev_hash}|{body}".encode()).hexdigest()
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class Policy(models.Model):
+    """The deployment's policy: one row, edited by admins, every change audited."""
+
+    default_region = models.CharField(max_length=2, default="AU")
+    auto_merge_threshold = models.DecimalField(max_digits=3, decimal_places=2, default=Decimal("0.80"))
+    cross_location_auto_merge = models.BooleanField(default=False)
+    email_secondary_key = models.BooleanField(default=False)
+    scan_interval_minutes = models.PositiveIntegerField(default=240)
+    rate_limit_per_minute = models.PositiveIntegerField(default=300, help_text="Podium request budget")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "policy"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(auto_merge_threshold__gte=Decimal("0.60")) & Q(auto_merge_threshold__lte=Decimal("1.00")),
+                name="policy_threshold_range",
+            ),
+            models.CheckConstraint(condition=Q(scan_interval_minutes__gte=5), name="policy_scan_interval_min"),
+        ]
+        permissions = [("change_settings", "Can change the deployment policy")]
+
+    def __str__(self) -> str:
+        return "Deployment policy"
+
+    @classmethod
+    def current(cls) -> Policy:
+        """The single policy row, created with the defaults on first use."""
+        policy, _ = cls.objects.get_or_create(pk=1, defaults={"default_region": settings.PODIUM_DEFAULT_REGION})
+        return policy
+
+
+class LoginAttempt(models.Model):
+    """Failed sign-ins, for rate limiting by username and by address."""
+
+    username = models.CharField(max_length=150, db_index=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    attempted_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"failed login {self.username}"

@@ -1,0 +1,95 @@
+"""Settings come from the environment; production refuses unsafe values and passes check --deploy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dedup.envconfig import ConfigError, env_bool, env_list, parse_database_url
+
+ROOT = Path(__file__).resolve().parent.parent
+PROD_ENV = {
+    "SECRET_KEY": "x" * 20 + "-prod-secret-key-with-enough-entropy-0123456789",
+    "DEBUG": "0",
+    "ALLOWED_HOSTS": "dedup.example.com",
+    "DATABASE_URL": "postgres://dedup:pw@db.internal:5432/dedup",
+}
+
+
+def run_manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "DATABASE_URL", "REDIS_URL"}}
+    base["DJANGO_SETTINGS_MODULE"] = "dedup.settings"
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_production_refuses_to_start_without_a_secret_key() -> None:
+    env = {k: v for k, v in PROD_ENV.items() if k != "SECRET_KEY"}
+    result = run_manage("check", env=env)
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_check_deploy_passes_with_production_values() -> None:
+    result = run_manage("check", "--deploy", "--fail-level", "WARNING", env=PROD_ENV)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "no issues" in result.stdout
+
+
+def test_debug_gets_a_development_key_and_sqlite_by_default(tmp_path: Path) -> None:
+    result = run_manage(
+        "shell", "-c", "from django.conf import settings as s; print(s.DATABASES['default']['ENGINE'], bool(s.SECRET_KEY))",
+        env={"DEBUG": "1", "DEDUP_VAR_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sqlite3 True" in result.stdout
+
+
+def test_redis_url_switches_the_job_broker() -> None:
+    code = "from django.conf import settings as s; print(sorted(k for k in ('orm', 'redis') if k in s.Q_CLUSTER))"
+    with_redis = run_manage("shell", "-c", code, env={"DEBUG": "1", "REDIS_URL": "redis://127.0.0.1:6379/0"})
+    without = run_manage("shell", "-c", code, env={"DEBUG": "1"})
+    assert "['redis']" in with_redis.stdout, with_redis.stderr
+    assert "['orm']" in without.stdout, without.stderr
+
+
+def test_a_bad_database_url_is_a_clear_error() -> None:
+    result = run_manage("check", env={"DEBUG": "1", "DATABASE_URL": "mysql://x/y"})
+    assert result.returncode != 0
+    assert "DATABASE_URL scheme 'mysql' is not supported" in result.stderr
+
+
+def test_parse_postgres_url() -> None:
+    entry = parse_database_url("postgres://u%40x:p%2Fw@db:6543/name?sslmode=require", ROOT)
+    assert entry["ENGINE"] == "django.db.backends.postgresql"
+    assert (entry["USER"], entry["PASSWORD"], entry["HOST"], entry["PORT"], entry["NAME"]) == (
+        "u@x", "p/w", "db", "6543", "name"
+    )
+    assert entry["OPTIONS"] == {"sslmode": "require"}
+
+
+def test_parse_sqlite_urls() -> None:
+    assert parse_database_url("sqlite:////abs/x.db", ROOT)["NAME"] == "/abs/x.db"
+    assert parse_database_url("sqlite:///rel/x.db", ROOT)["NAME"] == str(ROOT / "rel/x.db")
+    assert parse_database_url("sqlite://", ROOT)["NAME"] == ":memory:"
+
+
+def test_postgres_url_needs_a_database_name() -> None:
+    with pytest.raises(ConfigError, match="must name a database"):
+        parse_database_url("postgres://host/", ROOT)
+
+
+def test_env_bool_refuses_ambiguous_words() -> None:
+    assert env_bool({"X": "Yes"}, "X", False) is True
+    assert env_bool({}, "X", True) is True
+    with pytest.raises(ConfigError, match="X must be one of"):
+        env_bool({"X": "maybe"}, "X", False)
+
+
+def test_env_list_splits_and_trims() -> None:
+    assert env_list({"H": " a.com, ,b.com "}, "H", []) == ["a.com", "b.com"]
