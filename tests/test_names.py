@@ -46,7 +46,8 @@ def test_spellings_of_one_name_share_a_canonical_form(raw: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["", "   ", "\t\n", "Mrs.", "Dr", "Unknown", "N/A", "n/a", "Customer", "- - -", "+61 412 345 678", "0"]
+    "raw",
+    ["", "   ", "\t\n", "Mrs.", "Dr", "Unknown", "N/A", "n/a", "Customer", "- - -", "+61 412 345 678", "0"],
 )
 def test_blank_junk_and_placeholders_are_no_name(raw: str) -> None:
     assert normalize_name(raw) == ""
@@ -152,9 +153,9 @@ def test_name_relation(a: str, b: str, relation: NameRelation) -> None:
 
 names = st.one_of(
     st.text(max_size=20),
-    st.lists(st.sampled_from(["maria", "m", "garcia", "jose", "j", "lopez", "jr", "Mrs", ","]), max_size=4).map(
-        " ".join
-    ),
+    st.lists(
+        st.sampled_from(["maria", "m", "garcia", "jose", "j", "lopez", "jr", "Mrs", ","]), max_size=4
+    ).map(" ".join),
 )
 
 
@@ -179,5 +180,7 @@ def test_changing_a_given_name_is_a_conflict(words: list[str], other: str) -> No
 
 
 def test_matching_handles_many_tokens_without_recursion() -> None:
-    long_a = " ".join(f"n{''.join(p)}" for p in itertools.islice(itertools.product("abcdefgh", repeat=4), 2000))
+    long_a = " ".join(
+        f"n{''.join(p)}" for p in itertools.islice(itertools.product("abcdefgh", repeat=4), 2000)
+    )
     assert name_relation(long_a, long_a + " zz") is NameRelation.COMPATIBLE

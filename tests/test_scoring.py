@@ -62,7 +62,12 @@ def test_all_evidence_sums_to_one() -> None:
     pair = score_pair(a, b)
     assert pair.score == 1.0
     assert pair.reasons == ("same_phone", "same_name", "same_email", "shared_tags")
-    assert dict(pair.components) == {"same_phone": 0.60, "same_name": 0.20, "same_email": 0.15, "shared_tags": 0.05}
+    assert dict(pair.components) == {
+        "same_phone": 0.60,
+        "same_name": 0.20,
+        "same_email": 0.15,
+        "shared_tags": 0.05,
+    }
 
 
 def test_household_sharing_everything_but_the_name_conflicts() -> None:
@@ -191,7 +196,9 @@ members_strategy = st.builds(
     uid=st.text(alphabet="abcdefgh", min_size=1, max_size=3),
     name=st.sampled_from(NAMES),
     phones=st.lists(st.sampled_from([PHONE, OTHER_PHONE, "+61355550000"]), max_size=2).map(tuple),
-    emails=st.lists(st.sampled_from(["m@example.com", "M@Example.com", "j@example.com"]), max_size=2).map(tuple),
+    emails=st.lists(st.sampled_from(["m@example.com", "M@Example.com", "j@example.com"]), max_size=2).map(
+        tuple
+    ),
     tags=st.lists(st.sampled_from(["VIP", "vip", "Plumbing", "review-sent"]), max_size=2).map(tuple),
     location=st.sampled_from(["loc-sydney", "loc-burleigh"]),
 )
