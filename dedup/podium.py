@@ -10,9 +10,16 @@ from django.conf import settings
 from podium_client import OAuthCredentials, PodiumClient
 
 
-def get_client(*, requests_per_minute: int | None = None, max_retries: int | None = None) -> PodiumClient:
+def get_client(
+    *,
+    requests_per_minute: int | None = None,
+    max_retries: int | None = None,
+    backoff_base: float | None = None,
+    backoff_cap: float | None = None,
+) -> PodiumClient:
     """A client for the configured Podium, paced at the policy's rate budget unless told otherwise.
 
+    ``backoff_base``/``backoff_cap`` override the client's retry backoff (tests use tiny values).
     Callers close it (it is a context manager) when their job is done.
     """
     from dedup.models import Policy
@@ -30,6 +37,10 @@ def get_client(*, requests_per_minute: int | None = None, max_retries: int | Non
     kwargs: dict[str, object] = {}
     if max_retries is not None:
         kwargs["max_retries"] = max_retries
+    if backoff_base is not None:
+        kwargs["backoff_base"] = backoff_base
+    if backoff_cap is not None:
+        kwargs["backoff_cap"] = backoff_cap
     return PodiumClient(
         settings.PODIUM_BASE_URL,
         access_token=settings.PODIUM_ACCESS_TOKEN or None,
