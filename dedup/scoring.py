@@ -36,7 +36,7 @@ from itertools import combinations
 from typing import Any
 
 from dedup.names import NameRelation, name_relation, normalize_name
-from dedup.records import MemberRecord, tag_key
+from dedup.records import MemberRecord, normalize_email, tag_key
 
 # Weights in hundredths: integer sums are exact, unlike 0.6 + 0.2 in binary floating point.
 PHONE_POINTS = 60
@@ -159,7 +159,9 @@ class _Features:
             uid=m.uid,
             name=normalize_name(m.name),
             phones=frozenset(p for p in m.phones if p),
-            emails=frozenset(e.strip().lower() for e in m.emails if e.strip()),
+            # Keys from both views, so a record built with only raw or only normalized emails still scores.
+            emails=frozenset(normalize_email(e) for e in m.emails if e.strip())
+            | frozenset(key for _raw, key in m.email_channels()),
             tags=frozenset(tag_key(t) for t in m.tags if t.strip()),
         )
 
