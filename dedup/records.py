@@ -18,6 +18,7 @@ have to get the alignment right by hand.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,12 +28,14 @@ OPT_OUT_WIRE_FIELDS: tuple[str, str, str] = ("marketingOptOut", "smsOptOut", "em
 
 
 def normalize_email(raw: str) -> str:
-    """The natural key of an email channel: trimmed and lower-cased ("" for a blank identifier).
+    """The comparison form of an email channel: NFKC, trimmed, lower-cased ("" for a blank identifier).
 
-    Lower-casing the local part is technically lossy (RFC 5321 allows case-sensitive mailboxes) but
-    no real mail provider distinguishes them, and staff type emails in every case.
+    The same transformation as the index's email key (``dedup.phones.normalize_email``), minus its "@"
+    check: here an identifier that is not an email is still a channel that must survive a merge.
+    Lower-casing the local part is technically lossy (RFC 5321 allows case-sensitive mailboxes) but no
+    real mail provider distinguishes them, and staff type emails in every case.
     """
-    return raw.strip().lower()
+    return unicodedata.normalize("NFKC", raw).strip().lower()
 
 
 def tag_key(label: str) -> str:
