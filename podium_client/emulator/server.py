@@ -19,6 +19,7 @@ import re
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -53,6 +54,8 @@ CONFIG_KEYS = (
     "webhook_secret",
     "token_ttl",
     "fault_retry_after",
+    "fault_statuses",
+    "fail_next",
     "seed",
     "client_id",
     "client_secret",
@@ -205,6 +208,14 @@ class _HTTPServer(ThreadingHTTPServer):
             self._open.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            # A client that timed out and hung up is a normal event for a fault-injecting server.
+            logger.debug("client %s went away: %r", client_address, exc)
+            return
+        logger.exception("emulator failed answering %s", client_address)
+
     def close_open_connections(self) -> None:
         """Hang up on kept-alive clients so stopping is immediate and visible to them."""
         with self._open_lock:
@@ -217,6 +228,8 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "PodiumEmulator/1.0"
+    # Headers and body go out in separate writes; with Nagle on, the second waits for a delayed ACK.
+    disable_nagle_algorithm = True
     # Idle keep-alive connections are dropped after this long, freeing their threads.
     timeout = 120
 
@@ -284,8 +297,9 @@ class EmulatorServer:
     lets tests run quickly); `latency_ms` delays every API request (a merge holds its contacts in
     flight meanwhile); `drop_after_commit_rate` applies that share of mutations and then resets
     the connection without answering; `block_cross_location` answers 422 to merges across
-    locations. `fault_retry_after` is the Retry-After of injected 429s. `seed` makes faults
-    repeatable.
+    locations. `fault_statuses` are the statuses injected faults pick from, and `fault_retry_after`
+    the Retry-After of injected 429s. `fail_next = n` fails exactly the next n API requests, for
+    tests that need a fault at a precise step. `seed` makes faults repeatable.
     """
 
     def __init__(
@@ -306,6 +320,8 @@ class EmulatorServer:
         *,
         rate_window_s: float = 60.0,
         fault_retry_after: float = 1.0,
+        fault_statuses: tuple[int, ...] = (500, 502, 503, 429),
+        fail_next: int = 0,
         client_id: str = "dev-client",
         client_secret: str = "dev-secret",
         refresh_token: str = "dev-refresh",
@@ -324,6 +340,8 @@ class EmulatorServer:
         self.webhook_secret = webhook_secret
         self.token_ttl = token_ttl
         self.fault_retry_after = fault_retry_after
+        self.fault_statuses = tuple(fault_statuses)
+        self.fail_next = fail_next
         self.client_id = client_id
         self.client_secret = client_secret
         self.refresh_token = refresh_token
@@ -351,7 +369,7 @@ class EmulatorServer:
         self.state.add_listener(self._on_event)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            kwargs={"poll_interval": 0.02},
             name="podium-emulator",
             daemon=True,
         )
@@ -398,7 +416,7 @@ class EmulatorServer:
         if unknown:
             raise ValueError(f"unknown emulator settings: {sorted(unknown)}")
         for key, value in changes.items():
-            setattr(self, key, value)
+            setattr(self, key, tuple(value) if key == "fault_statuses" else value)
         if "seed" in changes:
             with self._rng_lock:
                 self._rng = random.Random(changes["seed"])
@@ -484,7 +502,7 @@ class EmulatorServer:
                 EmulatorError(429, "rate_limited", "rate limit exceeded"),
                 {"Retry-After": _format_seconds(limited)},
             )
-        if self._chance(self.fail_rate):
+        if self._take_fault():
             self._stats.add("faults_injected")
             return self._injected_fault()
         auth_error = self._authenticate(headers)
@@ -517,9 +535,16 @@ class EmulatorServer:
             log.append(now)
         return None
 
+    def _take_fault(self) -> bool:
+        with self._rng_lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return True
+            return self.fail_rate > 0 and self._rng.random() < self.fail_rate
+
     def _injected_fault(self) -> _Response:
         with self._rng_lock:
-            status = self._rng.choice((500, 502, 503, 429))
+            status = self._rng.choice(self.fault_statuses or (500,))
         if status == 429:
             return _error(
                 EmulatorError(429, "rate_limited", "rate limit exceeded (injected)"),

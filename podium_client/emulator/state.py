@@ -259,6 +259,7 @@ class EmulatorState:
                 for line in self.dump_lines():
                     fh.write(line)
                     fh.write("\n")
+            os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
