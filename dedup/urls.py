@@ -6,8 +6,41 @@ from django.contrib import admin
 from django.urls import path
 
 from dedup.health import healthz
+from dedup.views import (
+    accounts,
+    audit,
+    clusters,
+    contacts,
+    dashboard,
+    history,
+    scans,
+    settings,
+    uncategorized,
+)
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("accounts/login/", accounts.login, name="login"),
+    path("accounts/logout/", accounts.logout, name="logout"),
+    path("", dashboard.dashboard, name="dashboard"),
+    path("progress/", dashboard.progress, name="progress"),
+    path("clusters/", clusters.cluster_list, name="cluster_list"),
+    path("clusters/approve-selected/", clusters.approve_selected, name="approve_selected"),
+    path("clusters/<int:cluster_id>/", clusters.cluster_detail, name="cluster_detail"),
+    path("clusters/<int:cluster_id>/approve/", clusters.approve, name="cluster_approve"),
+    path("clusters/<int:cluster_id>/reject/", clusters.reject, name="cluster_reject"),
+    path("clusters/<int:cluster_id>/primary/", clusters.set_primary, name="cluster_primary"),
+    path("history/", history.history_list, name="history"),
+    path("history/<int:operation_id>/", history.history_detail, name="history_detail"),
+    path("history/<int:operation_id>/retry/", history.retry, name="operation_retry"),
+    path("history/<int:operation_id>/resolve/", history.resolve, name="operation_resolve"),
+    path("audit/", audit.audit_list, name="audit"),
+    path("audit/chain/", audit.chain_status, name="audit_chain"),
+    path("contacts/deleted/", contacts.deleted_list, name="deleted_contacts"),
+    path("contacts/<str:uid>/restore/", contacts.restore, name="contact_restore"),
+    path("uncategorized/", uncategorized.uncategorized_list, name="uncategorized"),
+    path("scans/", scans.scan_list, name="scan_list"),
+    path("scans/start/", scans.scan_now, name="scan_now"),
+    path("settings/", settings.policy_settings, name="settings"),
 ]

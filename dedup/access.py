@@ -1,0 +1,297 @@
+"""The one place that decides who may see and do what, by role and by location.
+
+Every view fetches its object through a helper here, so no view can forget a check:
+
+* anonymous people never reach these helpers (views are ``login_required``);
+* an object outside the user's locations is *not theirs*: ``Http404``, as if it did not exist;
+* an object they may see but not change (an auditor; a manager looking at a cross-location cluster
+  that also touches a location they were not granted) raises ``PermissionDenied`` (403) on ``write``.
+
+Locations a user sees:
+
+* **Admins** (the Admin group, or a superuser) see every location and may do everything.
+* **Managers** see and act on exactly the locations granted to them (``LocationGrant``); none granted
+  means they see nothing.
+* **Auditors** read every location unless grants restrict them: an auditor with no grant sees all
+  locations (the usual compliance reviewer), one with grants sees only those. They change nothing.
+* A signed-in user in no role group has no view permission and gets 403 on every page.
+
+A cross-location cluster is *visible* when any of its locations is visible to the user and *actionable*
+only when all of them are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, PermissionsMixin
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.http import Http404, HttpRequest
+
+from dedup.models import (
+    AuditEvent,
+    Cluster,
+    Contact,
+    Location,
+    LocationGrant,
+    MergeOperation,
+    ScanRun,
+    UncategorizedPhone,
+)
+from dedup.roles import ADMIN, AUDITOR, MANAGER
+
+AnyUser = AbstractBaseUser | AnonymousUser
+
+# Cached on the user object, which lives as long as the request.
+_ROLE_ATTR = "_dedup_role"
+_LOCATIONS_ATTR = "_dedup_location_ids"
+
+ROLE_ADMIN = "admin"
+ROLE_MANAGER = "manager"
+ROLE_AUDITOR = "auditor"
+_GROUP_ROLE = {ADMIN: ROLE_ADMIN, MANAGER: ROLE_MANAGER, AUDITOR: ROLE_AUDITOR}
+# A user in several groups gets the strongest role's visibility rule.
+_ROLE_ORDER = [ROLE_ADMIN, ROLE_MANAGER, ROLE_AUDITOR]
+
+
+def role_of(user: AnyUser) -> str | None:
+    """``admin``, ``manager``, ``auditor`` or None (anonymous, or in no role group)."""
+    if not user.is_authenticated:
+        return None
+    cached = getattr(user, _ROLE_ATTR, "unset")
+    if cached != "unset":
+        return cached
+    role: str | None
+    if not isinstance(user, PermissionsMixin):
+        role = None
+    elif user.is_superuser:
+        role = ROLE_ADMIN
+    else:
+        names = set(user.groups.values_list("name", flat=True))
+        roles = {_GROUP_ROLE[n] for n in names if n in _GROUP_ROLE}
+        role = next((r for r in _ROLE_ORDER if r in roles), None)
+    setattr(user, _ROLE_ATTR, role)
+    return role
+
+
+def is_admin(user: AnyUser) -> bool:
+    return role_of(user) == ROLE_ADMIN
+
+
+def visible_location_ids(user: AnyUser) -> frozenset[int] | None:
+    """The ids of the locations this user sees, or None for *all of them*."""
+    if not user.is_authenticated:
+        return frozenset()
+    cached = getattr(user, _LOCATIONS_ATTR, None)
+    if cached is not None:
+        return cached if cached != "all" else None
+    role = role_of(user)
+    ids: frozenset[int] | None
+    if role == ROLE_ADMIN:
+        ids = None
+    elif role is None:
+        ids = frozenset()
+    else:
+        ids = frozenset(LocationGrant.objects.filter(user_id=user.pk).values_list("location_id", flat=True))
+        if role == ROLE_AUDITOR and not ids:
+            ids = None
+    setattr(user, _LOCATIONS_ATTR, "all" if ids is None else ids)
+    return ids
+
+
+def sees_all_locations(user: AnyUser) -> bool:
+    return user.is_authenticated and visible_location_ids(user) is None
+
+
+def visible_locations(user: AnyUser) -> QuerySet[Location]:
+    ids = visible_location_ids(user)
+    if ids is None:
+        return Location.objects.all()
+    return Location.objects.filter(id__in=ids)
+
+
+def visible_location_uids(user: AnyUser) -> list[str] | None:
+    """The uids of the visible locations, or None for all."""
+    ids = visible_location_ids(user)
+    if ids is None:
+        return None
+    return list(Location.objects.filter(id__in=ids).values_list("uid", flat=True))
+
+
+def has_perm(user: AnyUser, perm: str) -> bool:
+    """Whether the user holds ``perm`` through their role group (or is a superuser)."""
+    return isinstance(user, PermissionsMixin) and user.is_active and user.has_perm(perm)
+
+
+def require_perm(request: HttpRequest, perm: str) -> None:
+    """403 unless the user holds ``perm`` (read-only people lack every action permission)."""
+    if not has_perm(request.user, perm):
+        raise PermissionDenied(f"You do not have permission to do this ({perm.split('.')[-1].replace('_', ' ')}).")
+
+
+# --- clusters ------------------------------------------------------------------------------------
+
+def _cluster_location_q(ids: Iterable[int]) -> Q:
+    ids = list(ids)
+    touching = Cluster.locations.through.objects.filter(location_id__in=ids).values("cluster_id")
+    return Q(location_id__in=ids) | Q(pk__in=touching)
+
+
+def clusters_visible_to(user: AnyUser) -> QuerySet[Cluster]:
+    """Clusters with at least one location this user sees."""
+    ids = visible_location_ids(user)
+    if ids is None:
+        return Cluster.objects.all()
+    if not ids:
+        return Cluster.objects.none()
+    return Cluster.objects.filter(_cluster_location_q(ids))
+
+
+def cluster_location_ids(cluster: Cluster) -> set[int]:
+    """Every location of the cluster: its own and those of its members (prefetch ``locations``)."""
+    ids = {loc.pk for loc in cluster.locations.all()}
+    if cluster.location_id is not None:
+        ids.add(cluster.location_id)
+    return ids
+
+
+def can_see_cluster(user: AnyUser, cluster: Cluster) -> bool:
+    ids = visible_location_ids(user)
+    if ids is None:
+        return True
+    return bool(cluster_location_ids(cluster) & ids)
+
+
+def can_act_on_cluster(user: AnyUser, cluster: Cluster, perm: str = "dedup.approve_cluster") -> bool:
+    """Holds ``perm`` and sees *every* location of the cluster."""
+    if not has_perm(user, perm):
+        return False
+    ids = visible_location_ids(user)
+    if ids is None:
+        return True
+    locations = cluster_location_ids(cluster)
+    return bool(locations) and locations <= ids
+
+
+def get_cluster_for_user(
+    request: HttpRequest, cluster_id: int, write: bool = False, perm: str = "dedup.approve_cluster"
+) -> Cluster:
+    """The cluster if this user may see it (404 otherwise); with ``write``, 403 unless they may act."""
+    require_perm(request, "dedup.view_cluster")
+    cluster = (
+        Cluster.objects.select_related("location", "decided_by")
+        .prefetch_related("locations")
+        .filter(pk=cluster_id)
+        .first()
+    )
+    if cluster is None or not can_see_cluster(request.user, cluster):
+        raise Http404("No such cluster.")
+    if write:
+        require_perm(request, perm)
+        if not can_act_on_cluster(request.user, cluster, perm):
+            raise PermissionDenied(
+                "This cluster spans a location you are not granted; only someone who manages all of its "
+                "locations can act on it."
+            )
+    return cluster
+
+
+# --- contacts ------------------------------------------------------------------------------------
+
+def contacts_visible_to(user: AnyUser) -> QuerySet[Contact]:
+    ids = visible_location_ids(user)
+    if ids is None:
+        return Contact.objects.all()
+    return Contact.objects.filter(location_id__in=ids)
+
+
+def get_contact_for_user(
+    request: HttpRequest, uid: str, write: bool = False, perm: str = "dedup.restore_contact"
+) -> Contact:
+    """The contact (by Podium uid) if it is in one of the user's locations; 403 on ``write`` without ``perm``."""
+    require_perm(request, "dedup.view_contact")
+    contact = contacts_visible_to(request.user).select_related("location").filter(uid=uid).first()
+    if contact is None:
+        raise Http404("No such contact.")
+    if write:
+        require_perm(request, perm)
+    return contact
+
+
+# --- merge operations ----------------------------------------------------------------------------
+
+def operations_visible_to(user: AnyUser) -> QuerySet[MergeOperation]:
+    ids = visible_location_ids(user)
+    if ids is None:
+        return MergeOperation.objects.all()
+    if not ids:
+        return MergeOperation.objects.none()
+    return MergeOperation.objects.filter(cluster__in=clusters_visible_to(user).values("pk"))
+
+
+def get_operation_for_user(
+    request: HttpRequest, operation_id: int, write: bool = False, perm: str = "dedup.retry_operation"
+) -> MergeOperation:
+    """The merge operation if its cluster is visible (404 otherwise); with ``write``, 403 unless allowed."""
+    require_perm(request, "dedup.view_mergeoperation")
+    op = (
+        MergeOperation.objects.select_related("cluster", "cluster__location", "requested_by", "batch")
+        .prefetch_related("cluster__locations")
+        .filter(pk=operation_id)
+        .first()
+    )
+    if op is None or not can_see_cluster(request.user, op.cluster):
+        raise Http404("No such merge.")
+    if write:
+        require_perm(request, perm)
+        if not can_act_on_cluster(request.user, op.cluster, perm):
+            raise PermissionDenied("This merge touches a location you are not granted.")
+    return op
+
+
+# --- everything else that is filtered by location ------------------------------------------------
+
+def uncategorized_visible_to(user: AnyUser) -> QuerySet[UncategorizedPhone]:
+    ids = visible_location_ids(user)
+    if ids is None:
+        return UncategorizedPhone.objects.all()
+    return UncategorizedPhone.objects.filter(location_id__in=ids)
+
+
+def _uid_list_overlaps(field: str, uids: Iterable[str]) -> Q:
+    # A JSON list of uids holds ``"uid"`` with its quotes; a text match works on SQLite and PostgreSQL.
+    q = Q(pk__in=[])
+    for uid in uids:
+        q |= Q(**{f"{field}__icontains": f'"{uid}"'})
+    return q
+
+
+def audit_events_visible_to(user: AnyUser) -> QuerySet[AuditEvent]:
+    """Events that name one of the user's locations; events naming none (policy, logins) need all."""
+    uids = visible_location_uids(user)
+    if uids is None:
+        return AuditEvent.objects.all()
+    if not uids:
+        return AuditEvent.objects.none()
+    return AuditEvent.objects.filter(_uid_list_overlaps("location_uids", uids))
+
+
+def scans_visible_to(user: AnyUser) -> QuerySet[ScanRun]:
+    """Scans of every location (empty scope) or of at least one location the user sees."""
+    uids = visible_location_uids(user)
+    if uids is None:
+        return ScanRun.objects.all()
+    return ScanRun.objects.filter(Q(scope=[]) | _uid_list_overlaps("scope", uids))
+
+
+def scan_scope_for(user: AnyUser) -> list[str] | None:
+    """What "Scan now" scans for this user: every location (None) or the locations granted to them."""
+    uids = visible_location_uids(user)
+    return None if uids is None else sorted(uids)
+
+
+def describe(user: AnyUser) -> dict[str, Any]:
+    """Role and location scope, for the page header."""
+    return {"role": role_of(user), "all_locations": sees_all_locations(user)}

@@ -1,0 +1,1 @@
+"""The dashboard's views, one module per area. Every object is fetched through ``dedup.access``."""

@@ -1,0 +1,127 @@
+"""The state of the corpus at a glance, and the live progress partial the dashboard polls."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, Q
+from django.db.models.functions import TruncDate
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from dedup import access, charts
+from dedup.access import AnyUser
+from dedup.forms import ScanForm
+from dedup.merging import batch_progress
+from dedup.models import Cluster, MergeBatch, MergeOperation, ScanRun
+from dedup.views.common import login_required
+
+INCIDENT_STATES = (MergeOperation.COMPLIANCE_FAILED, MergeOperation.UNRECONCILABLE)
+LIVE_STATES = (MergeOperation.PENDING, MergeOperation.MERGING, MergeOperation.MERGED)
+MERGE_DAYS = 14
+RATE_SCANS = 30
+# A finished batch stays on the dashboard this long so people see it reach 100%.
+FINISHED_BATCH_GRACE = timedelta(minutes=10)
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    access.require_perm(request, "dedup.view_cluster")
+    user = request.user
+    open_clusters = access.clusters_visible_to(user).filter(status=Cluster.OPEN)
+    by_kind = dict(open_clusters.order_by().values_list("kind").annotate(n=Count("id")).values_list("kind", "n"))
+    ops = access.operations_visible_to(user)
+    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    incidents = ops.filter(state__in=INCIDENT_STATES).select_related("cluster").order_by("created_at")
+    context: dict[str, Any] = {
+        "contacts_indexed": access.contacts_visible_to(user).filter(deleted_at__isnull=True, merged_into_uid="").count(),
+        "open_auto": by_kind.get(Cluster.AUTO, 0),
+        "open_review": by_kind.get(Cluster.REVIEW, 0),
+        "open_cross": by_kind.get(Cluster.CROSS, 0),
+        "uncategorized": access.uncategorized_visible_to(user).count(),
+        "merges_today": ops.filter(state=MergeOperation.PATCHED, finished_at__gte=today).count(),
+        "incidents": list(incidents[:20]),
+        "incident_count": incidents.count(),
+        "rate_chart": charts.line_chart(_duplicate_rates(user), title="Duplicate rate per scan", percent=True,
+                                        empty="No finished scans yet"),
+        "location_chart": charts.hbar_chart(_clusters_per_location(user), title="Open clusters per location",
+                                            empty="No open clusters"),
+        "merge_chart": charts.bar_chart(_merges_per_day(ops), title=f"Merges per day, last {MERGE_DAYS} days",
+                                        empty="No merges yet"),
+        "scan_form": ScanForm(),
+        "can_scan": access.has_perm(user, "dedup.run_scan"),
+    }
+    context.update(_progress(user))
+    return render(request, "dashboard/index.html", context)
+
+
+@login_required
+@require_GET
+def progress(request: HttpRequest) -> HttpResponse:
+    """The running scans and merge batches; the dashboard swaps this in every few seconds."""
+    access.require_perm(request, "dedup.view_cluster")
+    return render(request, "dashboard/_progress.html", _progress(request.user))
+
+
+def _progress(user: AnyUser) -> dict[str, Any]:
+    scans = list(access.scans_visible_to(user).filter(state__in=ScanRun.ACTIVE_STATES).order_by("created_at")[:10])
+    visible_ops = access.operations_visible_to(user)
+    recent = timezone.now() - FINISHED_BATCH_GRACE
+    batch_ids = (
+        visible_ops.filter(batch__isnull=False)
+        .filter(Q(state__in=LIVE_STATES) | Q(batch__created_at__gte=recent))
+        .values("batch_id")
+    )
+    batches = list(MergeBatch.objects.filter(pk__in=batch_ids).order_by("created_at")[:10])
+    batch_rows: list[dict[str, Any]] = [{"batch": b, "progress": batch_progress(b)} for b in batches]
+    active = bool(scans) or any(row["progress"].get("running") for row in batch_rows)
+    return {"running_scans": scans, "batches": batch_rows, "progress_active": active}
+
+
+def _duplicate_rates(user: AnyUser) -> list[charts.Point]:
+    scans = list(
+        access.scans_visible_to(user)
+        .filter(state=ScanRun.SUCCEEDED, duplicate_rate__isnull=False)
+        .order_by("-created_at")
+        .values_list("created_at", "duplicate_rate")[:RATE_SCANS]
+    )
+    return [
+        charts.Point(timezone.localtime(at).strftime("%d %b"), float(rate or 0)) for at, rate in reversed(scans)
+    ]
+
+
+def _clusters_per_location(user: AnyUser) -> list[charts.Point]:
+    ids = access.visible_location_ids(user)
+    counts: dict[str, int] = {}
+    within = Cluster.objects.filter(status=Cluster.OPEN, location__isnull=False)
+    through = Cluster.locations.through.objects.filter(cluster__status=Cluster.OPEN, cluster__location__isnull=True)
+    if ids is not None:
+        within = within.filter(location_id__in=ids)
+        through = through.filter(location_id__in=ids)
+    for qs in (within, through):  # a cross-location cluster counts once at each of its locations
+        for row in qs.order_by().values("location__name").annotate(n=Count("id")):
+            counts[row["location__name"]] = counts.get(row["location__name"], 0) + row["n"]
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:12]
+    return [charts.Point(name, float(n)) for name, n in top]
+
+
+def _merges_per_day(ops: Any) -> list[charts.Point]:
+    today = timezone.localdate()
+    start = today - timedelta(days=MERGE_DAYS - 1)
+    rows = (
+        ops.filter(state=MergeOperation.PATCHED, finished_at__date__gte=start)
+        .annotate(day=TruncDate("finished_at"))
+        .order_by()
+        .values("day")
+        .annotate(n=Count("id"))
+        .values_list("day", "n")
+    )
+    per_day = dict(rows)
+    return [
+        charts.Point((start + timedelta(days=i)).strftime("%d %b"), float(per_day.get(start + timedelta(days=i), 0)))
+        for i in range(MERGE_DAYS)
+    ]

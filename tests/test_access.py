@@ -1,0 +1,119 @@
+"""The access rules, decided in one place (dedup.access): who sees which locations and clusters."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest
+from django.test import RequestFactory
+
+from dedup import access
+from dedup.models import Cluster, Location
+from tests.dashboard_base import BURLEIGH, SYDNEY, DashboardTestCase, build_cluster, make_user, same_person
+
+
+class AccessTestCase(DashboardTestCase):
+    cross: Cluster
+    auckland: Location
+    sydney_auditor: User
+    both_manager: User
+    nobody: User
+
+    @classmethod
+    def setUpTestData(cls) -> None:
+        super().setUpTestData()
+        cls.cross = build_cluster(
+            [same_person(SYDNEY, "ct_400")[0], same_person(BURLEIGH, "ct_410")[1]]
+        )
+        cls.auckland = Location.objects.create(uid="loc_auckland", name="Auckland", country="NZ")
+        cls.sydney_auditor = make_user("sydney_auditor", "auditor", [cls.sydney])
+        cls.both_manager = make_user("both_manager", "manager", [cls.sydney, cls.burleigh])
+        cls.nobody = make_user_without_role()
+
+    def request_for(self, user: User) -> HttpRequest:
+        request = RequestFactory().get("/")
+        request.user = user
+        return request
+
+    def test_the_cross_location_cluster_is_cross(self) -> None:
+        assert self.cross.kind == Cluster.CROSS
+        assert self.cross.location is None
+        assert set(self.cross.locations.values_list("uid", flat=True)) == {SYDNEY, BURLEIGH}
+
+    def test_admins_see_every_location(self) -> None:
+        assert access.visible_location_ids(self.admin) is None
+        assert set(access.visible_locations(self.admin)) == {self.sydney, self.burleigh, self.auckland}
+
+    def test_managers_see_only_their_locations(self) -> None:
+        assert access.visible_location_ids(self.sydney_manager) == {self.sydney.pk}
+        assert list(access.clusters_visible_to(self.sydney_manager).exclude(pk=self.cross.pk)) == [self.sydney_cluster]
+
+    def test_an_auditor_without_grants_reads_every_location(self) -> None:
+        assert access.visible_location_ids(self.auditor) is None
+
+    def test_an_auditor_with_grants_reads_only_those(self) -> None:
+        assert access.visible_location_ids(self.sydney_auditor) == {self.sydney.pk}
+
+    def test_a_user_without_a_role_sees_nothing(self) -> None:
+        assert access.role_of(self.nobody) is None
+        assert access.visible_location_ids(self.nobody) == frozenset()
+        with pytest.raises(PermissionDenied):
+            access.get_cluster_for_user(self.request_for(self.nobody), self.sydney_cluster.pk)
+
+    def test_a_cross_location_cluster_is_visible_with_any_of_its_locations(self) -> None:
+        for user in (self.sydney_manager, self.burleigh_manager, self.both_manager, self.admin, self.auditor):
+            assert self.cross in access.clusters_visible_to(user), user
+            assert access.get_cluster_for_user(self.request_for(user), self.cross.pk) == self.cross
+
+    def test_a_cross_location_cluster_is_actionable_only_with_all_of_them(self) -> None:
+        with pytest.raises(PermissionDenied):
+            access.get_cluster_for_user(self.request_for(self.sydney_manager), self.cross.pk, write=True)
+        assert access.get_cluster_for_user(self.request_for(self.both_manager), self.cross.pk, write=True)
+        assert access.get_cluster_for_user(self.request_for(self.admin), self.cross.pk, write=True)
+
+    def test_another_locations_cluster_is_not_found(self) -> None:
+        with pytest.raises(Http404):
+            access.get_cluster_for_user(self.request_for(self.burleigh_manager), self.sydney_cluster.pk)
+        with pytest.raises(Http404):
+            access.get_cluster_for_user(self.request_for(self.burleigh_manager), self.sydney_cluster.pk, write=True)
+
+    def test_read_only_people_may_read_but_not_write(self) -> None:
+        request = self.request_for(self.auditor)
+        assert access.get_cluster_for_user(request, self.sydney_cluster.pk) == self.sydney_cluster
+        with pytest.raises(PermissionDenied):
+            access.get_cluster_for_user(request, self.sydney_cluster.pk, write=True)
+
+    def test_only_admins_restore_contacts(self) -> None:
+        uid = self.sydney_cluster.members.all()[0].contact.uid
+        with pytest.raises(PermissionDenied):
+            access.get_contact_for_user(self.request_for(self.sydney_manager), uid, write=True)
+        with pytest.raises(Http404):
+            access.get_contact_for_user(self.request_for(self.burleigh_manager), uid, write=True)
+        assert access.get_contact_for_user(self.request_for(self.admin), uid, write=True).uid == uid
+
+    def test_audit_events_are_filtered_by_the_locations_they_name(self) -> None:
+        from dedup import audit
+
+        audit.record("test.sydney", location_uids=[SYDNEY])
+        audit.record("test.burleigh", location_uids=[BURLEIGH])
+        audit.record("test.global")
+        seen = set(access.audit_events_visible_to(self.sydney_manager).values_list("event_type", flat=True))
+        assert "test.sydney" in seen and "test.burleigh" not in seen and "test.global" not in seen
+        everything = set(access.audit_events_visible_to(self.auditor).values_list("event_type", flat=True))
+        assert {"test.sydney", "test.burleigh", "test.global"} <= everything
+
+    def test_scans_are_filtered_by_scope(self) -> None:
+        from dedup.models import ScanRun
+
+        ScanRun.objects.create(scope=[], scope_key="all", state=ScanRun.SUCCEEDED)
+        ScanRun.objects.create(scope=[SYDNEY], scope_key=f"loc:{SYDNEY}", state=ScanRun.SUCCEEDED)
+        ScanRun.objects.create(scope=[BURLEIGH], scope_key=f"loc:{BURLEIGH}", state=ScanRun.SUCCEEDED)
+        scopes = [s.scope for s in access.scans_visible_to(self.sydney_manager)]
+        assert sorted(map(tuple, scopes)) == [(), (SYDNEY,)]
+        assert access.scan_scope_for(self.sydney_manager) == [SYDNEY]
+        assert access.scan_scope_for(self.admin) is None
+
+
+def make_user_without_role() -> User:
+    return User.objects.create_user("nobody", password="x-irrelevant-password")
