@@ -1,0 +1,47 @@
+"""What a django-q2 worker does when it starts: reconcile unfinished merges, keep the retry loop scheduled.
+
+Every worker start enqueues one ``resume_at_worker_start`` task (so a crashed merge is reconciled as
+soon as a worker is back) and makes sure the one-minute schedule that retries due merges
+(``compliance_failed`` write-backs, ``conflict_pending`` merges, deferrals) exists. Several workers
+starting together enqueue several resumes; that is harmless, because each operation is claimed by
+one worker only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.dispatch import receiver
+from django_q.signals import post_spawn
+
+logger = logging.getLogger("dedup.worker_hooks")
+
+RETRY_SCHEDULE_NAME = "dedup: retry due merges"
+
+
+def ensure_merge_schedule() -> None:
+    """Create the every-minute schedule of ``run_due_operations`` if it does not exist."""
+    from django_q.models import Schedule
+
+    Schedule.objects.get_or_create(
+        name=RETRY_SCHEDULE_NAME,
+        defaults={
+            "func": "dedup.merging.run_due_operations",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+        },
+    )
+
+
+@receiver(post_spawn, dispatch_uid="dedup.merge.resume_at_worker_start")
+def resume_merges_at_worker_start(sender: Any, proc_name: str = "", **kwargs: Any) -> None:
+    """django-q2 ``post_spawn``: enqueue the reconciliation of every unfinished merge."""
+    from django_q.tasks import async_task
+
+    try:
+        ensure_merge_schedule()
+        async_task("dedup.merging.resume_at_worker_start", task_name=f"merge-resume-{proc_name}"[:100])
+    except Exception:  # noqa: BLE001 - a worker must start even if this fails; the schedule catches up
+        logger.exception("could not enqueue the merge resume at the start of worker %s", proc_name)
