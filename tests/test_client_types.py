@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 import io
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -228,3 +231,13 @@ def test_webhook_event_round_trip() -> None:
         WebhookEvent.from_wire(dict(data, type="contact.exploded"))
     with pytest.raises(MalformedResponse):
         WebhookEvent.from_wire({"id": "evt_1"})
+
+
+def test_podium_client_never_imports_django() -> None:
+    code = (
+        "import sys, podium_client, podium_client.emulator, podium_client.emulator.cli, podium_client.corpus, "
+        "podium_client.webhooks; "
+        "sys.exit(1 if any(m == 'django' or m.startswith('django.') for m in sys.modules) else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=False)
+    assert result.returncode == 0

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the emulator's options to a parser (argparse or Django's CommandParser)."""
     parser.add_argument("--load", metavar="FILE.ndjson", help="NDJSON export to load at start")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001, help="0 picks a free port")
+    parser.add_argument("--port", type=int, default=8765, help="default 8765; 0 picks a free port")
     parser.add_argument("--token", default="dev-token", help="static bearer token (default: dev-token)")
     parser.add_argument("--dump", metavar="FILE", help="write the state as NDJSON here on exit")
     parser.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 5xx/429")
@@ -45,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(options: Mapping[str, Any], out: TextIO | None = None) -> int:
-    """Serve until SIGINT/SIGTERM, then stop cleanly and write `--dump` if asked; returns an exit code."""
+    """Serve until SIGINT/SIGTERM, then stop cleanly and write `--dump` if asked; returns an exit code.
+
+    The only line written to `out` is `Podium emulator listening on <url>`, so a parent process can
+    wait for it; progress notes go to stderr.
+    """
     out = out or sys.stdout
     if bool(options.get("webhook_url")) != bool(options.get("webhook_secret")):
         print("--webhook-url and --webhook-secret go together", file=sys.stderr)
@@ -54,7 +58,8 @@ def run(options: Mapping[str, Any], out: TextIO | None = None) -> int:
     if options.get("load"):
         count = state.load_file(options["load"])
         print(
-            f"loaded {count} contacts in {len(state.locations())} locations from {options['load']}", file=out
+            f"loaded {count} contacts in {len(state.locations())} locations from {options['load']}",
+            file=sys.stderr,
         )
     server = EmulatorServer(
         state,
@@ -89,7 +94,7 @@ def run(options: Mapping[str, Any], out: TextIO | None = None) -> int:
             signal.signal(sig, handler)
     if options.get("dump"):
         state.dump(options["dump"])
-        print(f"dumped {len(state)} contacts to {options['dump']}", file=out, flush=True)
+        print(f"dumped {len(state)} contacts to {options['dump']}", file=sys.stderr, flush=True)
     return 0
 
 
