@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -255,9 +256,10 @@ def test_concurrent_merges_touching_a_contact_conflict(
 
     thread = threading.Thread(target=first)
     thread.start()
-    deadline = threading.Event()
-    while not org.state.in_flight() and not deadline.wait(0.005):
-        continue
+    deadline = time.monotonic() + 2
+    while not org.state.in_flight():
+        assert time.monotonic() < deadline, "the first merge never went in flight"
+        time.sleep(0.005)
     with pytest.raises(ConflictError) as info:
         client.merge("ct_0000003_cccccc", ["ct_0000002_bbbbbb"])
     thread.join()
