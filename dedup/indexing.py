@@ -1,0 +1,733 @@
+"""Turning Podium contacts into the contact index, in bulk.
+
+Two halves, so the expensive part can run in other processes:
+
+* ``prepare_contact`` is pure (no Django, no database): it normalizes every channel of one Podium
+  contact with its location's country as the default region, computes ``field_count`` and the
+  normalized name, and returns a picklable ``PreparedContact`` with its natural keys and the phones
+  that could not become one (the uncategorized queue).
+* ``IndexWriter`` writes batches of prepared contacts: one upsert of the contact rows
+  (``bulk_create(update_conflicts=True)``, which PostgreSQL and SQLite both support), then the keys and
+  uncategorized phones of those contacts replaced by one delete and one insert each.
+
+``iter_prepared_file`` reads an NDJSON export and prepares it, in worker processes when the file is big
+enough to be worth it (parsing JSON and phone numbers is the CPU-bound part; the main process only
+writes), so a file scan and an API scan share everything from ``PreparedContact`` on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any, NamedTuple
+
+from django.db import connection, connections, transaction
+from django.utils import timezone
+
+from dedup.models import Contact, ContactKey, Location, UncategorizedPhone
+from dedup.names import normalize_name
+from dedup.phones import normalize_email, normalize_phone
+from dedup.records import compute_field_count
+from podium_client.types import EMAIL, PHONE, parse_export_line
+from podium_client.types import Contact as PodiumContact
+from podium_client.types import Location as PodiumLocation
+
+logger = logging.getLogger(__name__)
+
+# Column widths of the index tables; longer values are cut rather than refused, because a contact
+# with a silly 2,000-character name must still be indexed (and is still readable in Podium).
+_NAME_MAX = Contact._meta.get_field("name").max_length or 500
+_KEY_MAX = ContactKey._meta.get_field("key").max_length or 320
+_RAW_MAX = ContactKey._meta.get_field("raw").max_length or 500
+_EXT_MAX = ContactKey._meta.get_field("extension").max_length or 40
+_UNCAT_RAW_MAX = UncategorizedPhone._meta.get_field("raw").max_length or 500
+_REASON_MAX = UncategorizedPhone._meta.get_field("reason").max_length or 300
+
+# Contacts per write: big enough that per-statement overhead vanishes, small enough that a crash
+# loses little and a transaction holds few locks.
+DEFAULT_BATCH_SIZE = 2000
+
+# Below this many lines a file is prepared in this process: starting workers costs more than it saves.
+PARALLEL_MIN_LINES = 50_000
+
+_CONTACT_UPDATE_FIELDS = [
+    "location",
+    "name",
+    "normalized_name",
+    "channels",
+    "tags",
+    "attributes",
+    "address",
+    "field_count",
+    "marketing_opt_out",
+    "sms_opt_out",
+    "email_opt_out",
+    "conversation_count",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+    "merged_into_uid",
+    "indexed_at",
+]
+
+
+class PreparedKey(NamedTuple):
+    """One natural key of a contact: kind (PHONE/EMAIL), the key, the identifier as typed, extension."""
+
+    kind: str
+    key: str
+    raw: str
+    extension: str
+
+
+class PreparedInvalidPhone(NamedTuple):
+    """A phone that did not become a key: the identifier, its error code and the human reason."""
+
+    raw: str
+    code: str
+    reason: str
+
+
+class PreparedContact(NamedTuple):
+    """A Podium contact ready to be written to the index (plain values only, so it pickles cheaply)."""
+
+    uid: str
+    location_uid: str
+    region: str
+    name: str
+    normalized_name: str
+    channels: list[dict[str, str]]
+    tags: list[str]
+    attributes: list[dict[str, str | None]]
+    address: str | None
+    field_count: int
+    marketing_opt_out: bool
+    sms_opt_out: bool
+    email_opt_out: bool
+    conversation_count: int
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+    merged_into_uid: str
+    keys: tuple[PreparedKey, ...]
+    invalid_phones: tuple[PreparedInvalidPhone, ...]
+
+
+def prepare_contact(contact: PodiumContact, region: str) -> PreparedContact:
+    """Normalize one Podium contact for the index (pure; safe to run in a worker process).
+
+    Every PHONE channel goes through ``normalize_phone`` with ``region`` (the location's country): a
+    valid one becomes a PHONE key (its E.164), anything else an uncategorized phone with its
+    ``ERR_DEDUP_001``/``ERR_DEDUP_002`` reason. Every EMAIL channel becomes an EMAIL key (trimmed,
+    lower-cased); detection uses those only where policy makes email a secondary key. Two spellings
+    of one number on the same contact give one key (the first spelling is kept as ``raw``).
+    """
+    keys: list[PreparedKey] = []
+    seen: set[tuple[str, str]] = set()
+    invalid: list[PreparedInvalidPhone] = []
+    invalid_seen: set[str] = set()
+    phone_values: list[str] = []
+    email_values: list[str] = []
+    for channel in contact.channels:
+        identifier = channel.identifier
+        kind = channel.type.upper()
+        if kind == PHONE:
+            if not identifier.strip():
+                continue
+            result = normalize_phone(identifier, region)
+            if result.valid and result.e164:
+                phone_values.append(result.e164)
+                if (PHONE, result.e164) not in seen:
+                    seen.add((PHONE, result.e164))
+                    keys.append(
+                        PreparedKey(PHONE, result.e164, identifier[:_RAW_MAX], (result.extension or "")[:_EXT_MAX])
+                    )
+            else:
+                phone_values.append(identifier)
+                raw = identifier[:_UNCAT_RAW_MAX]
+                if raw not in invalid_seen:
+                    invalid_seen.add(raw)
+                    invalid.append(PreparedInvalidPhone(raw, result.code or "", (result.reason or "")[:_REASON_MAX]))
+        elif kind == EMAIL:
+            if not identifier.strip():
+                continue
+            email_values.append(identifier)
+            email_key = normalize_email(identifier)
+            if email_key and len(email_key) <= _KEY_MAX and (EMAIL, email_key) not in seen:
+                seen.add((EMAIL, email_key))
+                keys.append(PreparedKey(EMAIL, email_key, identifier[:_RAW_MAX], ""))
+    name = contact.name or ""
+    tags = list(contact.tags)
+    attributes: list[dict[str, str | None]] = [{"label": a.label, "value": a.value} for a in contact.attributes]
+    field_count = compute_field_count(
+        name=name,
+        phones=phone_values,
+        emails=email_values,
+        tags=tags,
+        attributes=[(a.label, a.value or "") for a in contact.attributes],
+        address=contact.address,
+    )
+    return PreparedContact(
+        uid=contact.uid,
+        location_uid=contact.location_uid,
+        region=region,
+        name=name[:_NAME_MAX],
+        normalized_name=normalize_name(name)[:_NAME_MAX],
+        channels=[{"type": c.type, "identifier": c.identifier} for c in contact.channels],
+        tags=tags,
+        attributes=attributes,
+        address=contact.address,
+        field_count=field_count,
+        marketing_opt_out=contact.marketing_opt_out,
+        sms_opt_out=contact.sms_opt_out,
+        email_opt_out=contact.email_opt_out,
+        conversation_count=max(contact.conversation_count, 0),
+        created_at=contact.created_at,
+        updated_at=contact.updated_at,
+        deleted_at=contact.deleted_at,
+        merged_into_uid=contact.merged_into_uid or "",
+        keys=tuple(keys),
+        invalid_phones=tuple(invalid),
+    )
+
+
+@dataclass
+class WriteResult:
+    """What one write did: contacts written, their database ids, invalid phones recorded."""
+
+    contacts: int = 0
+    invalid_phones: int = 0
+    contact_ids: list[int] = field(default_factory=list)
+    max_updated_at: dict[str, datetime] = field(default_factory=dict)
+
+
+def in_chunk_size() -> int:
+    """How many values one ``IN (...)`` list may carry on this database.
+
+    SQLite builds may cap bound parameters at 999; PostgreSQL's limit is 65,535 per statement.
+    """
+    return 900 if connection.vendor == "sqlite" else 10_000
+
+
+def _adapter() -> Callable[[Any], Any]:
+    """How a Python value is bound on this database when bypassing the ORM (datetimes differ)."""
+    if connection.vendor == "postgresql":
+        return _identity
+    adapt_datetime = connection.ops.adapt_datetimefield_value
+
+    def adapt(value: Any) -> Any:
+        return adapt_datetime(value) if isinstance(value, datetime) else value
+
+    return adapt
+
+
+def insert_rows(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Insert plain rows into ``table`` fast: COPY on PostgreSQL, one ``executemany`` elsewhere.
+
+    JSON columns take their JSON text; datetimes are aware. For tables written in bulk by scans and
+    detection, where building a model instance per row would cost more than the insert itself.
+    """
+    if not rows:
+        return
+    column_list = ", ".join(columns)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        adapt = _adapter()
+        marks = ", ".join(["%s"] * len(columns))
+        cursor.executemany(
+            f"INSERT INTO {table} ({column_list}) VALUES ({marks})", [tuple(adapt(v) for v in row) for row in rows]
+        )
+
+
+def update_rows(table: str, key_column: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Set ``columns`` of many rows at once; each row is ``(key, *values)``.
+
+    PostgreSQL: COPY into a temporary table, then one ``UPDATE ... FROM``. Elsewhere: ``executemany``.
+    """
+    if not rows:
+        return
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            stage = f"{table}_update_stage"
+            all_columns = ", ".join([key_column, *columns])
+            cursor.execute(f"DROP TABLE IF EXISTS {stage}")
+            cursor.execute(f"CREATE TEMP TABLE {stage} AS SELECT {all_columns} FROM {table} WITH NO DATA")
+            with cursor.cursor.copy(f"COPY {stage} ({all_columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            assignments = ", ".join(f"{c} = s.{c}" for c in columns)
+            cursor.execute(f"UPDATE {table} t SET {assignments} FROM {stage} s WHERE t.{key_column} = s.{key_column}")
+            cursor.execute(f"DROP TABLE {stage}")
+            return
+        adapt = _adapter()
+        assignments = ", ".join(f"{c} = %s" for c in columns)
+        cursor.executemany(
+            f"UPDATE {table} SET {assignments} WHERE {key_column} = %s",
+            [tuple(adapt(v) for v in (*row[1:], row[0])) for row in rows],
+        )
+
+
+def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Consecutive slices of ``items`` of at most ``size`` elements."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class IndexWriter:
+    """Writes prepared contacts into the index: contact rows, natural keys, uncategorized phones.
+
+    Knows the locations (uid → row id and country) so callers can ask for the region of a location
+    before preparing its contacts; a contact of a location nobody declared gets a placeholder
+    location with the deployment's default region.
+    """
+
+    def __init__(self, default_region: str, method: str = "auto") -> None:
+        if method not in ("auto", "orm"):
+            raise ValueError("method is 'auto' (COPY on PostgreSQL, executemany on SQLite) or 'orm' (bulk_create)")
+        self.method = method
+        self.default_region = default_region.upper()
+        self._locations: dict[str, tuple[int, str]] = {
+            uid: (pk, country) for pk, uid, country in Location.objects.values_list("pk", "uid", "country")
+        }
+
+    def location_id(self, uid: str) -> int | None:
+        """The row id of a known location."""
+        known = self._locations.get(uid)
+        return known[0] if known else None
+
+    def region_for(self, location_uid: str) -> str:
+        """The default region for a location's national-format numbers (its country)."""
+        known = self._locations.get(location_uid)
+        return (known[1] if known else self.default_region).upper()
+
+    def regions(self) -> dict[str, str]:
+        """Every known location's region, for worker processes that prepare contacts."""
+        return {uid: country.upper() for uid, (_pk, country) in self._locations.items()}
+
+    def ensure_locations(self, locations: Iterable[PodiumLocation]) -> list[Location]:
+        """Upsert locations as Podium reports them (name and country may change) and remember them."""
+        rows = [Location(uid=loc.uid, name=loc.name[:200], country=(loc.country or "")[:2].upper()) for loc in locations]
+        if not rows:
+            return []
+        Location.objects.bulk_create(
+            rows, update_conflicts=True, unique_fields=["uid"], update_fields=["name", "country"]
+        )
+        saved = list(Location.objects.filter(uid__in=[r.uid for r in rows]))
+        for loc in saved:
+            self._locations[loc.uid] = (loc.pk, loc.country)
+        return saved
+
+    def _ensure_placeholder_locations(self, uids: Iterable[str]) -> None:
+        missing = sorted({uid for uid in uids if uid not in self._locations})
+        if not missing:
+            return
+        logger.warning("indexing contacts of %d undeclared location(s); region %s assumed", len(missing), self.default_region)
+        self.ensure_locations(PodiumLocation(uid, uid, self.default_region) for uid in missing)
+
+    def write(self, batch: Sequence[PreparedContact]) -> WriteResult:
+        """Upsert a batch of prepared contacts and replace their keys and uncategorized phones.
+
+        Runs in one transaction, so a contact is never visible with half of its keys. Returns the
+        contacts' row ids (for detection) and the newest ``updatedAt`` seen per location (the next
+        incremental scan's watermark).
+        """
+        result = WriteResult()
+        if not batch:
+            return result
+        # The last occurrence of a uid wins (a page boundary can repeat a contact that changed).
+        by_uid: dict[str, PreparedContact] = {}
+        for prepared in batch:
+            by_uid[prepared.uid] = prepared
+        items = list(by_uid.values())
+        self._ensure_placeholder_locations(p.location_uid for p in items)
+        now = timezone.now()
+        fast = self.method == "auto" and connection.vendor in ("postgresql", "sqlite")
+        outermost = not connection.in_atomic_block
+        with transaction.atomic():
+            if fast and connection.vendor == "postgresql":
+                if outermost:
+                    with connection.cursor() as cursor:
+                        # The index is a copy of Podium's data: a commit lost in a crash is re-fetched
+                        # by the resumed scan (its checkpoint commits in the same transaction), so
+                        # waiting for the WAL flush buys nothing. Only when the transaction is ours:
+                        # a caller's transaction may hold state that must be durable.
+                        cursor.execute("SET LOCAL synchronous_commit = off")
+                ids = self._upsert_contacts_postgres(items, now)
+            elif fast:
+                ids = self._upsert_contacts_sqlite(items, now)
+            else:
+                ids = self._upsert_contacts_orm(items, now)
+            contact_ids = [ids[p.uid] for p in items]
+            self._delete_rows(ContactKey, contact_ids)
+            key_rows = [
+                (ids[p.uid], self._locations[p.location_uid][0], k.kind, k.key, k.raw, k.extension)
+                for p in items
+                for k in p.keys
+            ]
+            self._insert_keys(key_rows, fast)
+            result.invalid_phones = self._replace_invalid_phones(items, ids, now)
+        result.contacts = len(items)
+        result.contact_ids = contact_ids
+        for p in items:
+            current = result.max_updated_at.get(p.location_uid)
+            if current is None or p.updated_at > current:
+                result.max_updated_at[p.location_uid] = p.updated_at
+        return result
+
+    # --- contact rows ---------------------------------------------------------------------------
+
+    def _contact_values(self, p: PreparedContact, now: datetime, adapt: Callable[[Any], Any]) -> tuple[Any, ...]:
+        """One contact row in ``_CONTACT_COLUMNS`` order; JSON as text, datetimes through ``adapt``."""
+        return (
+            p.uid,
+            self._locations[p.location_uid][0],
+            p.name,
+            p.normalized_name,
+            _json(p.channels),
+            _json(p.tags),
+            _json(p.attributes),
+            None if p.address is None else _json(p.address),
+            p.field_count,
+            p.marketing_opt_out,
+            p.sms_opt_out,
+            p.email_opt_out,
+            p.conversation_count,
+            adapt(p.created_at),
+            adapt(p.updated_at),
+            adapt(p.deleted_at),
+            p.merged_into_uid,
+            adapt(now),
+        )
+
+    def _upsert_contacts_postgres(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
+        # COPY into a session-local staging table, then one INSERT ... ON CONFLICT: an order of
+        # magnitude faster than a parameterized multi-row INSERT for thousands of JSON-bearing rows.
+        table = Contact._meta.db_table
+        columns = ", ".join(_CONTACT_COLUMNS)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _CONTACT_COLUMNS if c != "uid")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_TABLE} ON COMMIT DELETE ROWS AS "
+                f"SELECT {columns} FROM {table} WITH NO DATA"
+            )
+            cursor.execute(f"TRUNCATE {_STAGE_TABLE}")
+            raw = cursor.cursor
+            with raw.copy(f"COPY {_STAGE_TABLE} ({columns}) FROM STDIN") as copy:
+                for p in items:
+                    copy.write_row(self._contact_values(p, now, _identity))
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {_STAGE_TABLE} "
+                f"ON CONFLICT (uid) DO UPDATE SET {updates} RETURNING uid, id"
+            )
+            return dict(cursor.fetchall())
+
+    def _upsert_contacts_sqlite(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
+        table = Contact._meta.db_table
+        columns = ", ".join(_CONTACT_COLUMNS)
+        marks = ", ".join(["%s"] * len(_CONTACT_COLUMNS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _CONTACT_COLUMNS if c != "uid")
+        adapt = connection.ops.adapt_datetimefield_value
+        rows = [self._contact_values(p, now, adapt) for p in items]
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT (uid) DO UPDATE SET {updates}", rows
+            )
+        ids: dict[str, int] = {}
+        for chunk in chunked([p.uid for p in items], in_chunk_size()):
+            ids.update(Contact.objects.filter(uid__in=chunk).values_list("uid", "pk"))
+        return ids
+
+    def _upsert_contacts_orm(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
+        rows = [
+            Contact(
+                uid=p.uid,
+                location_id=self._locations[p.location_uid][0],
+                name=p.name,
+                normalized_name=p.normalized_name,
+                channels=p.channels,
+                tags=p.tags,
+                attributes=p.attributes,
+                address=p.address,
+                field_count=p.field_count,
+                marketing_opt_out=p.marketing_opt_out,
+                sms_opt_out=p.sms_opt_out,
+                email_opt_out=p.email_opt_out,
+                conversation_count=p.conversation_count,
+                created_at=p.created_at,
+                updated_at=p.updated_at,
+                deleted_at=p.deleted_at,
+                merged_into_uid=p.merged_into_uid,
+                indexed_at=now,
+            )
+            for p in items
+        ]
+        Contact.objects.bulk_create(
+            rows, update_conflicts=True, unique_fields=["uid"], update_fields=_CONTACT_UPDATE_FIELDS
+        )
+        ids = {row.uid: row.pk for row in rows if row.pk is not None}
+        if len(ids) < len(rows):  # a backend that cannot return ids from an upsert
+            missing = [row.uid for row in rows if row.pk is None]
+            for chunk in chunked(missing, in_chunk_size()):
+                ids.update(Contact.objects.filter(uid__in=chunk).values_list("uid", "pk"))
+        return ids
+
+    # --- keys and uncategorized phones -------------------------------------------------------------
+
+    @staticmethod
+    def _delete_rows(model: type[ContactKey] | type[UncategorizedPhone], contact_ids: list[int]) -> None:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(f"DELETE FROM {model._meta.db_table} WHERE contact_id = ANY(%s)", [contact_ids])
+            return
+        for chunk in chunked(contact_ids, in_chunk_size()):
+            model.objects.filter(contact_id__in=chunk).delete()
+
+    @staticmethod
+    def _insert_keys(rows: list[tuple[int, int, str, str, str, str]], fast: bool) -> None:
+        if not rows:
+            return
+        table = ContactKey._meta.db_table
+        columns = "contact_id, location_id, kind, key, raw, extension"
+        if fast and connection.vendor == "postgresql":
+            with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        elif fast:
+            with connection.cursor() as cursor:
+                cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)", rows)
+        else:
+            ContactKey.objects.bulk_create(
+                ContactKey(contact_id=c, location_id=loc, kind=kind, key=key, raw=raw, extension=ext)
+                for c, loc, kind, key, raw, ext in rows
+            )
+
+    def _replace_invalid_phones(self, items: list[PreparedContact], ids: dict[str, int], now: datetime) -> int:
+        contact_ids = [ids[p.uid] for p in items]
+        # Keep when a phone was first seen invalid, so the queue can be worked oldest first.
+        first_seen: dict[tuple[int, str], datetime] = {}
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"DELETE FROM {UncategorizedPhone._meta.db_table} WHERE contact_id = ANY(%s) "
+                    "RETURNING contact_id, raw, first_seen_at",
+                    [contact_ids],
+                )
+                first_seen.update(((cid, raw), seen) for cid, raw, seen in cursor.fetchall())
+        else:
+            for chunk in chunked(contact_ids, in_chunk_size()):
+                existing = UncategorizedPhone.objects.filter(contact_id__in=chunk)
+                found = list(existing.values_list("contact_id", "raw", "first_seen_at"))
+                if found:
+                    first_seen.update(((cid, raw), seen) for cid, raw, seen in found)
+                    existing.delete()
+        rows = [
+            UncategorizedPhone(
+                contact_id=ids[p.uid],
+                location_id=self._locations[p.location_uid][0],
+                raw=bad.raw,
+                code=bad.code,
+                reason=bad.reason,
+                region=p.region[:2],
+                first_seen_at=first_seen.get((ids[p.uid], bad.raw), now),
+            )
+            for p in items
+            for bad in p.invalid_phones
+        ]
+        UncategorizedPhone.objects.bulk_create(rows)
+        return len(rows)
+
+
+_STAGE_TABLE = "dedup_stage_contact"
+
+_CONTACT_COLUMNS = [
+    "uid",
+    "location_id",
+    "name",
+    "normalized_name",
+    "channels",
+    "tags",
+    "attributes",
+    "address",
+    "field_count",
+    "marketing_opt_out",
+    "sms_opt_out",
+    "email_opt_out",
+    "conversation_count",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+    "merged_into_uid",
+    "indexed_at",
+]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+# --- export files ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileSurvey:
+    """What a first quick pass over an export found: its locations and how many contact lines it has."""
+
+    locations: list[PodiumLocation]
+    contact_lines: int
+
+
+def survey_file(path: str) -> FileSurvey:
+    """Read an export once, cheaply: collect its locations and count its contact lines.
+
+    Locations may appear anywhere in an export, but each contact must be normalized with its
+    location's country, so they are read first. Only location lines carry ``"object"``, so the other
+    lines are counted without being decoded.
+    """
+    locations: list[PodiumLocation] = []
+    contacts = 0
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            if '"object"' in line:
+                parsed = _parse_line(line, lineno)
+                if isinstance(parsed, PodiumLocation):
+                    locations.append(parsed)
+                    continue
+            contacts += 1
+    return FileSurvey(locations, contacts)
+
+
+class ExportFileError(ValueError):
+    """An export line that is not the contract's NDJSON; the message names the line."""
+
+
+def _parse_line(line: str, lineno: int) -> PodiumLocation | PodiumContact:
+    from podium_client.errors import MalformedResponse
+
+    try:
+        return parse_export_line(line)
+    except MalformedResponse as exc:
+        raise ExportFileError(f"line {lineno}: {exc.message}") from None
+
+
+def _prepare_lines(
+    lines: list[tuple[int, str]], regions: dict[str, str], default_region: str
+) -> list[PreparedContact]:
+    """Parse and prepare a chunk of export lines (runs in a worker process for big files)."""
+    out: list[PreparedContact] = []
+    for lineno, line in lines:
+        parsed = _parse_line(line, lineno)
+        if isinstance(parsed, PodiumContact):
+            out.append(prepare_contact(parsed, regions.get(parsed.location_uid, default_region)))
+    return out
+
+
+@dataclass
+class PreparedChunk:
+    """Prepared contacts of consecutive export lines; ``last_line`` is the number of the last one read."""
+
+    contacts: list[PreparedContact]
+    last_line: int
+
+
+def _is_location_line(line: str) -> bool:
+    # Only location lines carry "object"; decoding just the rare lines that mention it is cheap.
+    if '"object"' not in line:
+        return False
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return False  # the parser names the bad line later
+    return isinstance(obj, dict) and obj.get("object") == "location"
+
+
+def _read_chunks(
+    fh: IO[str], start_after_line: int, chunk_lines: int
+) -> Iterator[tuple[list[tuple[int, str]], int]]:
+    """Contact lines in chunks of ``chunk_lines`` (locations were read by the survey), with line numbers."""
+    chunk: list[tuple[int, str]] = []
+    lineno = start_after_line
+    for lineno, line in enumerate(fh, 1):
+        if lineno <= start_after_line or not line.strip() or _is_location_line(line):
+            continue
+        chunk.append((lineno, line))
+        if len(chunk) >= chunk_lines:
+            yield chunk, lineno
+            chunk = []
+    if chunk or lineno > start_after_line:
+        yield chunk, lineno
+
+
+def iter_prepared_file(
+    path: str,
+    regions: dict[str, str],
+    default_region: str,
+    *,
+    start_after_line: int = 0,
+    chunk_lines: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+) -> Iterator[PreparedChunk]:
+    """Prepare an export's contacts chunk by chunk, in order, resuming after ``start_after_line``.
+
+    ``workers`` > 0 prepares in that many forked processes (at most a few chunks ahead of the
+    caller, so memory stays flat however big the file); 0 prepares here. ``None`` chooses: workers
+    when the file is big, this process is allowed children, and no transaction is open (forking
+    requires closing this process's database connections first, so the child cannot disturb them).
+    """
+    if workers is None:
+        workers = default_workers(path)
+    with open(path, encoding="utf-8") as fh:
+        chunks = _read_chunks(fh, start_after_line, chunk_lines)
+        if workers <= 0:
+            for lines, last in chunks:
+                yield PreparedChunk(_prepare_lines(lines, regions, default_region), last)
+            return
+        # Forked children inherit open sockets; closing the connections first means neither side
+        # can send on the other's session. Django reconnects on the next query.
+        connections.close_all()
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(workers) as pool:
+            pending: deque[tuple[Any, int]] = deque()
+            ahead = workers * 2
+            for lines, last in chunks:
+                pending.append((pool.apply_async(_prepare_lines, (lines, regions, default_region)), last))
+                if len(pending) > ahead:
+                    result, done_line = pending.popleft()
+                    yield PreparedChunk(result.get(), done_line)
+            while pending:
+                result, done_line = pending.popleft()
+                yield PreparedChunk(result.get(), done_line)
+
+
+def default_workers(path: str) -> int:
+    """How many worker processes to prepare a file with (0 = in this process)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    if multiprocessing.current_process().daemon:  # e.g. inside a django-q worker: no children allowed
+        return 0
+    if any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
+        return 0
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return 0
+    if size < PARALLEL_MIN_LINES * 400:  # about 400 bytes a contact line
+        return 0
+    return max(1, (os.cpu_count() or 1))
+
+
