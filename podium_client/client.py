@@ -59,6 +59,12 @@ class _TokenRefreshed(Exception):
     """Internal: the access token was refreshed after a 401 token_expired; send the call again."""
 
 
+def _caused_by(error: PodiumError, cause: BaseException) -> PodiumError:
+    # The error may be raised later, after the retries, outside this except block: keep the cause.
+    error.__cause__ = cause
+    return error
+
+
 def _nothing_was_sent(exc: requests.RequestException) -> bool:
     """True when the request failed before any byte reached the server (safe to repeat anything)."""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -401,14 +407,16 @@ class PodiumClient:
         except requests.RequestException as exc:
             if _nothing_was_sent(exc):
                 raise _Retry(
-                    APIConnectionError(f"{method} {path}: {type(exc).__name__} before sending")
+                    _caused_by(
+                        APIConnectionError(f"{method} {path}: {type(exc).__name__} before sending"), exc
+                    )
                 ) from exc
             cause = f"{type(exc).__name__} after sending"
             if merge is not None:
                 raise MergeOutcomeUnknown(merge[0], merge[1], cause) from exc
             if not repeatable:
                 raise APIConnectionError(f"{method} {path}: {cause}; outcome unknown") from exc
-            raise _Retry(APIConnectionError(f"{method} {path}: {cause}")) from exc
+            raise _Retry(_caused_by(APIConnectionError(f"{method} {path}: {cause}"), exc)) from exc
 
         request_id = resp.headers.get("X-Request-Id")
         status = resp.status_code
