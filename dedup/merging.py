@@ -115,7 +115,9 @@ _CLUSTER_STATUS_FOR = {
     MergeOperation.UNRECONCILABLE: Cluster.MERGING,
     MergeOperation.PATCHED: Cluster.MERGED,
     MergeOperation.FAILED_PERMANENT: Cluster.FAILED,
-    MergeOperation.RE_INDEX_REQUIRED: Cluster.FAILED,
+    # Superseded: the proposal no longer describes Podium; the rescan re-detects it and reopens it with
+    # fresh stamps when the same members still form a group (detection never touches failed clusters).
+    MergeOperation.RE_INDEX_REQUIRED: Cluster.SUPERSEDED,
 }
 
 
@@ -981,7 +983,7 @@ def _claim(operation_id: int, worker: str, holds: _Holds, force: bool) -> MergeO
         reason = "a row of this merge is locked by someone else"
     holds.release_all()
     with transaction.atomic():
-        operation = MergeOperation.objects.select_for_update().select_related("cluster").get(pk=operation_id)
+        operation = MergeOperation.objects.select_for_update(of=("self",)).select_related("cluster").get(pk=operation_id)
         if operation.state in MergeOperation.RESUMABLE_STATES:
             operation.next_attempt_at = timezone.now() + timedelta(seconds=TIMINGS.busy_retry)
             operation.save(update_fields=["next_attempt_at", "updated_at"])
@@ -1182,7 +1184,11 @@ class _Runner:
         logger.warning("merge #%s deferred %.1fs in %s: %s", self.op.pk, delay, self.op.state, type(exc).__name__)
 
     def _fail(self, code: str, message: str, *, evidence: Mapping[str, Any] | None = None,
-              cluster_changes: Mapping[str, Any] | None = None, payload: Mapping[str, Any] | None = None) -> None:
+              cluster_changes: Mapping[str, Any] | None = None, payload: Mapping[str, Any] | None = None,
+              re_evaluate: bool = False) -> None:
+        """End the operation without merging; ``re_evaluate`` leaves the cluster for the next scan to judge."""
+        if re_evaluate:
+            cluster_changes = {"status": Cluster.SUPERSEDED, **(cluster_changes or {})}
         self._transition(
             MergeOperation.FAILED_PERMANENT, error_code=code, last_error=message, evidence=evidence,
             cluster_changes=cluster_changes, payload={"reason": message, **(payload or {})},
@@ -1202,6 +1208,7 @@ class _Runner:
     # --- pending: re-read and check drift ------------------------------------------------------------
 
     def _pending(self) -> bool:
+        _crash_point("pending")
         uids = [self.op.primary_uid, *self.op.duplicate_uids]
         live = {uid: self._get(uid) for uid in uids}
         missing = sorted(uid for uid, c in live.items() if c is None)
@@ -1211,6 +1218,7 @@ class _Runner:
                 f"{ERR_NOT_FOUND} contact_not_found: {', '.join(missing)} unknown to Podium; skipped until the "
                 "next scan re-evaluates the cluster",
                 evidence={"missing": missing},
+                re_evaluate=True,
             )
             self._queue_rescan("contact_not_found", missing)
             return False
@@ -1262,6 +1270,7 @@ class _Runner:
                     ERR_NOT_FOUND,
                     f"{ERR_NOT_FOUND} contact_not_found: Podium does not know primary {primary_uid} (or it is "
                     "deleted); skipped until the next scan",
+                    re_evaluate=True,
                 )
                 self._queue_rescan("contact_not_found", [primary_uid])
                 return False
@@ -1332,7 +1341,7 @@ class _Runner:
             if primary is None:
                 self._fail(
                     ERR_NOT_FOUND, f"{ERR_NOT_FOUND} contact_not_found: primary {primary_uid} is unknown to Podium",
-                    evidence=evidence,
+                    evidence=evidence, re_evaluate=True,
                 )
                 self._queue_rescan("contact_not_found", [primary_uid])
                 return False
@@ -1407,6 +1416,7 @@ class _Runner:
                 f"{ERR_INVALID_DUPLICATE} invalid_duplicate_uid: {', '.join(gone)} gone from Podium; fewer than "
                 "two members remain, nothing to merge",
                 evidence=evidence,
+                re_evaluate=True,
             )
             self._queue_rescan("invalid_duplicate_uid", gone)
             return False
@@ -1575,7 +1585,7 @@ def retry_operation(operation: MergeOperation, *, user: User, run_async: bool = 
     """An admin retries a compliance-failed (or conflict-pending) merge now instead of at its next attempt."""
     actor_name, actor_user_id = _actor(user)
     with transaction.atomic():
-        op = MergeOperation.objects.select_for_update().select_related("cluster").get(pk=operation.pk)
+        op = MergeOperation.objects.select_for_update(of=("self",)).select_related("cluster").get(pk=operation.pk)
         if op.state not in (MergeOperation.COMPLIANCE_FAILED, MergeOperation.CONFLICT_PENDING):
             raise MergeRefused(
                 f"Merge #{op.pk} is {op.state}; only compliance_failed or conflict_pending merges are retried",

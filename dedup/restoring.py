@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from dedup import audit
 from dedup.merging import (
@@ -26,7 +27,7 @@ from dedup.merging import (
     person_of,
     restore_loop_contacts,
 )
-from dedup.models import Contact, ContactKey, MergeOperation, Policy, RestoreRecord, ReviewDecision
+from dedup.models import Cluster, Contact, ContactKey, MergeOperation, Policy, RestoreRecord, ReviewDecision
 from dedup.records import OPT_OUT_WIRE_FIELDS, OptOuts
 from dedup.survivorship import MergePlan
 from podium_client import Contact as PodiumContact
@@ -83,8 +84,9 @@ def restore_contact(
     (only flags that are on are sent, so nothing is ever turned off), then read back and verified
     (``RestoreError`` with ``ERR_DEDUP_010`` if they do not hold; the restore itself stands and is
     audited). With ``different_people`` the pair (restored contact, the primary it was merged into) is
-    remembered so detection does not propose it again. The index row is updated, the event audited,
-    and the contact's keys queued for a rescan. Callers check the person may restore (admins).
+    remembered so detection does not propose it again. The index row is updated, the merged cluster is
+    marked superseded (it no longer describes Podium; the rescan re-detects its contacts), the event
+    audited, and the contact's keys queued for a rescan. Callers check the person may restore (admins).
     """
     actor, actor_user_id = audit.actor_for(person_of(user), "system" if user is None else None)
     operation = merge_operation_for(contact_uid)
@@ -140,6 +142,16 @@ def restore_contact(
             )
             pair = [uid_a, uid_b]
         _reindex(after)
+        reopened = False
+        if operation is not None:
+            # The merged cluster no longer describes Podium: superseded, so the rescan re-detects the
+            # contacts (detection never touches a merged cluster) and proposes them again unless a person
+            # said they are different people. That is also how a restore loop shows itself.
+            reopened = bool(
+                Cluster.objects.filter(pk=operation.cluster_id, status=Cluster.MERGED).update(
+                    status=Cluster.SUPERSEDED, updated_at=timezone.now()
+                )
+            )
         rounds = RestoreRecord.objects.filter(contact_uid=contact_uid).count()
         keys = sorted(set(ContactKey.objects.filter(contact__uid=contact_uid).values_list("key", flat=True)))
         location = Contact.objects.filter(uid=contact_uid).values_list("location__uid", flat=True).first()
@@ -165,6 +177,7 @@ def restore_contact(
                 "differentPeople": pair,
                 "note": note,
                 "restoreRound": rounds,
+                "clusterSupersededForRescan": reopened,
                 "requestIds": request_ids,
             },
         )
