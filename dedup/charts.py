@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH = 600
-HEIGHT = 220
+# Drawing units; the SVG scales to its panel, so these are proportions (a ~400 px panel shows ~1:1 text).
+WIDTH = 420
+HEIGHT = 230
 PAD_LEFT = 44
-PAD_RIGHT = 12
-PAD_TOP = 14
-PAD_BOTTOM = 34
+PAD_RIGHT = 10
+PAD_TOP = 12
+PAD_BOTTOM = 30
+TICKS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +56,8 @@ def _empty(title: str, message: str) -> SafeString:
     )
 
 
-def _nice_max(value: float) -> float:
-    """A round axis maximum at or above ``value`` (1, 2, 5 × 10ⁿ)."""
+def _nice_step(value: float) -> float:
+    """The smallest 1, 2 or 5 × 10ⁿ at or above ``value``."""
     if value <= 0:
         return 1.0
     magnitude = 1.0
@@ -69,6 +71,14 @@ def _nice_max(value: float) -> float:
     return 10 * magnitude
 
 
+def _axis_top(value: float, integer: bool) -> float:
+    """An axis maximum whose ``TICKS`` gridlines fall on round numbers (whole ones for counts)."""
+    step = _nice_step(value / TICKS)
+    if integer:
+        step = max(step, 1.0)
+    return step * TICKS
+
+
 def _fmt(value: float, percent: bool) -> str:
     if percent:
         return f"{value * 100:.0f}%" if value * 100 >= 10 or value == 0 else f"{value * 100:.1f}%"
@@ -77,8 +87,8 @@ def _fmt(value: float, percent: bool) -> str:
 
 def _y_axis(top: float, percent: bool, plot_h: float) -> str:
     parts = []
-    for i in range(5):
-        frac = i / 4
+    for i in range(TICKS + 1):
+        frac = i / TICKS
         y = PAD_TOP + plot_h * (1 - frac)
         parts.append(
             format_html(
@@ -96,12 +106,14 @@ def _y_axis(top: float, percent: bool, plot_h: float) -> str:
 
 
 def _x_labels(points: Sequence[Point], xs: Sequence[float]) -> str:
-    # At most ~8 labels fit under a 600-unit axis; thin them evenly and always keep the last one.
-    step = max(1, (len(points) + 7) // 8)
+    # At most ~5 labels fit under the axis; thin them evenly and always keep the last one.
+    step = max(1, (len(points) + 4) // 5)
     parts = []
     for i, (p, x) in enumerate(zip(points, xs, strict=True)):
         if i % step and i != len(points) - 1:
             continue
+        if i != len(points) - 1 and len(points) - 1 - i < step:
+            continue  # too close to the last label to fit beside it
         parts.append(
             format_html(
                 '<text x="{x}" y="{y}" class="chart-tick" text-anchor="middle">{label}</text>',
@@ -117,7 +129,7 @@ def line_chart(points: Sequence[Point], *, title: str, percent: bool = False, em
     """A line with dots, e.g. the duplicate rate of each scan over time."""
     if not points:
         return _empty(title, empty)
-    top = _nice_max(max(p.value for p in points))
+    top = _axis_top(max(p.value for p in points), integer=not percent)
     plot_w = WIDTH - PAD_LEFT - PAD_RIGHT
     plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
     n = len(points)
@@ -148,9 +160,9 @@ def line_chart(points: Sequence[Point], *, title: str, percent: bool = False, em
 
 def bar_chart(points: Sequence[Point], *, title: str, empty: str = "No data yet") -> SafeString:
     """Vertical bars, e.g. merges per day."""
-    if not points:
+    if not points or not any(p.value for p in points):
         return _empty(title, empty)
-    top = _nice_max(max(p.value for p in points))
+    top = _axis_top(max(p.value for p in points), integer=True)
     plot_w = WIDTH - PAD_LEFT - PAD_RIGHT
     plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
     slot = plot_w / len(points)
@@ -183,16 +195,16 @@ def hbar_chart(points: Sequence[Point], *, title: str, empty: str = "No data yet
     """Horizontal bars with their labels on the left, e.g. open clusters per location."""
     if not points:
         return _empty(title, empty)
-    row = 26
-    label_w = 170
+    row = 28
+    label_w = 130
     height = PAD_TOP + row * len(points) + 8
     top = max(p.value for p in points) or 1
-    plot_w = WIDTH - label_w - PAD_RIGHT - 50
+    plot_w = WIDTH - label_w - PAD_RIGHT - 44
     parts = [_svg_open(title, f"{len(points)} rows; largest {_fmt(top, False)}", height)]
     for i, p in enumerate(points):
         y = PAD_TOP + row * i
         w = max(plot_w * (p.value / top), 1.0 if p.value else 0.0)
-        label = p.label if len(p.label) <= 24 else p.label[:23] + "…"
+        label = p.label if len(p.label) <= 18 else p.label[:17] + "…"
         parts.append(
             format_html(
                 '<text x="{lx}" y="{ty}" class="chart-tick" text-anchor="end">{label}</text>'

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib import messages
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -65,9 +65,7 @@ def cluster_list(request: HttpRequest) -> HttpResponse:
 def _filtered_clusters(request: HttpRequest, filters: dict[str, Any]) -> QuerySet[Cluster]:
     qs = access.clusters_visible_to(request.user)
     if filters.get("location"):
-        loc = filters["location"]
-        touching = Cluster.locations.through.objects.filter(location=loc).values("cluster_id")
-        qs = qs.filter(Q(location=loc) | Q(pk__in=touching))
+        qs = qs.filter(access.clusters_touching_q([filters["location"].pk]))
     if filters.get("kind"):
         qs = qs.filter(kind=filters["kind"])
     if filters.get("status"):
@@ -168,11 +166,16 @@ class _Preview:
     emails: list[str]
     tags: list[str]
     attributes: list[tuple[str, str]]
-    opt_outs: list[tuple[str, bool, list[str]]]
+    opt_outs: list[tuple[str, bool, list[str], str]]
     conflicts: list[dict[str, str]] = field(default_factory=list)
 
 
 OPT_OUT_LABELS = [("marketingOptOut", "Marketing"), ("smsOptOut", "SMS"), ("emailOptOut", "Email")]
+OPT_OUT_MEANING = {
+    "marketingOptOut": "will not receive marketing messages",
+    "smsOptOut": "will not receive text messages",
+    "emailOptOut": "will not receive email",
+}
 
 
 @login_required
@@ -180,7 +183,8 @@ OPT_OUT_LABELS = [("marketingOptOut", "Marketing"), ("smsOptOut", "SMS"), ("emai
 def cluster_detail(request: HttpRequest, cluster_id: int) -> HttpResponse:
     cluster = access.get_cluster_for_user(request, cluster_id)
     records = _member_records(cluster)
-    primary_uid = cluster.primary_uid or None
+    # Only a reviewer's choice is passed on: without one the rule picks, as the merge itself will.
+    primary_uid = cluster.chosen_primary_uid if cluster.chosen_primary_uid and not cluster.auto_merge else None
     names = {r.uid: r.name or r.uid for r in records}
     preview = _preview(records, primary_uid)
     ordered = _primary_first(records, preview.plan.primary_uid if preview else primary_uid)
@@ -246,7 +250,9 @@ def _preview(records: Sequence[MemberRecord], primary_uid: str | None) -> _Previ
         emails=[c["identifier"] for c in channels if c.get("type") == "EMAIL"],
         tags=[t.get("label", "") for t in wb.get("tags", [])],
         attributes=[(a.get("label", ""), a.get("value", "")) for a in wb.get("attributes", [])],
-        opt_outs=[(label, union[wire], sources.get(wire, [])) for wire, label in OPT_OUT_LABELS],
+        opt_outs=[
+            (label, union[wire], sources.get(wire, []), OPT_OUT_MEANING[wire]) for wire, label in OPT_OUT_LABELS
+        ],
         conflicts=list(plan.conflicts),
     )
 
