@@ -246,18 +246,20 @@ def main() -> int:
             ("/clusters/?per_page=100", lambda: f"/clusters/?per_page=100&page={rng.randint(1, 20)}"),
             ("/clusters/?kind=review&sort=confidence", lambda: f"/clusters/?kind=review&sort=confidence&page={rng.randint(1, 5)}"),
             ("/clusters/<id>/", functools.partial(_detail_path, rng, visible)),
+            ("/ (dashboard: counts and charts)", lambda: "/"),
         ]
         for name, make in cases:
             _measure(client, [make() for _ in range(5)])
             times = _measure(client, [make() for _ in range(args.samples)])
             p50, p95 = statistics.median(times), _percentile(times, 0.95)
-            worst = max(worst, p95)
+            if name.startswith("/clusters/"):  # the target covers the queue and the review page
+                worst = max(worst, p95)
             print(f"{name:<44} {label:<8} {p50:>8.1f} {p95:>8.1f} {_queries(client, make()):>8}")
         q25 = _queries(client, "/clusters/?per_page=25")
         q100 = _queries(client, "/clusters/?per_page=100")
         print(f"{'  queries for 25 rows vs 100 rows':<44} {label:<8} {q25:>8} {q100:>8} {'constant' if q25 == q100 else 'GROWS':>8}")
     verdict = "meets" if worst <= TARGET_P95_MS else "MISSES"
-    print(f"\nworst p95 {worst:.1f} ms: {verdict} the {TARGET_P95_MS:.0f} ms target")
+    print(f"\nworst p95 of the queue and the review page {worst:.1f} ms: {verdict} the {TARGET_P95_MS:.0f} ms target")
     return 0
 
 

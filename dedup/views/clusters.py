@@ -86,17 +86,31 @@ def _filtered_clusters(request: HttpRequest, filters: dict[str, Any]) -> QuerySe
 
 @dataclass
 class _ClusterRow:
+    """One line of the queue, with its text prepared here: 100 rows render in a fraction of the time."""
+
     cluster: Cluster
-    names: list[str]
-    location_names: list[str]
+    names: str
+    location_names: str
     selectable: bool
+    kind_label: str
+    status_label: str
+    found: str
 
     @classmethod
     def of(cls, cluster: Cluster, can_act: bool) -> _ClusterRow:
-        names = [m.contact.name or m.contact.uid for m in cluster.members.all()]
-        locs = sorted({loc.name for loc in cluster.locations.all()} | ({cluster.location.name} if cluster.location else set()))
-        selectable = can_act and cluster.kind == Cluster.AUTO and cluster.status == Cluster.OPEN
-        return cls(cluster, names, locs, selectable)
+        names = " · ".join(m.contact.name or m.contact.uid for m in cluster.members.all())
+        locs = {loc.name for loc in cluster.locations.all()}
+        if cluster.location is not None:
+            locs.add(cluster.location.name)
+        return cls(
+            cluster=cluster,
+            names=names if len(names) <= 160 else names[:159] + "…",
+            location_names=", ".join(sorted(locs)),
+            selectable=can_act and cluster.kind == Cluster.AUTO and cluster.status == Cluster.OPEN,
+            kind_label=cluster.get_kind_display(),
+            status_label=cluster.get_status_display(),
+            found=f"{cluster.created_at:%d %b %Y}",
+        )
 
 
 @login_required

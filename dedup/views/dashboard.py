@@ -32,8 +32,7 @@ FINISHED_BATCH_GRACE = timedelta(minutes=10)
 def dashboard(request: HttpRequest) -> HttpResponse:
     access.require_perm(request, "dedup.view_cluster")
     user = request.user
-    open_clusters = access.clusters_visible_to(user).filter(status=Cluster.OPEN)
-    by_kind = dict(open_clusters.order_by().values_list("kind").annotate(n=Count("id")).values_list("kind", "n"))
+    by_kind, per_location = _open_cluster_counts(user)
     ops = access.operations_visible_to(user)
     today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
     incidents = ops.filter(state__in=INCIDENT_STATES).select_related("cluster").order_by("created_at")
@@ -48,7 +47,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "incident_count": incidents.count(),
         "rate_chart": charts.line_chart(_duplicate_rates(user), title="Duplicate rate per scan", percent=True,
                                         empty="No finished scans yet"),
-        "location_chart": charts.hbar_chart(_clusters_per_location(user), title="Open clusters per location",
+        "location_chart": charts.hbar_chart(per_location, title="Open clusters per location",
                                             empty="No open clusters"),
         "merge_chart": charts.bar_chart(_merges_per_day(ops), title=f"Merges per day, last {MERGE_DAYS} days",
                                         empty="No merges yet"),
@@ -94,19 +93,33 @@ def _duplicate_rates(user: AnyUser) -> list[charts.Point]:
     ]
 
 
-def _clusters_per_location(user: AnyUser) -> list[charts.Point]:
+def _open_cluster_counts(user: AnyUser) -> tuple[dict[str, int], list[charts.Point]]:
+    """Open clusters by kind, and per location (a cross-location cluster counts at each of its locations).
+
+    One pass over the visible open clusters grouped by (location, kind) gives both the kind totals and
+    the within-location counts; the cross-location ones per location come from the small through rows.
+    """
+    by_kind: dict[str, int] = {}
+    per_location: dict[str, int] = {}
+    rows = (
+        access.clusters_visible_to(user)
+        .filter(status=Cluster.OPEN)
+        .order_by()
+        .values("location__name", "kind")
+        .annotate(n=Count("id"))
+    )
+    for row in rows:
+        by_kind[row["kind"]] = by_kind.get(row["kind"], 0) + row["n"]
+        if row["location__name"] is not None:
+            per_location[row["location__name"]] = per_location.get(row["location__name"], 0) + row["n"]
     ids = access.visible_location_ids(user)
-    counts: dict[str, int] = {}
-    within = Cluster.objects.filter(status=Cluster.OPEN, location__isnull=False)
-    through = Cluster.locations.through.objects.filter(cluster__status=Cluster.OPEN, cluster__location__isnull=True)
+    cross = Cluster.locations.through.objects.filter(cluster__status=Cluster.OPEN, cluster__location__isnull=True)
     if ids is not None:
-        within = within.filter(location_id__in=ids)
-        through = through.filter(location_id__in=ids)
-    for qs in (within, through):  # a cross-location cluster counts once at each of its locations
-        for row in qs.order_by().values("location__name").annotate(n=Count("id")):
-            counts[row["location__name"]] = counts.get(row["location__name"], 0) + row["n"]
-    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:12]
-    return [charts.Point(name, float(n)) for name, n in top]
+        cross = cross.filter(location_id__in=ids)
+    for row in cross.order_by().values("location__name").annotate(n=Count("id")):
+        per_location[row["location__name"]] = per_location.get(row["location__name"], 0) + row["n"]
+    top = sorted(per_location.items(), key=lambda kv: (-kv[1], kv[0]))[:12]
+    return by_kind, [charts.Point(name, float(n)) for name, n in top]
 
 
 def _merges_per_day(ops: Any) -> list[charts.Point]:
