@@ -11,7 +11,6 @@ from typing import Any
 
 import phonenumbers
 from django import forms
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import QuerySet
 
@@ -253,7 +252,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
         return f"{value:.2f}"
     return value
-
-
-def user_choices() -> list[str]:
-    return list(get_user_model().objects.order_by("username").values_list("username", flat=True))

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from dedup import access
 from dedup.forms import ContactSearchForm, RestoreForm
 from dedup.merging import MergeRefused
-from dedup.models import Contact, ContactKey, Policy, RestoreRecord
+from dedup.models import ContactKey, Policy, RestoreRecord
 from dedup.phones import normalize_phone
 from dedup.restoring import RestoreError, restore_contact
 from dedup.views.common import login_required, paginate, query_without_page
@@ -92,5 +92,5 @@ def restore(request: HttpRequest, uid: str) -> HttpResponse:
     return render(
         request,
         "contacts/restore_confirm.html",
-        {"contact": contact, "primary": primary, "form": form, "rounds": rounds, "contact_model": Contact},
+        {"contact": contact, "primary": primary, "form": form, "rounds": rounds},
     )
