@@ -43,8 +43,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.browser)
 
 
-@pytest.fixture(scope="session")
-def chromium(require_browser: bool) -> Iterator[Any]:
+@pytest.fixture
+def chromium(require_browser: bool, transactional_db: None) -> Iterator[Any]:
+    """Chromium for one test. Started after the test database (so it stops before the flush) and per test,
+    so no Playwright event loop outlives the browser tests."""
     if not CHROMIUM.exists():
         message = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
         if require_browser:
@@ -52,16 +54,19 @@ def chromium(require_browser: bool) -> Iterator[Any]:
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
 
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still
-    # synchronous and safe, so tell Django not to refuse them.
+    # Playwright's sync API runs an event loop in this thread, and Django refuses ORM calls next to a
+    # running loop. The test's own ORM calls are ordinary synchronous ones, so allow them, for this
+    # test only (a subprocess started later, e.g. `check --deploy`, must not inherit the switch).
     previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     playwright = sync_playwright().start()
-    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
     try:
-        yield browser
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
     finally:
-        browser.close()
         playwright.stop()
         if previous is None:
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
@@ -149,7 +154,7 @@ class Browser:
 
 
 @pytest.fixture
-def browser(chromium: Any, live_server: Any, request: pytest.FixtureRequest) -> Iterator[Browser]:
+def browser(live_server: Any, chromium: Any, request: pytest.FixtureRequest) -> Iterator[Browser]:
     b = Browser(chromium, live_server.url, request.node.name.removeprefix("test_"))
     yield b
     b.close()
