@@ -154,7 +154,8 @@ class Command(BaseCommand):
         while not stop["now"]:
             for child in children:
                 if child.poll() is not None:
-                    self.stderr.write(f"{' '.join(map(str, child.args[2:4]))} exited ({child.returncode}); stopping")
+                    args = child.args if isinstance(child.args, list) else [child.args]
+                    self.stderr.write(f"{' '.join(map(str, args[2:4]))} exited ({child.returncode}); stopping")
                     return
             time.sleep(0.5)
         self.stdout.write("\nstopping …")
