@@ -53,7 +53,7 @@ class ClusterFilterForm(_LocationChoiceMixin, forms.Form):
         required=False, min_value=Decimal("0"), max_value=Decimal("1"), decimal_places=2, label="Confidence from"
     )
     max_confidence = forms.DecimalField(
-        required=False, min_value=Decimal("0"), max_value=Decimal("1"), decimal_places=2, label="to"
+        required=False, min_value=Decimal("0"), max_value=Decimal("1"), decimal_places=2, label="Confidence to"
     )
     sort = forms.ChoiceField(choices=CLUSTER_SORT_CHOICES, required=False, initial="-confidence")
     per_page = forms.TypedChoiceField(choices=PER_PAGE_CHOICES, coerce=int, required=False, initial=25)
@@ -131,6 +131,7 @@ class UncategorizedFilterForm(_LocationChoiceMixin, forms.Form):
     )
     code = forms.ChoiceField(
         required=False,
+        label="Reason",
         choices=[("", "Any reason"), ("ERR_DEDUP_001", "Not parseable (ERR_DEDUP_001)"),
                  ("ERR_DEDUP_002", "Not a valid number (ERR_DEDUP_002)")],
     )
