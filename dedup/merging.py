@@ -37,7 +37,8 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -46,7 +47,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import OperationalError, connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from dedup import audit
@@ -252,16 +253,45 @@ class _Holds:
         self._held.append((kind, ident, fd))
         return True
 
+    def acquire_all(self, kind: str, idents: Sequence[int]) -> list[int]:
+        """Take the holder locks on every ident; returns those someone else holds (empty: all taken)."""
+        if connection.vendor != "postgresql":
+            return [ident for ident in idents if not self.acquire(kind, ident)]
+        if not idents:
+            return []
+        namespace = self._NAMESPACES[kind]
+        with connection.cursor() as cursor:
+            # One round trip for all of them; each lock taken is remembered, so release_all frees it.
+            cursor.execute(
+                "SELECT ident, pg_try_advisory_lock(%s, (ident %% 2147483647)::int) FROM unnest(%s::bigint[]) AS ident",
+                [namespace, list(idents)],
+            )
+            rows = cursor.fetchall()
+        busy = []
+        for ident, taken in rows:
+            if taken:
+                self._held.append((kind, int(ident), None))
+            else:
+                busy.append(int(ident))
+        return busy
+
     def release_all(self) -> None:
-        """Release every holder lock taken, newest first."""
-        while self._held:
-            kind, ident, fd = self._held.pop()
+        """Release every holder lock taken (in one round trip on PostgreSQL)."""
+        held, self._held = self._held, []
+        namespaces: list[int] = []
+        idents: list[int] = []
+        for kind, ident, fd in reversed(held):
             if fd is not None:
                 os.close(fd)  # closing the descriptor releases its flock
-                continue
+            else:
+                namespaces.append(self._NAMESPACES[kind])
+                idents.append(ident)
+        if idents:
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "SELECT pg_advisory_unlock(%s, %s)", [self._NAMESPACES[kind], ident % 2_147_483_647]
+                    "SELECT pg_advisory_unlock(ns::int, (ident %% 2147483647)::int) "
+                    "FROM unnest(%s::bigint[], %s::bigint[]) AS held(ns, ident)",
+                    [namespaces, idents],
                 )
 
 
@@ -297,11 +327,12 @@ def restore_counts(uids: Iterable[str]) -> dict[str, int]:
 def _overlapping_live_operations(
     cluster: Cluster, contact_ids: Sequence[int], states: Sequence[str]
 ) -> list[MergeOperation]:
+    """Operations in ``states`` of other clusters that share one of these contacts (at most one)."""
+    sharing = ClusterMember.objects.filter(contact_id__in=list(contact_ids)).exclude(cluster_id=cluster.pk)
     return list(
-        MergeOperation.objects.filter(state__in=states, cluster__members__contact_id__in=list(contact_ids))
-        .exclude(cluster=cluster)
+        MergeOperation.objects.filter(state__in=states, cluster_id__in=sharing.values("cluster_id"))
         .select_related("cluster")
-        .distinct()
+        .only("pk", "state", "cluster__cluster_id")[:1]
     )
 
 
@@ -926,13 +957,14 @@ def _run(
         own = client is None
         active = client or new_client()
         try:
-            _Runner(operation, active, worker).drive()
+            runner = _Runner(operation, active, worker)
+            runner.drive()
         finally:
             if own:
                 active.close()
     finally:
         holds.release_all()
-    return MergeOperation.objects.get(pk=operation_id), True
+    return runner.op, True
 
 
 def _claim(operation_id: int, worker: str, holds: _Holds, force: bool) -> MergeOperation | None:
@@ -956,6 +988,7 @@ def _claim(operation_id: int, worker: str, holds: _Holds, force: bool) -> MergeO
                 contacts = list(
                     Contact.objects.select_for_update(nowait=True, of=("self",))
                     .filter(memberships__cluster=cluster)
+                    .select_related("location")
                     .order_by("pk")
                 )
             except OperationalError as exc:
@@ -963,9 +996,10 @@ def _claim(operation_id: int, worker: str, holds: _Holds, force: bool) -> MergeO
                     raise
                 # The transaction is aborted now: build the message without touching the database.
                 raise _Busy(f"the cluster of merge #{operation.pk} or one of its contacts is being changed right now") from exc
-            for contact in contacts:
-                if not holds.acquire("contact", contact.pk):
-                    raise _Busy(f"contact {contact.uid} is held by another merge in progress")
+            busy = holds.acquire_all("contact", [c.pk for c in contacts])
+            if busy:
+                uid = next(c.uid for c in contacts if c.pk == busy[0])
+                raise _Busy(f"contact {uid} is held by another merge in progress")
             others = _overlapping_live_operations(cluster, [c.pk for c in contacts], _PAST_PENDING)
             if others:
                 other = others[0]
@@ -973,6 +1007,9 @@ def _claim(operation_id: int, worker: str, holds: _Holds, force: bool) -> MergeO
                     f"cluster {other.cluster.cluster_id} shares a contact and its merge (operation #{other.pk}, "
                     f"{other.state}) is not finished"
                 )
+            operation.cluster = cluster
+            # What the runner needs about the members, read here under the lock instead of again later.
+            operation._member_locations = {c.uid: (c.location.uid, c.location.country) for c in contacts}  # type: ignore[attr-defined]
             return operation
     except _Busy as exc:
         reason = str(exc)
@@ -1004,13 +1041,26 @@ class _Runner:
         self.client = client
         self.worker = worker
         self.actor = f"worker:{worker}"
-        self.cluster = Cluster.objects.get(pk=operation.cluster_id)
+        self.cluster = operation.cluster
+        member_locations: dict[str, tuple[str, str]] = getattr(operation, "_member_locations", {})
+        self.location_uids = (
+            sorted({loc for loc, _country in member_locations.values()}) or _location_uids(self.cluster)
+        )
         self.plan = MergePlan.from_dict(operation.plan)
         self.request_ids: list[str] = []
         # True right after this run committed `merging` and before it called merge: only then is the
         # merge's outcome known not to have happened. Any other `merging` is reconciled first.
         self.fresh_merging = False
         self.primary_after_merge: PodiumContact | None = None
+        primary_location = member_locations.get(operation.primary_uid)
+        self._region: str | None = primary_location[1].upper() if primary_location and primary_location[1] else None
+
+    @property
+    def region(self) -> str:
+        """The primary's location country, the default region for its national-format numbers."""
+        if self._region is None:
+            self._region = _region_of(self.op.primary_uid)
+        return self._region
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -1041,63 +1091,69 @@ class _Runner:
         next_attempt_in: float | None = None,
         cluster_changes: Mapping[str, Any] | None = None,
         operation_changes: Mapping[str, Any] | None = None,
-        after_commit_in_tx: Any = None,
+        after_commit_in_tx: Callable[[list[str]], None] | None = None,
     ) -> None:
-        """Commit the new state, the cluster's status and the audit event together."""
+        """Commit the new state, the cluster's status and the audit event together.
+
+        No re-read is needed: this worker holds the operation (holder lock), and people change an
+        operation only after taking that lock too. The audit event is appended last, so the audit chain's
+        lock is held only for the append and the commit, and workers serialize on as little as possible.
+        """
+        op = self.op
+        before = op.state
+        now = timezone.now()
+        fields: dict[str, Any] = {"state": to, "updated_at": now}
+        if error_code is not None:
+            fields["error_code"] = error_code
+        if last_error is not None:
+            fields["last_error"] = last_error
+        if evidence is not None:
+            fields["evidence"] = dict(evidence)
+        fields.update(operation_changes or {})
+        fields["attempts"] = fields.get("attempts", op.attempts)
+        fields["request_ids"] = [*op.request_ids, *self.request_ids]
+        fields["next_attempt_at"] = now + timedelta(seconds=next_attempt_in) if next_attempt_in is not None else None
+        if to in MergeOperation.TERMINAL_STATES:
+            fields["finished_at"] = now
+        cluster_fields = {"status": _CLUSTER_STATUS_FOR[to], **(cluster_changes or {})}
+        cluster_dirty = any(getattr(self.cluster, k) != v for k, v in cluster_fields.items())
+        plan = MergePlan.from_dict(fields.get("plan", op.plan))
+        duplicate_uids = list(fields.get("duplicate_uids", op.duplicate_uids))
         with transaction.atomic():
-            op = MergeOperation.objects.select_for_update().get(pk=self.op.pk)
-            cluster = Cluster.objects.select_for_update().get(pk=op.cluster_id)
-            before = op.state
-            op.state = to
-            if error_code is not None:
-                op.error_code = error_code
-            if last_error is not None:
-                op.last_error = last_error
-            if evidence is not None:
-                op.evidence = dict(evidence)
-            for field_name, value in (operation_changes or {}).items():
-                setattr(op, field_name, value)
-            op.request_ids = [*op.request_ids, *self.request_ids]
-            op.next_attempt_at = (
-                timezone.now() + timedelta(seconds=next_attempt_in) if next_attempt_in is not None else None
-            )
-            if to in MergeOperation.TERMINAL_STATES:
-                op.finished_at = timezone.now()
-            op.save()
-            cluster.status = _CLUSTER_STATUS_FOR[to]
-            for field_name, value in (cluster_changes or {}).items():
-                setattr(cluster, field_name, value)
-            cluster.save()
-            plan = MergePlan.from_dict(op.plan)
+            MergeOperation.objects.filter(pk=op.pk).update(**fields)
+            if cluster_dirty:
+                Cluster.objects.filter(pk=self.cluster.pk).update(**cluster_fields, updated_at=now)
+            if after_commit_in_tx is not None:
+                after_commit_in_tx(duplicate_uids)
             audit.record(
                 event or f"merge.{to}",
                 actor=self.actor,
-                cluster_ref=cluster.cluster_id,
+                cluster_ref=self.cluster.cluster_id,
                 operation_ref=op.pk,
-                location_uids=_location_uids(cluster),
-                contact_uids=[op.primary_uid, *op.duplicate_uids],
-                natural_keys=cluster.natural_keys,
+                location_uids=self.location_uids,
+                contact_uids=[op.primary_uid, *duplicate_uids],
+                natural_keys=self.cluster.natural_keys,
                 payload={
                     "from": before,
                     "to": to,
                     "primaryUid": op.primary_uid,
-                    "duplicateUids": list(op.duplicate_uids),
+                    "duplicateUids": duplicate_uids,
                     "optOutsBefore": {u: f.to_wire() for u, f in sorted(plan.member_opt_outs.items())},
                     "optOutsUnion": plan.opt_outs.to_wire(),
                     "requestIds": list(self.request_ids),
-                    "errorCode": op.error_code,
+                    "errorCode": fields.get("error_code", op.error_code),
                     **(payload or {}),
                 },
             )
-            if after_commit_in_tx is not None:
-                after_commit_in_tx(op)
-        self.op = op
-        self.cluster = cluster
-        self.plan = MergePlan.from_dict(op.plan)
+        for name, value in fields.items():
+            setattr(op, name, value)
+        for name, value in cluster_fields.items():
+            setattr(self.cluster, name, value)
+        self.plan = plan
         self.request_ids = []
         level = logging.ERROR if to == MergeOperation.COMPLIANCE_FAILED else logging.INFO
         logger.log(
-            level, "merge #%s cluster %s: %s -> %s%s", op.pk, cluster.cluster_id, before, to,
+            level, "merge #%s cluster %s: %s -> %s%s", op.pk, self.cluster.cluster_id, before, to,
             f" ({op.error_code})" if op.error_code and to != MergeOperation.PATCHED else "",
         )
 
@@ -1243,8 +1299,7 @@ class _Runner:
         primary_uid, duplicates = self.op.primary_uid, list(self.op.duplicate_uids)
         conflicts = 0
         while True:
-            MergeOperation.objects.filter(pk=self.op.pk).update(attempts=F("attempts") + 1)
-            self.op.attempts += 1
+            self.op.attempts += 1  # persisted with the next transition
             try:
                 primary = self.client.merge(primary_uid, duplicates)
                 break
@@ -1458,7 +1513,7 @@ class _Runner:
 
     def _write_back(self) -> bool:
         primary_uid = self.op.primary_uid
-        region = _region_of(primary_uid)
+        region = self.region
         body: dict[str, Any] = {}
         try:
             base = self.primary_after_merge
@@ -1485,8 +1540,8 @@ class _Runner:
             self._compliance_failed(problems, body)
             return False
 
-        def update_index(op: MergeOperation) -> None:
-            _index_after_merge(after, op.duplicate_uids)
+        def update_index(duplicate_uids: list[str]) -> None:
+            _index_after_merge(after, duplicate_uids)
 
         self._transition(
             MergeOperation.PATCHED,
@@ -1529,7 +1584,7 @@ def _index_after_merge(primary: PodiumContact, duplicate_uids: Sequence[str]) ->
     """
     from dedup.indexing import IndexWriter, prepare_contact
 
-    writer = IndexWriter(Policy.current().default_region)
+    writer = IndexWriter(settings.PODIUM_DEFAULT_REGION)
     writer.write([prepare_contact(primary, writer.region_for(primary.location_uid))])
     Contact.objects.filter(uid__in=list(duplicate_uids)).update(
         deleted_at=timezone.now(), merged_into_uid=primary.uid, indexed_at=timezone.now()
@@ -1581,10 +1636,25 @@ def resume_at_worker_start() -> dict[str, int]:
     return resume_operations(due_only=False)
 
 
+@contextmanager
+def _holding_operation(operation: MergeOperation) -> Iterator[None]:
+    """Hold the operation as a worker would, so a person never changes one a worker is running."""
+    holds = _Holds()
+    try:
+        if not holds.acquire("op", operation.pk):
+            raise ClusterBusyError(
+                operation.cluster,
+                f"Merge #{operation.pk} is being worked on by a worker right now — try again in a moment",
+            )
+        yield
+    finally:
+        holds.release_all()
+
+
 def retry_operation(operation: MergeOperation, *, user: User, run_async: bool = True) -> MergeOperation:
     """An admin retries a compliance-failed (or conflict-pending) merge now instead of at its next attempt."""
     actor_name, actor_user_id = _actor(user)
-    with transaction.atomic():
+    with _holding_operation(operation), transaction.atomic():
         op = MergeOperation.objects.select_for_update(of=("self",)).select_related("cluster").get(pk=operation.pk)
         if op.state not in (MergeOperation.COMPLIANCE_FAILED, MergeOperation.CONFLICT_PENDING):
             raise MergeRefused(
@@ -1624,7 +1694,7 @@ def resolve_operation(
     if not note.strip():
         raise ValueError("a resolution needs a note saying what was done")
     actor_name, actor_user_id = _actor(user)
-    with transaction.atomic():
+    with _holding_operation(operation), transaction.atomic():
         op = MergeOperation.objects.select_for_update().get(pk=operation.pk)
         cluster = Cluster.objects.select_for_update().get(pk=op.cluster_id)
         if op.state not in (MergeOperation.UNRECONCILABLE, MergeOperation.COMPLIANCE_FAILED):
