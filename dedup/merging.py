@@ -221,7 +221,7 @@ def new_client() -> PodiumClient:
 class _Holds:
     """Locks a worker keeps for a whole merge, across its short transactions (see the module docstring)."""
 
-    _NAMESPACES = {"op": 0x4D4F50, "contact": 0x4D4354}
+    _NAMESPACES = {"op": 0x4D4F50, "contact": 0x4D4354, "run": 0x4D5255}
 
     def __init__(self) -> None:
         self._held: list[tuple[str, int, int | None]] = []
@@ -360,6 +360,8 @@ def _busy_message(cluster: Cluster) -> str:
             "— try again in a moment"
         )
     who = cluster.decided_by.get_username() if cluster.decided_by else None
+    if who is None and live is not None:
+        who = _describe_actor(_last_actor(live))
     when = cluster.decided_at.strftime("%Y-%m-%d %H:%M UTC") if cluster.decided_at else "an earlier moment"
     verb = {
         Cluster.APPROVED: "approved",
@@ -884,10 +886,45 @@ def merge_all_auto(
 
     Returns the operations (as they ended) or, for a dry run, each cluster's plan dict
     (``describe_plan``). Clusters that cannot start (busy, stale, restore loop) are audited and skipped.
+    A second run while one is in progress is refused (``MergeRefused``, ``ERR_DEDUP_014``) naming it.
     """
     clusters = list(Cluster.objects.filter(status=Cluster.OPEN, auto_merge=True).order_by("pk"))
     if dry_run:
         return [describe_plan(c) for c in clusters]
+    with _one_run(actor):
+        return _merge_all_auto(clusters, actor=actor, client=client)
+
+
+_RUN_LOCK_ID = 1
+
+
+@contextmanager
+def _one_run(actor: str) -> Iterator[None]:
+    """One ``merge --all-auto`` run at a time (``ERR_DEDUP_014``); a second is refused naming the holder."""
+    from dedup.models import AuditEvent
+
+    holds = _Holds()
+    try:
+        if not holds.acquire("run", _RUN_LOCK_ID):
+            holder = (
+                AuditEvent.objects.filter(event_type="merge.run_started").order_by("-id")
+                .values_list("actor", "created_at").first()
+            )
+            named = f"{_describe_actor(holder[0])} since {holder[1]:%Y-%m-%d %H:%M:%S} UTC" if holder else "another run"
+            raise MergeRefused(
+                f"{ERR_CONCURRENT} concurrent_run: a merge of every auto-mergeable cluster is already running "
+                f"({named}); try again when it finishes",
+                code=ERR_CONCURRENT,
+            )
+        audit.record("merge.run_started", actor=f"worker:{actor}", payload={"scope": "all-auto"})
+        yield
+    finally:
+        holds.release_all()
+
+
+def _merge_all_auto(
+    clusters: list[Cluster], *, actor: str, client: PodiumClient | None
+) -> list[MergeOperation | dict[str, Any]]:
     batch = MergeBatch.objects.create(label=f"merge --all-auto {timezone.now():%Y-%m-%d %H:%M}")
     operations: list[MergeOperation] = []
     refused: list[dict[str, str]] = []

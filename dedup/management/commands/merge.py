@@ -58,7 +58,10 @@ class Command(BaseCommand):
             self.stdout.write("resume: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing to do"))
             touched = list(MergeOperation.objects.filter(state__in=_NEEDS_ATTENTION))
         elif options["all_auto"]:
-            results = merge_all_auto(actor="cli", dry_run=options["dry_run"])
+            try:
+                results = merge_all_auto(actor="cli", dry_run=options["dry_run"])
+            except MergeRefused as exc:
+                raise CommandError(exc.message) from exc
             if not results:
                 self.stdout.write("no open auto-mergeable clusters")
             for result in results:
