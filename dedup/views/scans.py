@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from dedup import access
 from dedup.forms import ScanForm
+from dedup.scanning import ConcurrentRunError, start_scan
 from dedup.views.common import is_htmx, login_required
 
 
@@ -34,8 +35,6 @@ def scan_list(request: HttpRequest) -> HttpResponse:
 def scan_now(request: HttpRequest) -> HttpResponse:
     """Start a scan of the user's locations (every location for admins and unrestricted users)."""
     access.require_perm(request, "dedup.run_scan")
-    from dedup.scanning import ConcurrentRunError, start_scan
-
     form = ScanForm(request.POST)
     full = bool(form.is_valid() and form.cleaned_data["full"])
     scope = access.scan_scope_for(request.user)
@@ -45,12 +44,8 @@ def scan_now(request: HttpRequest) -> HttpResponse:
         try:
             run = start_scan(locations=scope, full=full, requested_by=request.user)
         except ConcurrentRunError as exc:
-            holder = exc.holder
-            messages.error(
-                request,
-                f"{exc.code}: a scan of the same locations is already {holder.get_state_display().lower()} "
-                f"(scan #{holder.pk}, started by {holder.holder or 'the scheduler'}). Wait for it to finish.",
-            )
+            # The message names the scan holding the scope, who started it and when.
+            messages.error(request, str(exc))
         else:
             where = "every location" if scope is None else ", ".join(scope)
             messages.success(request, f"Scan #{run.pk} started for {where}. Progress is shown below.")

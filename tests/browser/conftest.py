@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
+from django.db.models.signals import post_migrate
 
 from dedup.models import Location, Policy
 from podium_client import Contact as PodiumContact
@@ -41,6 +43,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.browser)
+
+
+_GUARD_UID = "tests.browser.audit_guard_again"
+
+
+@pytest.fixture(autouse=True)
+def _flushable_audit_log(transactional_db: None) -> Iterator[None]:
+    """Let the live-server test's database be emptied afterwards on PostgreSQL despite the audit guard.
+
+    Migration 0002 refuses TRUNCATE of audit events, which is how pytest-django empties the database after
+    a transactional test. The guard is switched off just for that flush and on again right after it (the
+    flush emits ``post_migrate``), so every other test runs with it.
+    """
+    yield
+    if connection.vendor != "postgresql":
+        return
+
+    def guard_again(**kwargs: Any) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE dedup_auditevent ENABLE TRIGGER dedup_audit_no_truncate")
+        post_migrate.disconnect(dispatch_uid=_GUARD_UID)
+
+    post_migrate.connect(guard_again, weak=False, dispatch_uid=_GUARD_UID)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE dedup_auditevent DISABLE TRIGGER dedup_audit_no_truncate")
 
 
 @pytest.fixture

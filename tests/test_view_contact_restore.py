@@ -1,0 +1,65 @@
+"""Restoring a merged duplicate (admins): a confirmation page first, then POST; opt-outs stay on; audited."""
+
+from __future__ import annotations
+
+from dedup.merging import approve_cluster
+from dedup.models import AuditEvent, MergeOperation, RestoreRecord, ReviewDecision
+from tests.dashboard_base import SYDNEY, DashboardTestCase, PodiumMixin, same_person
+
+
+class RestoreContactTestCase(PodiumMixin, DashboardTestCase):
+    podium_contacts = same_person(SYDNEY, "ct_100")
+
+    def merge(self) -> str:
+        op = approve_cluster(self.sydney_cluster, user=self.sydney_manager, run_async=False)
+        assert op.state == MergeOperation.PATCHED
+        return sorted(op.duplicate_uids)[0]
+
+    def test_the_admin_confirms_then_restores_as_different_people(self) -> None:
+        uid = self.merge()
+        self.login(self.admin)
+        confirm = self.client.get(f"/contacts/{uid}/restore/")
+        assert confirm.status_code == 200
+        assert b"Confirm: restore this contact" in confirm.content
+        assert not RestoreRecord.objects.exists()  # the GET only asks
+        response = self.client.post(f"/contacts/{uid}/restore/", {"different_people": "on", "note": "twins"},
+                                    follow=True)
+        assert f"Restored {uid}." in response.content.decode()
+        restored = self.emulator.state.get(uid)
+        assert restored.deleted_at is None
+        assert restored.marketing_opt_out and restored.sms_opt_out  # at least the merge's union
+        record = RestoreRecord.objects.get(contact_uid=uid)
+        assert record.marked_different_people and record.restored_by == self.admin
+        assert ReviewDecision.objects.filter(decision=ReviewDecision.DIFFERENT_PEOPLE).exists()
+        assert AuditEvent.objects.filter(event_type="contact.restored", actor="user:admin").exists()
+
+    def test_a_contact_that_is_not_deleted_has_nothing_to_restore(self) -> None:
+        self.login(self.admin)
+        uid = self.sydney_cluster.suggested_primary_uid
+        response = self.client.post(f"/contacts/{uid}/restore/", follow=True)
+        assert "is not deleted; there is nothing to restore" in response.content.decode()
+
+    def test_the_sydney_manager_gets_403(self) -> None:
+        uid = self.merge()
+        self.login(self.sydney_manager)
+        assert self.client.get(f"/contacts/{uid}/restore/").status_code == 403
+        assert self.client.post(f"/contacts/{uid}/restore/").status_code == 403
+
+    def test_the_burleigh_manager_gets_404(self) -> None:
+        uid = self.merge()
+        self.login(self.burleigh_manager)
+        assert self.client.post(f"/contacts/{uid}/restore/").status_code == 404
+
+    def test_the_auditor_gets_403(self) -> None:
+        uid = self.merge()
+        self.login(self.auditor)
+        assert self.client.post(f"/contacts/{uid}/restore/").status_code == 403
+        assert not RestoreRecord.objects.exists()
+
+    def test_anonymous_is_sent_to_sign_in(self) -> None:
+        self.assert_login_redirect(self.client.post("/contacts/ct_1000002_bbbbbb/restore/"), "/")
+
+    def test_a_post_without_csrf_is_refused(self) -> None:
+        uid = self.merge()
+        assert self.csrf_client(self.admin).post(f"/contacts/{uid}/restore/").status_code == 403
+        assert not RestoreRecord.objects.exists()
