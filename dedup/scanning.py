@@ -1,0 +1,690 @@
+"""Scans: read Podium (or an export file) into the contact index, then detect clusters. A background job.
+
+``start_scan`` creates the scan run (one queued or running scan per scope: a second one is refused with
+``ERR_DEDUP_014`` naming the holder) and enqueues ``run_scan_task`` on django-q2, or runs it inline;
+``run_scan`` does the work and keeps the scan-run row up to date (pages, contacts, invalid phones,
+heartbeat, checkpoint) so the dashboard and the CLI can show progress, rate and ETA.
+
+Kinds of scan:
+
+* **full** — every page of every location in scope, soft-deleted and merged contacts included (so the
+  index learns about deletions); contacts the index holds that Podium no longer lists at all are
+  marked deleted. Detection then covers the scope.
+* **incremental** — per location, only what changed since that location's watermark (the newest
+  ``updatedAt`` of its last successful scan, Podium's clock, not ours) minus a small overlap; a
+  location never scanned successfully falls back to full. Detection covers only the contacts written
+  and what they connect to, so the cost follows the changes, not the corpus.
+* **file** — an NDJSON export through the same preparation and writing code, prepared in worker
+  processes when big.
+
+Crash recovery (``ERR_DEDUP_003``): a run whose heartbeat is older than ``STALE_AFTER`` (or whose
+worker process is gone) no longer blocks its scope. The next scan of that scope marks it failed with
+``ERR_DEDUP_003`` and, when it is the same kind of scan (and the same file), *continues from its
+checkpoint*: locations already finished are skipped and the interrupted one resumes at its saved page
+cursor (a cursor Podium no longer accepts restarts that location from its first page); a file resumes
+after the last line committed. Each page's index rows and the checkpoint commit in one transaction, so
+a resumed scan never skips nor double-counts a page.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from dedup import audit
+from dedup.detection import DetectionSummary, detect
+from dedup.indexing import ExportFileError, IndexWriter, iter_prepared_file, prepare_contact, survey_file
+from dedup.models import Cluster, ClusterMember, Contact, ContactKey, Location, Policy, ScanRun
+from dedup.podium import get_client
+from podium_client import InvalidRequestError, NotFoundError, PodiumClient, PodiumError
+from podium_client.types import format_timestamp, parse_timestamp
+
+logger = logging.getLogger(__name__)
+
+ERR_INDEX_BUILD = "ERR_DEDUP_003"
+ERR_CONCURRENT = "ERR_DEDUP_014"
+
+# A running scan that has not reported for this long is taken for crashed.
+STALE_AFTER = timedelta(minutes=5)
+# Incremental scans re-read this much before the watermark: Podium's listing may show a change a
+# moment after its updatedAt (replication lag), and re-reading a few contacts costs nothing.
+DEFAULT_OVERLAP = timedelta(minutes=5)
+# Watermarks are looked up in this many recent successful scans.
+_WATERMARK_HISTORY = 500
+
+Progress = Callable[[ScanRun], None]
+
+
+class ConcurrentRunError(Exception):
+    """A scan of the same (or an overlapping) scope is queued or running; ``holder`` is that scan run."""
+
+    code = ERR_CONCURRENT
+
+    def __init__(self, holder: ScanRun) -> None:
+        self.holder = holder
+        super().__init__(
+            f"{ERR_CONCURRENT} concurrent_run: scan #{holder.pk} (started by {_who(holder)} "
+            f"{_ago(holder.started_at or holder.created_at)}) is already {holder.state} for "
+            f"{describe_scope(holder.scope)}; wait for it to finish, or re-run after "
+            f"{int(STALE_AFTER.total_seconds() // 60)} minutes without progress to resume it"
+        )
+
+
+class ScanError(Exception):
+    """A scan failed; ``code`` is the product error code and ``scan_run`` the failed run (if created)."""
+
+    def __init__(self, message: str, code: str = ERR_INDEX_BUILD, scan_run: ScanRun | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.scan_run = scan_run
+
+
+class _TakenOver(Exception):
+    """This run was declared crashed and resumed by another one: stop without touching anything."""
+
+
+# --- starting -----------------------------------------------------------------------------------------
+
+
+def scope_key_for(locations: Sequence[str]) -> str:
+    """The canonical scope of a scan: ``all`` or the sorted location uids."""
+    scope = sorted(set(locations))
+    if not scope:
+        return "all"
+    key = "locations:" + ",".join(scope)
+    if len(key) > 300:
+        import hashlib
+
+        key = "locations#" + hashlib.sha256(key.encode()).hexdigest()
+    return key
+
+
+def describe_scope(scope: Sequence[str]) -> str:
+    """``all locations`` / ``location loc_sydney`` / ``locations a, b``, for messages."""
+    if not scope:
+        return "all locations"
+    if len(scope) == 1:
+        return f"location {scope[0]}"
+    return "locations " + ", ".join(scope)
+
+
+def _overlaps(a: Sequence[str], b: Sequence[str]) -> bool:
+    return not a or not b or bool(set(a) & set(b))
+
+
+def _who(run: ScanRun) -> str:
+    if run.requested_by_id is not None and run.requested_by is not None:
+        return f"user:{run.requested_by.get_username()}"
+    return run.holder or "system"
+
+
+def _ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "just now"
+    seconds = max((timezone.now() - moment).total_seconds(), 0)
+    if seconds < 90:
+        return f"{int(seconds)} s ago"
+    if seconds < 5400:
+        return f"{int(seconds // 60)} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _worker_alive(run: ScanRun) -> bool:
+    worker = run.checkpoint.get("worker") if isinstance(run.checkpoint, dict) else None
+    if not isinstance(worker, dict) or worker.get("host") != socket.gethostname():
+        return True  # another machine's process: only its heartbeat can tell
+    try:
+        os.kill(int(worker.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
+
+
+def is_crashed(run: ScanRun, now: datetime | None = None) -> bool:
+    """Whether an active scan run has stopped for good: stale heartbeat, or its worker process is gone."""
+    if not run.is_active:
+        return False
+    now = now or timezone.now()
+    last_sign = run.heartbeat_at or run.started_at or run.created_at
+    if now - last_sign > STALE_AFTER:
+        return True
+    return run.state == ScanRun.RUNNING and not _worker_alive(run)
+
+
+def _mark_crashed(run: ScanRun, resumed_by: str) -> None:
+    now = timezone.now()
+    updated = ScanRun.objects.filter(pk=run.pk, state__in=ScanRun.ACTIVE_STATES).update(
+        state=ScanRun.FAILED,
+        error_code=ERR_INDEX_BUILD,
+        error_message=(
+            f"{ERR_INDEX_BUILD} index_build_failed: the scan stopped reporting "
+            f"(last heartbeat {_ago(run.heartbeat_at or run.started_at or run.created_at)}); "
+            f"resumed by {resumed_by}"
+        ),
+        finished_at=now,
+    )
+    if updated:
+        audit.record(
+            "scan.failed",
+            actor="system",
+            location_uids=run.scope,
+            payload={"scanRun": run.pk, "code": ERR_INDEX_BUILD, "reason": "crashed", "resumedBy": resumed_by},
+        )
+
+
+def start_scan(
+    *,
+    locations: list[str] | None = None,
+    full: bool = False,
+    from_file: str | None = None,
+    requested_by: Any = None,
+    actor: str | None = None,
+    run_async: bool = True,
+    progress_callback: Progress | None = None,
+) -> ScanRun:
+    """Create a scan run for ``locations`` (``None``/empty: every location) and run it.
+
+    ``full`` re-reads every contact; otherwise the scan is incremental per location. ``from_file``
+    indexes an NDJSON export instead of calling Podium. Raises ``ConcurrentRunError`` while a scan of an
+    overlapping scope is queued or running; a crashed one is taken over and resumed instead (see the
+    module docstring). With ``run_async`` the work is a django-q2 task (``run_scan_task``) enqueued
+    when the surrounding transaction commits; otherwise it runs here (reporting to
+    ``progress_callback`` after every page) and ``ScanError`` reports a failure.
+    """
+    scope = sorted(set(locations or []))
+    kind = ScanRun.FILE if from_file else (ScanRun.FULL if full else ScanRun.INCREMENTAL)
+    source = os.path.abspath(from_file) if from_file else ""
+    if from_file and not os.path.isfile(source):
+        raise ScanError(f"export file {from_file} does not exist or is not a file", code="ERR_DEDUP_003")
+    actor_name, actor_id = audit.actor_for(requested_by)
+    if actor:
+        actor_name = actor
+    scope_key = scope_key_for(scope)
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                # Serializes the overlap check below; the unique constraint covers equal scopes anyway.
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [0x5CA2])
+        checkpoint: dict[str, Any] = {}
+        for other in ScanRun.objects.filter(state__in=ScanRun.ACTIVE_STATES).select_related("requested_by"):
+            if not _overlaps(other.scope, scope):
+                continue
+            if not is_crashed(other):
+                raise ConcurrentRunError(other)
+            _mark_crashed(other, resumed_by=actor_name)
+            if other.kind == kind and other.source_file == source and other.scope == scope:
+                checkpoint = {k: v for k, v in (other.checkpoint or {}).items() if k != "worker"}
+                checkpoint["resumedFrom"] = other.pk
+        try:
+            with transaction.atomic():
+                run = ScanRun.objects.create(
+                    kind=kind,
+                    scope=scope,
+                    scope_key=scope_key,
+                    source_file=source,
+                    requested_by=requested_by if actor_id is not None else None,
+                    holder=actor_name,
+                    checkpoint=checkpoint,
+                )
+        except IntegrityError:
+            holder = ScanRun.objects.filter(scope_key=scope_key, state__in=ScanRun.ACTIVE_STATES).first()
+            if holder is None:
+                raise
+            raise ConcurrentRunError(holder) from None
+        audit.record(
+            "scan.started",
+            actor=actor_name,
+            actor_user_id=actor_id,
+            location_uids=scope,
+            payload={
+                "scanRun": run.pk,
+                "kind": kind,
+                "scope": describe_scope(scope),
+                "file": source or None,
+                "resumedFrom": checkpoint.get("resumedFrom"),
+            },
+        )
+    if run_async:
+        run_id = run.pk
+        transaction.on_commit(
+            lambda: async_task("dedup.scanning.run_scan_task", run_id, task_name=f"scan #{run_id}", group="scans")
+        )
+        return run
+    return run_scan(run, progress_callback)
+
+
+def run_scan_task(scan_run_id: int) -> dict[str, Any]:
+    """The django-q2 task: run the scan and return its counters (kept in the task's result)."""
+    run = run_scan(ScanRun.objects.get(pk=scan_run_id))
+    return {"scanRun": run.pk, "state": run.state, "contacts": run.contacts_seen, "clusters": run.clusters_found}
+
+
+# --- running ------------------------------------------------------------------------------------------
+
+
+class _Run:
+    """The state of one executing scan: its row, writer, checkpoint and the counters it reports."""
+
+    def __init__(self, run: ScanRun, progress: Progress | None) -> None:
+        self.run = run
+        self.progress = progress
+        self.writer = IndexWriter(Policy.current().default_region)
+        self.checkpoint: dict[str, Any] = dict(run.checkpoint or {})
+        self.checkpoint["worker"] = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.checkpoint.setdefault("touchedSince", timezone.now().isoformat())
+        self.checkpoint.setdefault("locations", {})
+        # Index rows written by this process; a resumed scan also counts what its predecessor wrote.
+        self.touched_ids: set[int] = set()
+
+    def location_state(self, uid: str) -> dict[str, Any]:
+        states: dict[str, dict[str, Any]] = self.checkpoint["locations"]
+        return states.setdefault(uid, {})
+
+    def save(self, **fields: Any) -> None:
+        """Write counters, heartbeat and checkpoint, unless another run took this one over."""
+        now = timezone.now()
+        fields.update(heartbeat_at=now, checkpoint=self.checkpoint)
+        for name, value in fields.items():
+            setattr(self.run, name, value)
+        if not ScanRun.objects.filter(pk=self.run.pk, state=ScanRun.RUNNING).update(**fields):
+            raise _TakenOver
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.run)
+
+
+def run_scan(scan_run: ScanRun, progress: Progress | None = None) -> ScanRun:
+    """Do the work of a queued scan run, synchronously; returns the run in its final state.
+
+    Updates the row as it goes (pages, contacts_seen, contacts_total, invalid_phones, heartbeat_at,
+    checkpoint) and calls ``progress(run)`` after every page; then runs detection and records
+    clusters_found, auto_clusters and duplicate_rate. On failure the run is marked failed with
+    ``ERR_DEDUP_003`` and ``ScanError`` is raised; a re-run resumes it.
+    """
+    now = timezone.now()
+    claimed = ScanRun.objects.filter(pk=scan_run.pk, state=ScanRun.QUEUED).update(
+        state=ScanRun.RUNNING, started_at=now, heartbeat_at=now
+    )
+    scan_run.refresh_from_db()
+    if not claimed:
+        logger.warning("scan #%s is %s, not queued; nothing to do", scan_run.pk, scan_run.state)
+        return scan_run
+    state = _Run(scan_run, progress)
+    logger.info("scan #%s (%s, %s) started", scan_run.pk, scan_run.kind, describe_scope(scan_run.scope))
+    try:
+        state.save()
+        state.report()
+        if scan_run.kind == ScanRun.FILE:
+            _scan_file(state)
+        else:
+            with get_client() as client:
+                _scan_podium(state, client)
+        _analyze_if_grown(state)
+        summary = _detect_after(state)
+        _finish(state, summary)
+    except _TakenOver:
+        logger.warning("scan #%s was taken over by a newer run; stopping", scan_run.pk)
+        scan_run.refresh_from_db()
+        return scan_run
+    except Exception as exc:  # noqa: BLE001 - any failure fails the run, is recorded, and is raised again
+        _fail(state, exc)
+        raise ScanError(scan_run.error_message, code=scan_run.error_code, scan_run=scan_run) from exc
+    return scan_run
+
+
+def _failure_text(exc: BaseException) -> str:
+    if isinstance(exc, ScanError):
+        return str(exc)
+    if isinstance(exc, ExportFileError):
+        return f"the export file is not the contract's NDJSON: {exc}; fix or re-export it"
+    if isinstance(exc, OSError):
+        return f"the export file could not be read: {exc}"
+    if isinstance(exc, PodiumError):
+        return (
+            f"Podium failed or is unreachable ({type(exc).__name__}: {exc}); check PODIUM_BASE_URL and the "
+            "credentials, then re-run the scan: it continues where it stopped"
+        )
+    return f"{type(exc).__name__}: {exc}; re-run the scan: it continues where it stopped"
+
+
+def _fail(state: _Run, exc: BaseException) -> None:
+    run = state.run
+    message = f"{ERR_INDEX_BUILD} index_build_failed: {_failure_text(exc)}"
+    logger.error("scan #%s failed: %s", run.pk, message)
+    fields = {
+        "state": ScanRun.FAILED,
+        "error_code": ERR_INDEX_BUILD,
+        "error_message": message,
+        "finished_at": timezone.now(),
+        "checkpoint": {k: v for k, v in state.checkpoint.items() if k != "worker"},
+    }
+    ScanRun.objects.filter(pk=run.pk, state=ScanRun.RUNNING).update(**fields)
+    for name, value in fields.items():
+        setattr(run, name, value)
+    audit.record(
+        "scan.failed",
+        actor=run.holder or "system",
+        location_uids=run.scope,
+        payload={"scanRun": run.pk, "code": ERR_INDEX_BUILD, "reason": message, "contactsSeen": run.contacts_seen},
+    )
+
+
+def _finish(state: _Run, summary: DetectionSummary) -> None:
+    run = state.run
+    state.checkpoint.pop("worker", None)
+    scope_ids = _scope_location_ids(run.scope)
+    state.save(
+        state=ScanRun.SUCCEEDED,
+        finished_at=timezone.now(),
+        clusters_found=summary.clusters_open,
+        auto_clusters=summary.auto,
+        duplicate_rate=_duplicate_rate(scope_ids),
+    )
+    audit.record(
+        "scan.finished",
+        actor=run.holder or "system",
+        location_uids=run.scope,
+        payload={
+            "scanRun": run.pk,
+            "kind": run.kind,
+            "pages": run.pages,
+            "contactsSeen": run.contacts_seen,
+            "invalidPhones": run.invalid_phones,
+            "detection": summary.as_dict(),
+        },
+    )
+    logger.info(
+        "scan #%s finished: %d contacts in %d pages, %d invalid phones, %d open clusters (%d auto) in %.1fs",
+        run.pk, run.contacts_seen, run.pages, run.invalid_phones, run.clusters_found, run.auto_clusters,
+        run.elapsed_seconds,
+    )  # fmt: skip
+    state.report()
+
+
+def _scope_location_ids(scope: Sequence[str]) -> list[int] | None:
+    if not scope:
+        return None
+    return list(Location.objects.filter(uid__in=scope).values_list("pk", flat=True))
+
+
+def _duplicate_rate(location_ids: list[int] | None) -> float | None:
+    """Share of the scope's active contacts that sit in an open cluster."""
+    active = Contact.objects.filter(deleted_at__isnull=True, merged_into_uid="")
+    members = ClusterMember.objects.filter(cluster__status=Cluster.OPEN)
+    if location_ids is not None:
+        active = active.filter(location_id__in=location_ids)
+        members = members.filter(location_id__in=location_ids)
+    total = active.count()
+    if not total:
+        return None
+    return members.values("contact_id").distinct().count() / total
+
+
+def _analyze_if_grown(state: _Run) -> None:
+    # Right after a bulk load the planner's statistics still describe the empty tables, and a plan
+    # made for 100 rows over a million takes minutes. Cheap next to the load itself.
+    if state.run.contacts_seen < 10_000:
+        return
+    with connection.cursor() as cursor:
+        for model in (Contact, ContactKey):
+            cursor.execute(f"ANALYZE {model._meta.db_table}")
+
+
+def _detect_after(state: _Run) -> DetectionSummary:
+    run = state.run
+    state.save()
+    actor = run.holder or "system"
+    modes = {s.get("mode") for s in state.checkpoint["locations"].values()}
+    if run.kind == ScanRun.INCREMENTAL and modes == {"incremental"}:
+        # Only what changed, plus what it connects to: the contacts written since this scan (or the
+        # crashed scan it resumes) began.
+        touched = set(state.touched_ids)
+        if "resumedFrom" in state.checkpoint:
+            since = datetime.fromisoformat(state.checkpoint["touchedSince"])
+            touched.update(Contact.objects.filter(indexed_at__gte=since).values_list("pk", flat=True))
+        return detect(contact_ids=touched, scan_run=run, actor=actor)
+    if run.kind == ScanRun.INCREMENTAL and not modes:
+        return detect(contact_ids=[], scan_run=run, actor=actor)  # no location in scope
+    # A full read (or a location read whole for want of a watermark): detect the whole scope.
+    return detect(locations=run.scope or None, scan_run=run, actor=actor)
+
+
+# --- reading Podium -------------------------------------------------------------------------------------
+
+
+def overlap() -> timedelta:
+    """The safety overlap of incremental scans (``DEDUP_SCAN_OVERLAP_SECONDS``, default 5 minutes)."""
+    seconds = getattr(settings, "DEDUP_SCAN_OVERLAP_SECONDS", None)
+    return DEFAULT_OVERLAP if seconds is None else timedelta(seconds=float(seconds))
+
+
+def last_watermarks(location_uids: Iterable[str]) -> dict[str, datetime]:
+    """Per location, the newest ``updatedAt`` indexed by its last successful scan (Podium's clock)."""
+    wanted = set(location_uids)
+    found: dict[str, datetime] = {}
+    runs = ScanRun.objects.filter(state=ScanRun.SUCCEEDED).order_by("-finished_at", "-pk")
+    for checkpoint in runs.values_list("checkpoint", flat=True)[:_WATERMARK_HISTORY]:
+        states = (checkpoint or {}).get("locations") or {}
+        for uid, location_state in states.items():
+            if uid in wanted and uid not in found and location_state.get("done") and location_state.get("watermark"):
+                found[uid] = parse_timestamp(location_state["watermark"])
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def _newer(current: str | None, candidate: datetime | None) -> str | None:
+    if candidate is None:
+        return current
+    if current is None or parse_timestamp(current) < candidate:
+        return format_timestamp(candidate)
+    return current
+
+
+def _scan_podium(state: _Run, client: PodiumClient) -> None:
+    run = state.run
+    locations = client.list_locations()
+    state.writer.ensure_locations(locations)
+    known = {loc.uid for loc in locations}
+    unknown = sorted(set(run.scope) - known)
+    if unknown:
+        raise ScanError(f"Podium has no location {', '.join(unknown)}; check the --location uids")
+    targets = [loc for loc in locations if not run.scope or loc.uid in run.scope]
+    watermarks = {} if run.kind == ScanRun.FULL else last_watermarks(loc.uid for loc in targets)
+    if run.contacts_total is None:
+        # The index's count is the estimate for a full read; an incremental one reads an unknown few.
+        full_ids = [loc.uid for loc in targets if loc.uid not in watermarks]
+        estimate = Contact.objects.filter(location__uid__in=full_ids).count() if full_ids else 0
+        state.save(contacts_total=estimate or None)
+    for location in targets:
+        location_state = state.location_state(location.uid)
+        if location_state.get("done"):
+            continue
+        if "mode" not in location_state:
+            since = watermarks.get(location.uid)
+            location_state["mode"] = "incremental" if since is not None else "full"
+            location_state["since"] = format_timestamp(since - overlap()) if since is not None else None
+            location_state["startedAt"] = timezone.now().isoformat()
+            location_state["previousWatermark"] = format_timestamp(since) if since is not None else None
+        _scan_location(state, client, location.uid)
+
+
+def _scan_location(state: _Run, client: PodiumClient, location_uid: str) -> None:
+    run = state.run
+    location_state = state.location_state(location_uid)
+    since = parse_timestamp(location_state["since"]) if location_state.get("since") else None
+    region = state.writer.region_for(location_uid)
+    cursor = location_state.get("cursor")
+    try:
+        pages = client.iter_contact_pages(location_uid, updated_since=since, include_deleted=True, cursor=cursor)
+        first = next(pages)
+    except InvalidRequestError:
+        if cursor is None:
+            raise
+        # The saved cursor expired while the scan was down: read this location again from the top.
+        logger.warning("scan #%s: saved cursor for %s refused; restarting that location", run.pk, location_uid)
+        location_state.pop("cursor", None)
+        pages = client.iter_contact_pages(location_uid, updated_since=since, include_deleted=True)
+        first = next(pages)
+    for page in _chain(first, pages):
+        prepared = [prepare_contact(contact, region) for contact in page]
+        with transaction.atomic():
+            result = state.writer.write(prepared)
+            state.touched_ids.update(result.contact_ids)
+            location_state["cursor"] = page.next_cursor
+            location_state["watermark"] = _newer(
+                location_state.get("watermark") or location_state.get("previousWatermark"),
+                result.max_updated_at.get(location_uid),
+            )
+            state.save(
+                pages=run.pages + 1,
+                contacts_seen=run.contacts_seen + len(page),
+                invalid_phones=run.invalid_phones + result.invalid_phones,
+            )
+        state.report()
+    with transaction.atomic():
+        if location_state["mode"] == "full":
+            location_state["vanished"] = _mark_vanished(location_uid, location_state["startedAt"])
+        location_state["done"] = True
+        location_state.pop("cursor", None)
+        state.save()
+
+
+def _chain(first: Any, rest: Iterable[Any]) -> Iterable[Any]:
+    yield first
+    yield from rest
+
+
+def _mark_vanished(location_uid: str, started_at: str) -> int:
+    """Contacts of a location that a complete full read (deleted ones included) did not list.
+
+    Podium lists soft-deleted and merged contacts when asked, so a contact missing from a full read is
+    gone from Podium altogether; the index marks it deleted so it never joins a cluster again.
+    """
+    since = datetime.fromisoformat(started_at)
+    vanished = Contact.objects.filter(
+        location__uid=location_uid, indexed_at__lt=since, deleted_at__isnull=True, merged_into_uid=""
+    )
+    count = vanished.update(deleted_at=timezone.now(), indexed_at=timezone.now())
+    if count:
+        logger.warning("%d contact(s) of %s are no longer listed by Podium; marked deleted", count, location_uid)
+    return count
+
+
+# --- reading an export file ---------------------------------------------------------------------------------
+
+
+def _scan_file(state: _Run) -> None:
+    run = state.run
+    survey = survey_file(run.source_file)
+    state.writer.ensure_locations(survey.locations)
+    scope = set(run.scope)
+    if scope and not scope & {loc.uid for loc in survey.locations}:
+        logger.warning("scan #%s: the export declares none of %s", run.pk, ", ".join(sorted(scope)))
+    if run.contacts_total is None:
+        state.save(contacts_total=survey.contact_lines)
+    file_state: dict[str, Any] = state.checkpoint.setdefault("file", {"line": 0})
+    for chunk in iter_prepared_file(
+        run.source_file,
+        state.writer.regions(),
+        state.writer.default_region,
+        start_after_line=int(file_state.get("line", 0)),
+    ):
+        items = [p for p in chunk.contacts if not scope or p.location_uid in scope]
+        with transaction.atomic():
+            result = state.writer.write(items)
+            file_state["line"] = chunk.last_line
+            for uid, newest in result.max_updated_at.items():
+                location_state = state.location_state(uid)
+                location_state["mode"] = "file"
+                location_state["watermark"] = _newer(location_state.get("watermark"), newest)
+            state.save(
+                pages=run.pages + 1,
+                contacts_seen=run.contacts_seen + len(chunk.contacts),
+                invalid_phones=run.invalid_phones + result.invalid_phones,
+            )
+        state.report()
+    for location_state in state.checkpoint["locations"].values():
+        location_state["done"] = True
+    state.save()
+
+
+# --- targeted rescans ------------------------------------------------------------------------------------------
+
+
+def queue_rescan_of_keys(
+    natural_keys: list[str], reason: str, actor: str = "system", contact_uids: list[str] | None = None
+) -> None:
+    """Re-read some contacts from Podium and re-detect their natural keys, as a django-q2 task.
+
+    Used when a member's ``updatedAt`` drifted (``ERR_DEDUP_011``) and after restores. ``contact_uids``
+    names the contacts to re-read; without it, every indexed holder of the keys is re-read. Enqueued
+    when the caller's transaction commits.
+    """
+    keys = sorted(set(natural_keys))
+    uids = sorted(set(contact_uids or []))
+    transaction.on_commit(
+        lambda: async_task(
+            "dedup.scanning.rescan_keys_task", keys, reason, actor, uids, task_name="rescan keys", group="scans"
+        )
+    )
+
+
+def rescan_keys_task(
+    natural_keys: list[str], reason: str, actor: str = "system", contact_uids: list[str] | None = None
+) -> dict[str, Any]:
+    """Re-read the contacts (by uid, deleted ones included), re-index them and re-detect their keys."""
+    uids = set(contact_uids or [])
+    if not uids and natural_keys:
+        uids = set(ContactKey.objects.filter(key__in=natural_keys).values_list("contact__uid", flat=True))
+    writer = IndexWriter(Policy.current().default_region)
+    prepared = []
+    missing: list[str] = []
+    if uids:
+        with get_client() as client:
+            for uid in sorted(uids):
+                try:
+                    contact = client.get_contact(uid)
+                except NotFoundError:
+                    missing.append(uid)
+                    continue
+                prepared.append(prepare_contact(contact, writer.region_for(contact.location_uid)))
+    with transaction.atomic():
+        result = writer.write(prepared)
+        if missing:
+            # Podium does not know them at all any more: they must never join a cluster again.
+            Contact.objects.filter(uid__in=missing, deleted_at__isnull=True).update(
+                deleted_at=timezone.now(), indexed_at=timezone.now()
+            )
+    missing_ids = list(Contact.objects.filter(uid__in=missing).values_list("pk", flat=True))
+    summary = detect(keys=natural_keys, contact_ids=[*result.contact_ids, *missing_ids], actor=actor)
+    audit.record(
+        "scan.keys_rescanned",
+        actor=actor,
+        contact_uids=sorted(uids),
+        natural_keys=natural_keys,
+        payload={"reason": reason, "reread": len(prepared), "missing": missing, "detection": summary.as_dict()},
+    )
+    return {"reread": len(prepared), "missing": missing, "detection": summary.as_dict()}
+
+
+def scheduled_scan() -> dict[str, Any] | None:
+    """The periodic task: an incremental scan of every location, unless a scan is already running."""
+    try:
+        run = start_scan(actor="system:schedule", run_async=False)
+    except ConcurrentRunError as exc:
+        logger.info("scheduled scan skipped: %s", exc)
+        return None
+    return {"scanRun": run.pk, "state": run.state, "contacts": run.contacts_seen}
