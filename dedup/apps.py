@@ -11,5 +11,6 @@ class DedupConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Worker-start hook: reconcile unfinished merges whenever a django-q2 worker starts.
-        from dedup import worker_hooks  # noqa: F401
+        # Worker-start hooks: reconcile unfinished merges, and keep the periodic incremental scan
+        # scheduled at the policy's interval, whenever a django-q2 worker starts.
+        from dedup import schedule, worker_hooks  # noqa: F401
