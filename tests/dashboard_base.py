@@ -119,7 +119,12 @@ def build_cluster(contacts: Sequence[PodiumContact], *, status: str = Cluster.OP
         auto_merge=assessment.auto_merge,
         status=status,
         reasons=list(assessment.reasons),
-        pair_scores=[assessment.pairs[key].to_dict() for key in sorted(assessment.pairs)],
+        # The shape detection stores (dedup.detection), without the per-evidence weights.
+        pair_scores=[
+            {"a": p.uid_a, "b": p.uid_b, "score": p.score, "reasons": list(p.reasons), "conflict": p.conflict,
+             "explanation": p.explain()}
+            for _key, p in sorted(assessment.pairs.items())
+        ],
         member_count=len(uids),
         suggested_primary_uid=choose_primary(records).uid,
     )

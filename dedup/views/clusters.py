@@ -25,10 +25,27 @@ from dedup.merging import (
 )
 from dedup.models import Cluster, ClusterMember, MergeOperation, Policy
 from dedup.records import MemberRecord
-from dedup.scoring import reason_text
+from dedup.scoring import (
+    EMAIL_POINTS,
+    NAME_POINTS,
+    PHONE_POINTS,
+    SAME_EMAIL,
+    SAME_NAME,
+    SAME_PHONE,
+    SHARED_TAGS,
+    TAGS_POINTS,
+    reason_text,
+)
 from dedup.survivorship import MergePlan, plan_merge
 from dedup.views.common import login_required, paginate, query_without_page
 
+# What each piece of evidence adds to a pair's score (the spec's weights), shown next to the reason.
+EVIDENCE_WEIGHTS: dict[str, float] = {
+    SAME_PHONE: PHONE_POINTS / 100,
+    SAME_NAME: NAME_POINTS / 100,
+    SAME_EMAIL: EMAIL_POINTS / 100,
+    SHARED_TAGS: TAGS_POINTS / 100,
+}
 # Bulk approval is for the clear cases only; a bigger selection is a scripted job (`merge --all-auto`).
 MAX_BULK = 100
 
@@ -318,10 +335,12 @@ def _pairs(cluster: Cluster, names: dict[str, str]) -> list[_PairRow]:
             continue
         uids = pair.get("uids") or [pair.get("a", ""), pair.get("b", "")]
         uid_a, uid_b = str(uids[0]), str(uids[1])
-        components = pair.get("components") or {}
+        components = pair.get("components")
+        if not isinstance(components, dict):
+            components = EVIDENCE_WEIGHTS
         reasons = []
         for code in pair.get("reasons", []):
-            weight = components.get(code) if isinstance(components, dict) else None
+            weight = components.get(code)
             reasons.append((reason_text(str(code)), f"+{float(weight):.2f}" if weight else ""))
         rows.append(
             _PairRow(
