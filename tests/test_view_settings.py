@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
-from unittest import mock
+
+from django_q.models import Schedule
 
 from dedup.models import AuditEvent, Policy
+from dedup.schedule import SCAN_SCHEDULE_NAME
 from tests.dashboard_base import DashboardTestCase
 
 VALID = {
@@ -24,8 +26,7 @@ class SettingsTestCase(DashboardTestCase):
 
     def test_the_admin_changes_the_policy_and_the_change_is_audited(self) -> None:
         self.login(self.admin)
-        with mock.patch("dedup.views.settings._sync_schedule") as sync:
-            response = self.post()
+        response = self.post()
         assert response.status_code == 302
         policy = Policy.current()
         assert policy.default_region == "NZ" and str(policy.auto_merge_threshold) == "0.85"
@@ -35,7 +36,8 @@ class SettingsTestCase(DashboardTestCase):
         assert event.payload["changes"]["auto_merge_threshold"] == {"before": "0.80", "after": "0.85"}
         assert event.payload["changes"]["default_region"] == {"before": "AU", "after": "NZ"}
         assert "cross_location_auto_merge" not in event.payload["changes"]
-        sync.assert_called_once()
+        # The periodic scan now follows the new interval.
+        assert Schedule.objects.get(name=SCAN_SCHEDULE_NAME).minutes == 60
 
     def test_saving_without_a_change_records_nothing(self) -> None:
         self.login(self.admin)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import logging
-
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -15,9 +11,8 @@ from django.views.decorators.http import require_http_methods
 from dedup import access
 from dedup.forms import PolicyForm
 from dedup.models import Policy
+from dedup.schedule import sync_scan_schedule
 from dedup.views.common import login_required
-
-logger = logging.getLogger(__name__)
 
 
 @login_required
@@ -32,7 +27,8 @@ def policy_settings(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             changes = form.save_audited(request.user)
             if changes:
-                _sync_schedule()
+                # The periodic scan follows the policy's interval from now on.
+                sync_scan_schedule(form.instance)
                 messages.success(request, "Policy saved: " + ", ".join(sorted(changes)) + ". The change is in the audit log.")
             else:
                 messages.info(request, "Nothing changed.")
@@ -44,16 +40,3 @@ def policy_settings(request: HttpRequest) -> HttpResponse:
         status = 200
     return render(request, "settings/policy.html", {"form": form, "policy": policy, "can_change": can_change},
                   status=status)
-
-
-def _sync_schedule() -> None:
-    """Tell the scheduler about a new scan interval, where the scanning work exposes a hook for it."""
-    for module_name in ("dedup.schedule", "dedup.scanning"):
-        if importlib.util.find_spec(module_name) is None:
-            continue
-        module = importlib.import_module(module_name)
-        sync = getattr(module, "sync_scan_schedule", None)
-        if callable(sync):
-            sync()
-            return
-    logger.info("no sync_scan_schedule() hook found; the scan schedule picks the policy up on its next run")
