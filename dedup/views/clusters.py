@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from dedup import access
+from dedup.detection import member_records
 from dedup.forms import CLUSTER_SORTS, BulkApproveForm, ChangePrimaryForm, ClusterFilterForm, RejectForm
 from dedup.merging import (
     ClusterBusyError,
@@ -213,7 +214,7 @@ OPT_OUT_MEANING = {
 @require_GET
 def cluster_detail(request: HttpRequest, cluster_id: int) -> HttpResponse:
     cluster = access.get_cluster_for_user(request, cluster_id)
-    records = _member_records(cluster)
+    records = member_records(cluster)
     # Only a reviewer's choice is passed on: without one the rule picks, as the merge itself will.
     primary_uid = cluster.chosen_primary_uid if cluster.chosen_primary_uid and not cluster.auto_merge else None
     names = {r.uid: r.name or r.uid for r in records}
@@ -252,12 +253,6 @@ def cluster_detail(request: HttpRequest, cluster_id: int) -> HttpResponse:
             "is_cross": cluster.cross_location,
         },
     )
-
-
-def _member_records(cluster: Cluster) -> list[MemberRecord]:
-    from dedup.detection import member_records
-
-    return list(member_records(cluster))
 
 
 def _preview(records: Sequence[MemberRecord], primary_uid: str | None) -> _Preview | None:
