@@ -11,33 +11,35 @@ What a run does:
    Email keys take part only when policy makes email a secondary key.
 2. Groups them within each location and across locations (``build_clusters``), keeping apart every pair
    a person marked "different people".
-3. Scores each group with the policy's threshold; cross-location groups auto-merge only when policy
-   allows it.
-4. Writes the result. A cluster's id derives from its members, so an unchanged membership finds its own
-   row: an open one is refreshed in place (only when something changed), a superseded one reopened.
-   Open clusters whose membership no longer exists are superseded: status ``superseded``,
-   ``superseded_by`` the cluster that now holds most of their members, and an audit event. Clusters a
-   person or a worker is acting on (approved, merging, merged, rejected, failed) are never touched; a
-   changed membership gets a new cluster beside them.
+3. Scores the groups batch by batch with the policy's threshold (cross-location groups auto-merge only
+   when policy allows it) and writes each batch before scoring the next, so memory stays bounded
+   however big the index. Big runs score in forked worker processes while this one writes.
+4. A cluster's id derives from its members, so an unchanged membership finds its own row: an open one
+   is refreshed in place (only when something changed), a superseded one reopened. Open clusters whose
+   membership no longer exists are superseded: status ``superseded``, ``superseded_by`` the cluster that
+   now holds most of their members, and an audit event. Clusters a person or a worker is acting on
+   (approved, merging, merged, rejected, failed) are never touched; a changed membership gets a new
+   cluster beside them.
 
 A run is scoped three ways: everything; some locations (clusters touching them); or some contacts /
-natural keys (an incremental scan, a rescan after drift) — then only the connected component around
-those contacts is read, so the cost follows the change, not the corpus.
+natural keys (an incremental scan, a rescan after drift) — then only the connected components around
+those contacts are read, so the cost follows the change, not the corpus.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -56,7 +58,7 @@ from dedup.models import (
 )
 from dedup.phones import normalize_phone
 from dedup.records import MemberRecord
-from dedup.scoring import ClusterAssessment, assess_cluster
+from dedup.scoring import assess_cluster
 from dedup.survivorship import choose_primary
 from podium_client.types import format_timestamp
 
@@ -64,8 +66,14 @@ logger = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# Statuses detection may rewrite. Everything else belongs to a person or a merge worker.
+# The status detection may rewrite. Everything else belongs to a person or a merge worker.
 _MUTABLE = Cluster.OPEN
+
+# Groups scored and written together: big enough to amortize each round of queries, small enough that
+# a batch's records and proposals stay a few megabytes.
+BATCH_GROUPS = 5000
+# Below this many groups scoring stays in this process: forking costs more than it saves.
+PARALLEL_MIN_GROUPS = 40_000
 
 
 @dataclass
@@ -120,21 +128,37 @@ class DetectionSummary:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Proposal:
-    """A scored group, ready to be compared with the stored cluster of the same id."""
+    """A scored group, in the plain values the cluster tables take (picklable, for worker processes)."""
 
-    group: ClusterGroup
-    assessment: ClusterAssessment
+    stable_id: str
+    member_uids: tuple[str, ...]
+    natural_keys: tuple[str, ...]
+    location_uids: tuple[str, ...]
+    cross_location: bool
+    location_id: int | None
+    location_ids: tuple[int, ...]
     kind: str
     confidence: Decimal
-    suggested_primary_uid: str
+    auto_merge: bool
+    reasons: tuple[str, ...]
     pair_scores: list[dict[str, Any]]
-    member_ids: list[int]
-    member_locations: list[int]
-    member_updated: list[datetime | None]
-    location_id: int | None
-    location_ids: list[int]
+    suggested_primary_uid: str
+    member_ids: tuple[int, ...]
+    member_locations: tuple[int, ...]
+    member_updated: tuple[datetime, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Scoring:
+    """Everything scoring needs besides the members: policy and the location maps."""
+
+    threshold: Decimal
+    cross_location_auto_merge: bool
+    email_secondary_key: bool
+    location_uid_of: dict[int, str]
+    location_id_of: dict[str, int]
 
 
 # --- public API -------------------------------------------------------------------------------------------
@@ -147,6 +171,7 @@ def detect(
     scan_run: ScanRun | None = None,
     contact_ids: Iterable[int] | None = None,
     actor: str = "system",
+    workers: int | None = None,
 ) -> DetectionSummary:
     """Find duplicate clusters and bring the cluster table in step with the index.
 
@@ -154,7 +179,8 @@ def detect(
     ``contact_ids`` (index row ids) limit it to the contacts holding them and everything connected to
     those by a shared key. With none of them, the whole index is detected. ``scan_run`` is recorded on
     the clusters written. Policy decides the threshold, whether email is a secondary key and whether
-    cross-location clusters may merge automatically.
+    cross-location clusters may merge automatically. ``workers`` forces the number of scoring processes
+    (0: score here); by default big runs use one per CPU when this process may fork.
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -162,69 +188,62 @@ def detect(
     kinds = [ContactKey.PHONE] + ([ContactKey.EMAIL] if policy.email_secondary_key else [])
     location_uid_of = dict(Location.objects.values_list("pk", "uid"))
     location_id_of = {uid: pk for pk, uid in location_uid_of.items()}
+    scoring = _Scoring(
+        threshold=policy.auto_merge_threshold,
+        cross_location_auto_merge=policy.cross_location_auto_merge,
+        email_secondary_key=policy.email_secondary_key,
+        location_uid_of=location_uid_of,
+        location_id_of=location_id_of,
+    )
     scope_location_ids: set[int] | None = None
     if locations:
         scope_location_ids = {location_id_of[uid] for uid in locations if uid in location_id_of}
 
     key_scoped = keys is not None or contact_ids is not None
     seed_ids: set[int] = set()
-    id_sql: str | None = None
-    try:
-        if key_scoped:
-            seed_ids = set(contact_ids or ())
-            key_list = sorted(set(keys or ()))
-            if key_list:
-                seed_ids |= _holders(key_list, kinds=None, active_only=False)
-            candidates = _read_closure(seed_ids, kinds)
-        else:
-            candidates, id_sql = _read_shared(kinds)
-        timings["read_keys"] = time.perf_counter() - started
-
-        t = time.perf_counter()
-        excluded = list(
-            ReviewDecision.objects.filter(decision=ReviewDecision.DIFFERENT_PEOPLE).values_list("uid_a", "uid_b")
-        )
-        clustering_input = _clustering_input(candidates, location_uid_of)
-        groups = build_clusters(clustering_input, cross_location=False, excluded_pairs=excluded)
-        groups += build_clusters(clustering_input, cross_location=True, excluded_pairs=excluded)
-        del clustering_input
-        if scope_location_ids is not None:
-            scope_uids = {location_uid_of[pk] for pk in scope_location_ids}
-            groups = [g for g in groups if scope_uids.intersection(g.location_uids)]
-        timings["cluster"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        id_of_uid = {c.uid: contact_id for contact_id, c in candidates.items()}
-        wanted = {id_of_uid[uid] for g in groups for uid in g.member_uids}
-        records = _scoring_records(candidates, wanted, location_uid_of, id_sql)
-        timings["load_members"] = time.perf_counter() - t
-    finally:
-        if id_sql is not None:
-            _drop_shared()
-    considered_ids = seed_ids | set(candidates) if key_scoped else set()
-    del candidates
+    if key_scoped:
+        seed_ids = set(contact_ids or ())
+        key_list = sorted(set(keys or ()))
+        if key_list:
+            seed_ids |= _holders(key_list, kinds=None, active_only=False)
+        candidates = _read_closure(seed_ids, kinds)
+    else:
+        candidates = _read_shared(kinds)
+    timings["read_keys"] = time.perf_counter() - started
 
     t = time.perf_counter()
-    proposals = [
-        _propose(group, records, id_of_uid, location_id_of, policy.auto_merge_threshold, policy)
-        for group in groups
+    excluded = list(
+        ReviewDecision.objects.filter(decision=ReviewDecision.DIFFERENT_PEOPLE).values_list("uid_a", "uid_b")
+    )
+    clustering_input = [
+        (c.uid, location_uid_of[c.location_id], c.keys)
+        for c in sorted(candidates.values(), key=lambda c: c.location_id)
     ]
-    del records
-    timings["score"] = time.perf_counter() - t
+    groups = build_clusters(clustering_input, cross_location=False, excluded_pairs=excluded)
+    groups += build_clusters(clustering_input, cross_location=True, excluded_pairs=excluded)
+    del clustering_input
+    if scope_location_ids is not None:
+        scope_uids = {location_uid_of[pk] for pk in scope_location_ids}
+        groups = [g for g in groups if scope_uids.intersection(g.location_uids)]
+    id_of_uid = {c.uid: contact_id for contact_id, c in candidates.items()}
+    considered_ids = seed_ids | set(candidates) if key_scoped else set()
+    del candidates
+    timings["cluster"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if key_scoped:
-        reconsider = Cluster.objects.filter(
-            status=_MUTABLE, pk__in=_clusters_with_members(considered_ids)
-        )
+        reconsider = Cluster.objects.filter(status=_MUTABLE, pk__in=_clusters_with_members(considered_ids))
     elif scope_location_ids is not None:
         reconsider = Cluster.objects.filter(
             Q(location_id__in=scope_location_ids) | Q(locations__in=scope_location_ids), status=_MUTABLE
         ).distinct()
     else:
         reconsider = Cluster.objects.filter(status=_MUTABLE)
-    summary = _write(proposals, reconsider, scan_run, actor)
-    timings["write"] = time.perf_counter() - t
+    if workers is None:
+        workers = _default_workers(len(groups))
+    batches = _scored_batches(groups, id_of_uid, scoring, workers)
+    summary = _write(batches, reconsider, scan_run, actor, timings)
+    timings["score_and_write"] = time.perf_counter() - t
 
     summary.active_contacts = _active_contacts(scope_location_ids, key_scoped, considered_ids)
     summary.elapsed_seconds = time.perf_counter() - started
@@ -355,71 +374,64 @@ def load_member_records(
 # --- reading the index --------------------------------------------------------------------------------------
 
 _SHARED_KEYS_TABLE = "dedup_detect_shared_keys"
+_FETCH = 20_000
 
 
 class _Candidate:
-    """An active contact that may join a cluster, with the keys that can join it and score it."""
+    """An active contact that may join a cluster, with the keys that can join it."""
 
-    __slots__ = ("uid", "location_id", "cluster_keys", "phones", "emails")
+    __slots__ = ("uid", "location_id", "keys")
 
     def __init__(self, uid: str, location_id: int) -> None:
         self.uid = uid
         self.location_id = location_id
-        self.cluster_keys: list[str] = []
-        self.phones: list[str] = []
-        self.emails: list[str] = []
+        self.keys: list[str] = []
 
 
 def _active_sql(alias: str) -> str:
     return f"{alias}.deleted_at IS NULL AND {alias}.merged_into_uid = ''"
 
 
-def _add_key_rows(candidates: dict[int, _Candidate], rows: Iterable[tuple[Any, ...]], kinds: Sequence[str]) -> None:
-    """Fold ``(contact id, uid, location id, kind, key)`` rows into candidates."""
-    for contact_id, uid, location_id, kind, key in rows:
+def _add_key_rows(candidates: dict[int, _Candidate], rows: Iterable[tuple[Any, ...]]) -> None:
+    """Fold ``(contact id, uid, location id, key)`` rows into candidates."""
+    for contact_id, uid, location_id, key in rows:
         candidate = candidates.get(contact_id)
         if candidate is None:
             candidate = candidates[contact_id] = _Candidate(uid, location_id)
-        if kind == ContactKey.PHONE:
-            candidate.phones.append(key)
-        else:
-            candidate.emails.append(key)
-        if kind in kinds:
-            candidate.cluster_keys.append(key)
+        candidate.keys.append(key)
 
 
-def _read_shared(kinds: Sequence[str]) -> tuple[dict[int, _Candidate], str]:
-    """Every active contact holding a key that another active contact holds too (the database groups).
+def _read_shared(kinds: Sequence[str]) -> dict[int, _Candidate]:
+    """Every active contact holding a key that another active contact holds too.
 
-    Returns the candidates (with their shared keys of both kinds: phones and emails both count as
-    evidence, whatever joins clusters) and the SQL selecting their ids, for the contact query.
+    The database does the grouping (into a temporary table, analyzed so the join that follows is
+    planned for its real size); rows are streamed, never fetched all at once.
     """
     key_table, contact_table = ContactKey._meta.db_table, Contact._meta.db_table
+    marks = ", ".join(["%s"] * len(kinds))
     candidates: dict[int, _Candidate] = {}
     with connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE IF EXISTS {_SHARED_KEYS_TABLE}")
-        cursor.execute(
-            f"CREATE TEMP TABLE {_SHARED_KEYS_TABLE} AS SELECT k.key FROM {key_table} k "
-            f"JOIN {contact_table} c ON c.id = k.contact_id WHERE {_active_sql('c')} "
-            f"GROUP BY k.key HAVING COUNT(*) > 1"
-        )
-        # A temporary table has no statistics until analyzed; without them the planner may probe
-        # it once per key row instead of hashing it.
-        cursor.execute(f"ANALYZE {_SHARED_KEYS_TABLE}")
-        cursor.execute(
-            f"SELECT k.contact_id, c.uid, k.location_id, k.kind, k.key FROM {key_table} k "
-            f"JOIN {contact_table} c ON c.id = k.contact_id "
-            f"WHERE {_active_sql('c')} AND k.key IN (SELECT key FROM {_SHARED_KEYS_TABLE})"
-        )
-        _add_key_rows(candidates, cursor.fetchall(), kinds)
-    return candidates, (
-        f"SELECT k.contact_id FROM {key_table} k WHERE k.key IN (SELECT key FROM {_SHARED_KEYS_TABLE})"
-    )
-
-
-def _drop_shared() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE IF EXISTS {_SHARED_KEYS_TABLE}")
+        try:
+            cursor.execute(f"DROP TABLE IF EXISTS {_SHARED_KEYS_TABLE}")
+            cursor.execute(
+                f"CREATE TEMP TABLE {_SHARED_KEYS_TABLE} AS SELECT k.key FROM {key_table} k "
+                f"JOIN {contact_table} c ON c.id = k.contact_id WHERE {_active_sql('c')} AND k.kind IN ({marks}) "
+                f"GROUP BY k.key HAVING COUNT(*) > 1",
+                list(kinds),
+            )
+            cursor.execute(f"ANALYZE {_SHARED_KEYS_TABLE}")
+            cursor.execute(
+                f"SELECT k.contact_id, c.uid, k.location_id, k.key FROM {key_table} k "
+                f"JOIN {contact_table} c ON c.id = k.contact_id "
+                f"WHERE {_active_sql('c')} AND k.kind IN ({marks}) "
+                f"AND k.key IN (SELECT key FROM {_SHARED_KEYS_TABLE})",
+                list(kinds),
+            )
+            while rows := cursor.fetchmany(_FETCH):
+                _add_key_rows(candidates, rows)
+        finally:
+            cursor.execute(f"DROP TABLE IF EXISTS {_SHARED_KEYS_TABLE}")
+    return candidates
 
 
 def _holders(keys: Sequence[str], kinds: Sequence[str] | None, active_only: bool) -> set[int]:
@@ -435,19 +447,8 @@ def _holders(keys: Sequence[str], kinds: Sequence[str] | None, active_only: bool
     return found
 
 
-def _key_rows_of(contact_ids: Iterable[int]) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = []
-    for chunk in chunked(sorted(contact_ids), in_chunk_size()):
-        rows.extend(
-            ContactKey.objects.filter(
-                contact_id__in=chunk, contact__deleted_at__isnull=True, contact__merged_into_uid=""
-            ).values_list("contact_id", "contact__uid", "location_id", "kind", "key")
-        )
-    return rows
-
-
 def _read_closure(seed_ids: set[int], kinds: Sequence[str]) -> dict[int, _Candidate]:
-    """Every active contact connected to the seeds through shared keys, with all its keys.
+    """Every active contact connected to the seeds through shared keys, with its keys.
 
     Grows one hop at a time (the seeds' keys, their other holders, those holders' keys, ...) until
     nothing new joins, so the components around the seeds are read whole and nothing else.
@@ -456,73 +457,73 @@ def _read_closure(seed_ids: set[int], kinds: Sequence[str]) -> dict[int, _Candid
     frontier = set(seed_ids)
     seen_keys: set[str] = set()
     while frontier:
-        rows = _key_rows_of(frontier)
-        _add_key_rows(candidates, rows, kinds)
-        new_keys = {key for _cid, _uid, _loc, kind, key in rows if kind in kinds} - seen_keys
+        rows: list[tuple[Any, ...]] = []
+        for chunk in chunked(sorted(frontier), in_chunk_size()):
+            rows.extend(
+                ContactKey.objects.filter(
+                    contact_id__in=chunk, kind__in=kinds, contact__deleted_at__isnull=True, contact__merged_into_uid=""
+                ).values_list("contact_id", "contact__uid", "location_id", "key")
+            )
+        _add_key_rows(candidates, rows)
+        new_keys = {row[3] for row in rows} - seen_keys
         seen_keys |= new_keys
         frontier = _holders(sorted(new_keys), kinds, active_only=True) - candidates.keys() if new_keys else set()
     return candidates
 
 
-def _clustering_input(
-    candidates: dict[int, _Candidate], location_uid_of: dict[int, str]
-) -> list[tuple[str, str, list[str]]]:
-    """``(uid, location uid, keys)`` per candidate, location by location (what ``build_clusters`` likes)."""
-    ordered = sorted((c for c in candidates.values() if c.cluster_keys), key=lambda c: c.location_id)
-    return [(c.uid, location_uid_of[c.location_id], c.cluster_keys) for c in ordered]
+def _select_by_ids(sql: str, column: str, ids: Sequence[int]) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``sql`` (which ends in a WHERE clause) restricted to ``column`` in ``ids``.
+
+    PostgreSQL gets one array parameter (``= ANY``), however many ids; SQLite gets chunked IN lists.
+    """
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"{sql} {column} = ANY(%s)", [list(ids)])
+            yield from cursor.fetchall()
+            return
+        for chunk in chunked(list(ids), in_chunk_size()):
+            cursor.execute(f"{sql} {column} IN ({', '.join(['%s'] * len(chunk))})", list(chunk))
+            yield from cursor.fetchall()
 
 
-def _scoring_records(
-    candidates: dict[int, _Candidate],
-    wanted: set[int],
-    location_uid_of: dict[int, str],
-    id_sql: str | None,
-) -> dict[int, MemberRecord]:
-    """The records scoring and primary selection need, for the wanted candidates.
+def _scoring_records(ids: Sequence[int], scoring: _Scoring) -> dict[int, MemberRecord]:
+    """The records scoring and primary selection read, for some indexed contacts.
 
     Leaner than ``load_member_records``: the stored normalized name, the natural keys, tags, field
-    count and ``updatedAt`` are all that scoring and the primary rule read.
+    count and ``updatedAt`` are all that scoring and the primary rule look at.
     """
-    contact_table = Contact._meta.db_table
-    columns = "c.id, c.normalized_name, c.tags, c.field_count, c.updated_at"
+    phones: dict[int, list[str]] = defaultdict(list)
+    emails: dict[int, list[str]] = defaultdict(list)
+    key_sql = f"SELECT contact_id, kind, key FROM {ContactKey._meta.db_table} WHERE"
+    for contact_id, kind, key in _select_by_ids(key_sql, "contact_id", ids):
+        (phones if kind == ContactKey.PHONE else emails)[contact_id].append(key)
+    contact_sql = (
+        f"SELECT id, uid, location_id, normalized_name, tags, field_count, updated_at "
+        f"FROM {Contact._meta.db_table} WHERE"
+    )
     records: dict[int, MemberRecord] = {}
-
-    def build(rows: Iterable[tuple[Any, ...]]) -> None:
-        for contact_id, name, tags, field_count, updated_at in rows:
-            if contact_id not in wanted:
-                continue
-            c = candidates[contact_id]
-            if isinstance(tags, str):
-                tags = json.loads(tags) if tags != "[]" else ()
-            phones = tuple(c.phones)
-            emails = tuple(c.emails)
-            records[contact_id] = MemberRecord(
-                uid=c.uid,
-                location_uid=location_uid_of[c.location_id],
-                name=name,
-                phones=phones,
-                raw_phones=phones,
-                emails=emails,
-                raw_emails=emails,
-                tags=tuple(str(t) for t in tags or ()),
-                attributes=(),
-                address=None,
-                marketing_opt_out=False,
-                sms_opt_out=False,
-                email_opt_out=False,
-                field_count=field_count,
-                updated_at=_aware(updated_at),
-            )
-
-    with connection.cursor() as cursor:
-        if id_sql is not None:
-            cursor.execute(f"SELECT {columns} FROM {contact_table} c WHERE c.id IN ({id_sql})")
-            build(cursor.fetchall())
-        else:
-            for chunk in chunked(sorted(wanted), in_chunk_size()):
-                marks = ", ".join(["%s"] * len(chunk))
-                cursor.execute(f"SELECT {columns} FROM {contact_table} c WHERE c.id IN ({marks})", list(chunk))
-                build(cursor.fetchall())
+    for contact_id, uid, location_id, name, tags, field_count, updated_at in _select_by_ids(contact_sql, "id", ids):
+        if isinstance(tags, str):
+            tags = json.loads(tags) if tags != "[]" else ()
+        contact_phones = tuple(phones.get(contact_id, ()))
+        contact_emails = tuple(emails.get(contact_id, ()))
+        records[contact_id] = MemberRecord(
+            uid=uid,
+            location_uid=scoring.location_uid_of[location_id],
+            name=name,
+            phones=contact_phones,
+            raw_phones=contact_phones,
+            emails=contact_emails,
+            raw_emails=(),
+            tags=tuple(str(t) for t in tags or ()),
+            attributes=(),
+            address=None,
+            marketing_opt_out=False,
+            sms_opt_out=False,
+            email_opt_out=False,
+            field_count=field_count,
+            updated_at=_aware(updated_at),
+        )
     return records
 
 
@@ -558,155 +559,260 @@ def _active_contacts(scope_location_ids: set[int] | None, key_scoped: bool, cont
 # --- scoring ------------------------------------------------------------------------------------------------
 
 
-def _propose(
-    group: ClusterGroup,
-    records: dict[int, MemberRecord],
-    id_of_uid: dict[str, int],
-    location_id_of: dict[str, int],
-    threshold: Decimal,
-    policy: Policy,
-) -> _Proposal:
-    ids = [id_of_uid[uid] for uid in group.member_uids]
+def _propose(group: ClusterGroup, records: dict[int, MemberRecord], ids: tuple[int, ...], scoring: _Scoring) -> _Proposal:
     members = [records[i] for i in ids]
     assessment = assess_cluster(
         members,
-        threshold=threshold,
-        allow_cross_location_auto=policy.cross_location_auto_merge,
-        use_email_key=policy.email_secondary_key,
+        threshold=scoring.threshold,
+        allow_cross_location_auto=scoring.cross_location_auto_merge,
+        use_email_key=scoring.email_secondary_key,
     )
     if group.cross_location:
         kind = Cluster.CROSS
     else:
         kind = Cluster.AUTO if assessment.auto_merge else Cluster.REVIEW
-    pair_scores = [
-        {
-            "a": p.uid_a,
-            "b": p.uid_b,
-            "score": p.score,
-            "reasons": list(p.reasons),
-            "conflict": p.conflict,
-            "explanation": p.explain(),
-        }
-        for _key, p in sorted(assessment.pairs.items())
-    ]
+    location_id_of = scoring.location_id_of
     return _Proposal(
-        group=group,
-        assessment=assessment,
+        stable_id=group.stable_id,
+        member_uids=group.member_uids,
+        natural_keys=group.natural_keys,
+        location_uids=group.location_uids,
+        cross_location=group.cross_location,
+        location_id=None if group.location_uid is None else location_id_of[group.location_uid],
+        location_ids=tuple(sorted(location_id_of[uid] for uid in group.location_uids)),
         kind=kind,
         confidence=Decimal(f"{assessment.confidence:.2f}"),
+        auto_merge=assessment.auto_merge,
+        reasons=assessment.reasons,
+        pair_scores=[
+            {"a": p.uid_a, "b": p.uid_b, "score": p.score, "reasons": list(p.reasons), "conflict": p.conflict}
+            for _key, p in sorted(assessment.pairs.items())
+        ],
         suggested_primary_uid=choose_primary(members).uid,
-        pair_scores=pair_scores,
         member_ids=ids,
-        member_locations=[location_id_of[m.location_uid] for m in members],
-        member_updated=[m.updated_at for m in members],
-        location_id=None if group.location_uid is None else location_id_of[group.location_uid],
-        location_ids=sorted(location_id_of[uid] for uid in group.location_uids),
+        member_locations=tuple(location_id_of[m.location_uid] for m in members),
+        member_updated=tuple(m.updated_at for m in members),
     )
+
+
+def _score_groups(groups: Sequence[ClusterGroup], id_of_uid: dict[str, int], scoring: _Scoring) -> list[_Proposal]:
+    member_ids = [tuple(id_of_uid[uid] for uid in g.member_uids) for g in groups]
+    records = _scoring_records(sorted({i for ids in member_ids for i in ids}), scoring)
+    return [_propose(g, records, ids, scoring) for g, ids in zip(groups, member_ids, strict=True)]
+
+
+# State a forked scoring worker inherits (set just before the fork; read-only afterwards).
+_FORKED: dict[str, Any] = {}
+
+
+def _score_slice(start: int, end: int) -> list[_Proposal]:
+    """Score ``groups[start:end]`` in a forked worker (with its own database connection)."""
+    return _score_groups(_FORKED["groups"][start:end], _FORKED["id_of_uid"], _FORKED["scoring"])
+
+
+def _default_workers(group_count: int) -> int:
+    if group_count < PARALLEL_MIN_GROUPS or "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    if multiprocessing.current_process().daemon:  # e.g. inside a django-q worker: no children allowed
+        return 0
+    if any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
+        return 0
+    return max(1, multiprocessing.cpu_count())
+
+
+def _can_fork_workers() -> bool:
+    """Workers need their own connection to the same database, opened after the fork."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    if connection.vendor == "sqlite" and getattr(connection, "is_in_memory_db", lambda: False)():
+        return False  # a child process would open a different, empty in-memory database
+    return not any(conn.in_atomic_block for conn in connections.all(initialized_only=True))
+
+
+def _scored_batches(
+    groups: list[ClusterGroup], id_of_uid: dict[str, int], scoring: _Scoring, workers: int
+) -> Iterator[list[_Proposal]]:
+    """Proposals batch by batch, in order. With workers, the pool is forked now (before the caller opens
+    its write transaction) and keeps a few batches ahead of the writer."""
+    slices = [(start, min(start + BATCH_GROUPS, len(groups))) for start in range(0, len(groups), BATCH_GROUPS)]
+    if workers > 0 and not _can_fork_workers():
+        logger.debug("detection: scoring in this process (no fork possible here)")
+        workers = 0
+    if workers <= 0 or not slices:
+        return (_score_groups(groups[a:b], id_of_uid, scoring) for a, b in slices)
+    _FORKED.update(groups=groups, id_of_uid=id_of_uid, scoring=scoring)
+    # Children inherit open sockets; closing first means neither side can speak on the other's
+    # session. Each child opens its own connection; this process reconnects on its next query.
+    connections.close_all()
+    pool = multiprocessing.get_context("fork").Pool(workers)
+    _FORKED.clear()
+    pending: deque[Any] = deque()
+    queue = deque(slices)
+    ahead = workers * 2
+    while queue and len(pending) < ahead:
+        pending.append(pool.apply_async(_score_slice, queue.popleft()))
+
+    def results() -> Iterator[list[_Proposal]]:
+        try:
+            while pending:
+                batch = pending.popleft().get()
+                if queue:
+                    pending.append(pool.apply_async(_score_slice, queue.popleft()))
+                yield batch
+        finally:
+            pool.terminate()
+            pool.join()
+
+    return results()
 
 
 # --- writing ------------------------------------------------------------------------------------------------
 
 
-_STORED_FIELDS = (
-    "pk", "cluster_id", "status", "kind", "confidence", "auto_merge", "reasons", "pair_scores",
-    "suggested_primary_uid", "natural_keys", "member_count", "location_id", "cross_location",
+_STORED_COLUMNS = (
+    "id", "cluster_id", "status", "kind", "confidence", "auto_merge", "reasons", "pair_scores",
+    "suggested_primary_uid", "natural_keys", "member_count",
 )  # fmt: skip
 
 
-def _same(stored: dict[str, Any], proposal: _Proposal, member_stamps: dict[int, datetime | None]) -> bool:
+def _stored_rows(cluster_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The rows carrying these cluster ids, whatever their status (a person may hold one)."""
+    sql = f"SELECT {', '.join(_STORED_COLUMNS)} FROM {Cluster._meta.db_table} WHERE"
+    found: dict[str, dict[str, Any]] = {}
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"{sql} cluster_id = ANY(%s)", [list(cluster_ids)])
+            rows: Iterable[tuple[Any, ...]] = cursor.fetchall()
+        else:
+            rows = []
+            for chunk in chunked(list(cluster_ids), in_chunk_size()):
+                cursor.execute(f"{sql} cluster_id IN ({', '.join(['%s'] * len(chunk))})", list(chunk))
+                rows.extend(cursor.fetchall())
+    for row in rows:
+        data = dict(zip(_STORED_COLUMNS, row, strict=True))
+        for name in ("reasons", "pair_scores", "natural_keys"):
+            if isinstance(data[name], str):
+                data[name] = json.loads(data[name])
+        found[data["cluster_id"]] = data
+    return found
+
+
+def _same(stored: dict[str, Any], p: _Proposal, member_stamps: dict[int, datetime | None]) -> bool:
     """Whether a stored open cluster already says exactly what the proposal says."""
     return (
-        stored["kind"] == proposal.kind
-        and Decimal(stored["confidence"]) == proposal.confidence
-        and stored["auto_merge"] == proposal.assessment.auto_merge
-        and list(stored["reasons"]) == list(proposal.assessment.reasons)
-        and stored["suggested_primary_uid"] == proposal.suggested_primary_uid
-        and list(stored["natural_keys"]) == list(proposal.group.natural_keys)
-        and stored["member_count"] == len(proposal.member_ids)
-        and stored["pair_scores"] == proposal.pair_scores
-        and all(member_stamps.get(i) == u for i, u in zip(proposal.member_ids, proposal.member_updated, strict=True))
+        stored["kind"] == p.kind
+        and Decimal(str(stored["confidence"])).quantize(Decimal("0.01")) == p.confidence
+        and bool(stored["auto_merge"]) == p.auto_merge
+        and list(stored["reasons"]) == list(p.reasons)
+        and stored["suggested_primary_uid"] == p.suggested_primary_uid
+        and list(stored["natural_keys"]) == list(p.natural_keys)
+        and stored["member_count"] == len(p.member_ids)
+        and stored["pair_scores"] == p.pair_scores
+        and all(_aware(member_stamps.get(i)) == u for i, u in zip(p.member_ids, p.member_updated, strict=True))
     )
 
 
-def _write(
-    proposals: list[_Proposal], reconsider: QuerySet[Cluster], scan_run: ScanRun | None, actor: str
-) -> DetectionSummary:
-    summary = DetectionSummary()
-    by_id = {p.group.stable_id: p for p in proposals}
-    now = timezone.now()
-    with transaction.atomic():
-        # The rows carrying the proposals' ids, whatever their status (a person may hold one).
-        stored: dict[str, dict[str, Any]] = {}
-        for chunk in chunked(sorted(by_id), in_chunk_size()):
-            for row in Cluster.objects.filter(cluster_id__in=chunk).values(*_STORED_FIELDS):
-                stored[row["cluster_id"]] = row
-        reconsider_ids = set(reconsider.values_list("pk", flat=True))
-        # Locked, skipping any row a person or a worker holds right now, and re-read: a cluster
-        # approved since it was read is no longer open and is left alone.
-        status_of = _lock_mutable(reconsider_ids | {row["pk"] for row in stored.values()})
-        member_stamps = _member_stamps([row["pk"] for row in stored.values() if row["pk"] in status_of])
-
-        to_create: list[_Proposal] = []
-        to_refresh: list[tuple[int, _Proposal, bool]] = []  # (pk, proposal, reopened)
-        in_open_clusters: set[int] = set()
-        for cluster_id, proposal in by_id.items():
-            row = stored.get(cluster_id)
-            if row is None:
-                to_create.append(proposal)
-            elif row["pk"] not in status_of:
-                summary.held += 1
-                continue
-            elif status_of[row["pk"]] == Cluster.SUPERSEDED:
-                to_refresh.append((row["pk"], proposal, True))
-            elif _same(row, proposal, member_stamps.get(row["pk"], {})):
-                summary.unchanged += 1
-            else:
-                to_refresh.append((row["pk"], proposal, False))
-            _count_open(summary, proposal)
-            in_open_clusters.update(proposal.member_ids)
-        summary.contacts_in_clusters = len(in_open_clusters)
-
-        new_pk_of = _create(to_create, scan_run, now)
-        summary.created = len(to_create)
-        _refresh(to_refresh, scan_run, now, actor)
-        summary.refreshed = sum(1 for *_rest, reopened in to_refresh if not reopened)
-        summary.reopened = len(to_refresh) - summary.refreshed
-
-        live = {row["pk"] for cid, row in stored.items() if cid in by_id}
-        gone = sorted(pk for pk in reconsider_ids if status_of.get(pk) == _MUTABLE and pk not in live)
-        summary.superseded = _supersede(gone, proposals, stored, new_pk_of, scan_run, actor)
-    return summary
+def _lock_mutable(qs: QuerySet[Cluster]) -> dict[int, str]:
+    """Status of the open or superseded clusters of ``qs``, locked; rows someone holds are skipped."""
+    qs = Cluster.objects.filter(pk__in=qs.values("pk"), status__in=(_MUTABLE, Cluster.SUPERSEDED))
+    if connection.features.has_select_for_update_skip_locked:
+        qs = qs.select_for_update(skip_locked=True, of=("self",))
+    return dict(qs.values_list("pk", "status"))
 
 
-def _count_open(summary: DetectionSummary, proposal: _Proposal) -> None:
+def _lock_mutable_ids(pks: Sequence[int]) -> dict[int, str]:
+    status_of: dict[int, str] = {}
+    for chunk in chunked(sorted(pks), in_chunk_size()):
+        status_of.update(_lock_mutable(Cluster.objects.filter(pk__in=chunk)))
+    return status_of
+
+
+def _member_stamps(cluster_pks: Sequence[int]) -> dict[int, dict[int, datetime | None]]:
+    stamps: dict[int, dict[int, datetime | None]] = defaultdict(dict)
+    sql = f"SELECT cluster_id, contact_id, updated_at_when_scored FROM {ClusterMember._meta.db_table} WHERE"
+    for cluster_pk, contact_id, stamp in _select_by_ids(sql, "cluster_id", cluster_pks):
+        stamps[cluster_pk][contact_id] = stamp
+    return stamps
+
+
+def _count_open(summary: DetectionSummary, p: _Proposal) -> None:
     summary.clusters_open += 1
-    if proposal.kind == Cluster.CROSS:
+    if p.kind == Cluster.CROSS:
         summary.cross += 1
-    elif proposal.kind == Cluster.AUTO:
+    elif p.kind == Cluster.AUTO:
         summary.auto += 1
     else:
         summary.review += 1
 
 
-def _lock_mutable(pks: set[int]) -> dict[int, str]:
-    """Status of the given clusters that are open or superseded, locked; rows someone holds are skipped."""
-    status_of: dict[int, str] = {}
-    for chunk in chunked(sorted(pks), in_chunk_size()):
-        qs = Cluster.objects.filter(pk__in=chunk, status__in=(_MUTABLE, Cluster.SUPERSEDED))
-        if connection.features.has_select_for_update_skip_locked:
-            qs = qs.select_for_update(skip_locked=True, of=("self",))
-        status_of.update(qs.values_list("pk", "status"))
-    return status_of
-
-
-def _member_stamps(cluster_pks: list[int]) -> dict[int, dict[int, datetime | None]]:
-    stamps: dict[int, dict[int, datetime | None]] = defaultdict(dict)
-    for chunk in chunked(sorted(cluster_pks), in_chunk_size()):
-        for cluster_pk, contact_id, stamp in ClusterMember.objects.filter(cluster_id__in=chunk).values_list(
-            "cluster_id", "contact_id", "updated_at_when_scored"
-        ):
-            stamps[cluster_pk][contact_id] = stamp
-    return stamps
+def _write(
+    batches: Iterable[list[_Proposal]],
+    reconsider: QuerySet[Cluster],
+    scan_run: ScanRun | None,
+    actor: str,
+    timings: dict[str, float],
+) -> DetectionSummary:
+    summary = DetectionSummary()
+    now = timezone.now()
+    cluster_id_of_pk: dict[int, str] = {}
+    successor_of_contact: dict[int, int] = {}
+    in_open_clusters: set[int] = set()
+    waited = 0.0
+    with transaction.atomic():
+        # Locked, skipping any row a person or a worker holds right now, and re-read under the lock:
+        # a cluster approved since the scope was read is no longer open and is left alone.
+        reconsider_status = _lock_mutable(reconsider)
+        iterator = iter(batches)
+        while True:
+            t = time.perf_counter()
+            batch = next(iterator, None)
+            waited += time.perf_counter() - t
+            if batch is None:
+                break
+            stored = _stored_rows([p.stable_id for p in batch])
+            status_of = _lock_mutable_ids([row["id"] for row in stored.values()])
+            stamps = _member_stamps([row["id"] for row in stored.values() if status_of.get(row["id"]) == _MUTABLE])
+            to_create: list[_Proposal] = []
+            to_refresh: list[tuple[int, _Proposal, bool]] = []  # (pk, proposal, reopened)
+            kept: list[tuple[int | None, _Proposal]] = []
+            for p in batch:
+                row = stored.get(p.stable_id)
+                if row is None:
+                    to_create.append(p)
+                    kept.append((None, p))
+                    continue
+                pk = row["id"]
+                if pk not in status_of:
+                    summary.held += 1
+                    continue
+                if status_of[pk] == Cluster.SUPERSEDED:
+                    to_refresh.append((pk, p, True))
+                elif _same(row, p, stamps.get(pk, {})):
+                    summary.unchanged += 1
+                else:
+                    to_refresh.append((pk, p, False))
+                kept.append((pk, p))
+            new_pk_of = _create(to_create, scan_run, now)
+            _refresh(to_refresh, scan_run, now, actor)
+            summary.created += len(to_create)
+            summary.reopened += sum(1 for *_rest, reopened in to_refresh if reopened)
+            summary.refreshed += sum(1 for *_rest, reopened in to_refresh if not reopened)
+            for maybe_pk, p in kept:
+                pk = maybe_pk if maybe_pk is not None else new_pk_of[p.stable_id]
+                cluster_id_of_pk[pk] = p.stable_id
+                _count_open(summary, p)
+                in_open_clusters.update(p.member_ids)
+                for contact_id in p.member_ids:
+                    # A within-location cluster is the better successor than a cross-location one.
+                    if not p.cross_location or contact_id not in successor_of_contact:
+                        successor_of_contact[contact_id] = pk
+        gone = sorted(
+            pk for pk, status in reconsider_status.items() if status == _MUTABLE and pk not in cluster_id_of_pk
+        )
+        summary.superseded = _supersede(gone, successor_of_contact, cluster_id_of_pk, scan_run, actor)
+    summary.contacts_in_clusters = len(in_open_clusters)
+    timings["waiting_for_scores"] = waited
+    return summary
 
 
 def _json(value: Any) -> str:
@@ -715,24 +821,30 @@ def _json(value: Any) -> str:
 
 def _cluster_values(p: _Proposal) -> dict[str, Any]:
     return {
-        "natural_keys": list(p.group.natural_keys),
+        "natural_keys": _json(list(p.natural_keys)),
         "location_id": p.location_id,
-        "cross_location": p.group.cross_location,
+        "cross_location": p.cross_location,
         "kind": p.kind,
         "confidence": p.confidence,
-        "auto_merge": p.assessment.auto_merge,
-        "reasons": list(p.assessment.reasons),
-        "pair_scores": p.pair_scores,
+        "auto_merge": p.auto_merge,
+        "reasons": _json(list(p.reasons)),
+        "pair_scores": _json(p.pair_scores),
         "member_count": len(p.member_ids),
         "suggested_primary_uid": p.suggested_primary_uid,
     }
 
 
-_JSON_COLUMNS = frozenset({"natural_keys", "reasons", "pair_scores"})
+_CREATE_COLUMNS = [
+    "cluster_id", "natural_keys", "location_id", "cross_location", "kind", "confidence", "auto_merge",
+    "status", "reasons", "pair_scores", "member_count", "suggested_primary_uid", "chosen_primary_uid",
+    "scan_run_id", "created_at", "updated_at",
+]  # fmt: skip
 
-
-def _column_value(name: str, value: Any) -> Any:
-    return _json(value) if name in _JSON_COLUMNS else value
+_REFRESH_COLUMNS = [
+    "natural_keys", "location_id", "cross_location", "kind", "confidence", "auto_merge", "reasons",
+    "pair_scores", "member_count", "suggested_primary_uid", "status", "superseded_by_id", "scan_run_id",
+    "updated_at",
+]  # fmt: skip
 
 
 def _create(proposals: list[_Proposal], scan_run: ScanRun | None, now: datetime) -> dict[str, int]:
@@ -740,25 +852,34 @@ def _create(proposals: list[_Proposal], scan_run: ScanRun | None, now: datetime)
     if not proposals:
         return {}
     scan_run_id = scan_run.pk if scan_run is not None else None
-    columns = [
-        "cluster_id", "natural_keys", "location_id", "cross_location", "kind", "confidence", "auto_merge",
-        "status", "reasons", "pair_scores", "member_count", "suggested_primary_uid", "chosen_primary_uid",
-        "scan_run_id", "created_at", "updated_at",
-    ]  # fmt: skip
     rows = []
     for p in proposals:
         values = _cluster_values(p)
         values.update(
-            cluster_id=p.group.stable_id, status=Cluster.OPEN, chosen_primary_uid="", scan_run_id=scan_run_id,
+            cluster_id=p.stable_id, status=Cluster.OPEN, chosen_primary_uid="", scan_run_id=scan_run_id,
             created_at=now, updated_at=now,
         )  # fmt: skip
-        rows.append(tuple(_column_value(c, values[c]) for c in columns))
-    insert_rows(Cluster._meta.db_table, columns, rows)
-    pk_of: dict[str, int] = {}
-    for chunk in chunked([p.group.stable_id for p in proposals], in_chunk_size()):
-        pk_of.update(Cluster.objects.filter(cluster_id__in=chunk).values_list("cluster_id", "pk"))
-    _insert_members_and_locations([(pk_of[p.group.stable_id], p) for p in proposals], locations=True)
+        rows.append(tuple(values[c] for c in _CREATE_COLUMNS))
+    insert_rows(Cluster._meta.db_table, _CREATE_COLUMNS, rows)
+    pk_of = {
+        cluster_id: pk
+        for pk, cluster_id in _select_by_text(
+            f"SELECT id, cluster_id FROM {Cluster._meta.db_table} WHERE", "cluster_id", [p.stable_id for p in proposals]
+        )
+    }
+    _insert_members_and_locations([(pk_of[p.stable_id], p) for p in proposals], locations=True)
     return pk_of
+
+
+def _select_by_text(sql: str, column: str, values: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"{sql} {column} = ANY(%s)", [list(values)])
+            yield from cursor.fetchall()
+            return
+        for chunk in chunked(list(values), in_chunk_size()):
+            cursor.execute(f"{sql} {column} IN ({', '.join(['%s'] * len(chunk))})", list(chunk))
+            yield from cursor.fetchall()
 
 
 def _insert_members_and_locations(items: list[tuple[int, _Proposal]], *, locations: bool) -> None:
@@ -771,9 +892,8 @@ def _insert_members_and_locations(items: list[tuple[int, _Proposal]], *, locatio
         ClusterMember._meta.db_table, ["cluster_id", "contact_id", "location_id", "updated_at_when_scored"], member_rows
     )
     if locations:
-        through = Cluster.locations.through
         insert_rows(
-            through._meta.db_table,
+            Cluster.locations.through._meta.db_table,
             ["cluster_id", "location_id"],
             [(pk, location_id) for pk, p in items for location_id in p.location_ids],
         )
@@ -786,17 +906,12 @@ def _refresh(
     if not items:
         return
     scan_run_id = scan_run.pk if scan_run is not None else None
-    columns = [
-        "natural_keys", "location_id", "cross_location", "kind", "confidence", "auto_merge", "reasons",
-        "pair_scores", "member_count", "suggested_primary_uid", "status", "superseded_by_id", "scan_run_id",
-        "updated_at",
-    ]  # fmt: skip
     rows = []
     for pk, p, _reopened in items:
         values = _cluster_values(p)
         values.update(status=Cluster.OPEN, superseded_by_id=None, scan_run_id=scan_run_id, updated_at=now)
-        rows.append((pk, *(_column_value(c, values[c]) for c in columns)))
-    update_rows(Cluster._meta.db_table, "id", columns, rows)
+        rows.append((pk, *(values[c] for c in _REFRESH_COLUMNS)))
+    update_rows(Cluster._meta.db_table, "id", _REFRESH_COLUMNS, rows)
     pks = [pk for pk, _p, _r in items]
     for chunk in chunked(pks, in_chunk_size()):
         ClusterMember.objects.filter(cluster_id__in=chunk).delete()
@@ -806,47 +921,36 @@ def _refresh(
             audit.record(
                 "cluster.reopened",
                 actor=actor,
-                cluster_ref=p.group.stable_id,
-                location_uids=p.group.location_uids,
-                contact_uids=p.group.member_uids,
-                natural_keys=p.group.natural_keys,
+                cluster_ref=p.stable_id,
+                location_uids=p.location_uids,
+                contact_uids=p.member_uids,
+                natural_keys=p.natural_keys,
                 payload={"reason": "the same members form a duplicate group again", "clusterPk": pk},
             )
 
 
 def _supersede(
     gone: list[int],
-    proposals: list[_Proposal],
-    stored: dict[str, dict[str, Any]],
-    new_pk_of: dict[str, int],
+    successor_of_contact: dict[int, int],
+    cluster_id_of_pk: dict[int, str],
     scan_run: ScanRun | None,
     actor: str,
 ) -> int:
     """Mark open clusters whose membership no longer exists as superseded, each with an audit event."""
     if not gone:
         return 0
-    # Which current proposal holds each contact, to name the successor of a superseded cluster.
-    pk_of_cluster_id = {cid: row["pk"] for cid, row in stored.items()} | new_pk_of
-    successor_of_contact: dict[int, int] = {}
-    for p in proposals:
-        pk = pk_of_cluster_id.get(p.group.stable_id)
-        if pk is None:
-            continue
-        for contact_id in p.member_ids:
-            # A within-location cluster is the better successor than a cross-location one.
-            if contact_id not in successor_of_contact or not p.group.cross_location:
-                successor_of_contact[contact_id] = pk
     members: dict[int, list[int]] = defaultdict(list)
+    for cluster_pk, contact_id in _select_by_ids(
+        f"SELECT cluster_id, contact_id FROM {ClusterMember._meta.db_table} WHERE", "cluster_id", gone
+    ):
+        members[cluster_pk].append(contact_id)
+    old: dict[int, Cluster] = {}
     for chunk in chunked(gone, in_chunk_size()):
-        for cluster_pk, contact_id in ClusterMember.objects.filter(cluster_id__in=chunk).values_list(
-            "cluster_id", "contact_id"
-        ):
-            members[cluster_pk].append(contact_id)
-    old = {c.pk: c for c in Cluster.objects.filter(pk__in=gone).prefetch_related("locations")}
-    uid_of = dict(
-        Contact.objects.filter(pk__in={i for ids in members.values() for i in ids}).values_list("pk", "uid")
-    )
-    cluster_id_of_pk = {pk: cid for cid, pk in pk_of_cluster_id.items()}
+        old.update((c.pk, c) for c in Cluster.objects.filter(pk__in=chunk).prefetch_related("locations"))
+    uid_of: dict[int, str] = {}
+    contact_ids = sorted({i for ids in members.values() for i in ids})
+    for chunk in chunked(contact_ids, in_chunk_size()):
+        uid_of.update(Contact.objects.filter(pk__in=chunk).values_list("pk", "uid"))
     for pk in gone:
         votes = Counter(successor_of_contact[c] for c in members.get(pk, []) if c in successor_of_contact)
         successor = min(votes, key=lambda s: (-votes[s], s)) if votes else None

@@ -691,6 +691,8 @@ def iter_prepared_file(
     """
     if workers is None:
         workers = default_workers(path)
+    elif workers > 0 and any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
+        workers = 0  # forking needs this process's connections closed, which an open transaction forbids
     with open(path, encoding="utf-8") as fh:
         chunks = _read_chunks(fh, start_after_line, chunk_lines)
         if workers <= 0:

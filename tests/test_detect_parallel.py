@@ -1,0 +1,47 @@
+"""Big runs in worker processes give exactly what one process gives (PostgreSQL: forked workers need
+their own connections to a shared database, which the in-memory SQLite test database cannot offer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dedup import detection, indexing
+from dedup.models import Cluster, Contact
+from dedup.scanning import start_scan
+from podium_client.corpus import generate_corpus
+
+pytest_plugins = ["tests.merge_helpers"]
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def snapshot() -> set[tuple[object, ...]]:
+    return {
+        (c.cluster_id, c.kind, c.confidence, c.auto_merge, tuple(c.reasons), c.suggested_primary_uid,
+         tuple(sorted(c.members.values_list("contact__uid", flat=True))))
+        for c in Cluster.objects.filter(status=Cluster.OPEN)
+    }  # fmt: skip
+
+
+def test_parallel_preparation_and_scoring_match_one_process(
+    pg_flushable: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines, truth = generate_corpus(400, 5)
+    path = tmp_path / "corpus.ndjson"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(indexing, "PARALLEL_MIN_LINES", 0)  # prepare the file in worker processes
+    monkeypatch.setattr(detection, "PARALLEL_MIN_GROUPS", 0)  # and score in worker processes
+    monkeypatch.setattr(detection, "BATCH_GROUPS", 25)
+    assert indexing.default_workers(str(path)) >= 1
+
+    run = start_scan(from_file=str(path), run_async=False)
+    assert Contact.objects.count() == len(truth) == run.contacts_seen
+    parallel = snapshot()
+    assert len(parallel) == run.clusters_found > 25 * 3
+
+    Cluster.objects.all().delete()
+    summary = detection.detect(workers=0)
+    assert summary.created == len(parallel)
+    assert snapshot() == parallel
