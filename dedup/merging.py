@@ -329,11 +329,11 @@ def _overlapping_live_operations(
 ) -> list[MergeOperation]:
     """Operations in ``states`` of other clusters that share one of these contacts (at most one)."""
     sharing = ClusterMember.objects.filter(contact_id__in=list(contact_ids)).exclude(cluster_id=cluster.pk)
-    return list(
+    ids = list(
         MergeOperation.objects.filter(state__in=states, cluster_id__in=sharing.values("cluster_id"))
-        .select_related("cluster")
-        .only("pk", "state", "cluster__cluster_id")[:1]
+        .values_list("pk", flat=True)[:1]
     )
+    return list(MergeOperation.objects.filter(pk__in=ids).select_related("cluster")) if ids else []
 
 
 def _last_actor(operation: MergeOperation) -> str:
