@@ -143,14 +143,36 @@ def clusters_touching_q(ids: Iterable[int]) -> Q:
     return Q(pk__in=Cluster.locations.through.objects.filter(location_id__in=list(ids)).values("cluster_id"))
 
 
-def clusters_visible_to(user: AnyUser) -> QuerySet[Cluster]:
-    """Clusters with at least one location this user sees."""
+def restrict_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> QuerySet[Cluster]:
+    """``clusters`` narrowed to those with at least one location this user sees."""
     ids = visible_location_ids(user)
     if ids is None:
-        return Cluster.objects.all()
+        return clusters
     if not ids:
-        return Cluster.objects.none()
-    return Cluster.objects.filter(clusters_touching_q(ids))
+        return clusters.none()
+    return clusters.filter(clusters_touching_q(ids))
+
+
+def clusters_visible_to(user: AnyUser) -> QuerySet[Cluster]:
+    """Clusters with at least one location this user sees."""
+    return restrict_clusters(user, Cluster.objects.all())
+
+
+def count_visible_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> int:
+    """``restrict_clusters(user, clusters).count()``, computed the fast way for the review queue.
+
+    A within-location cluster is visible exactly when its own location is (an index-only count on
+    ``(location, status)``); only the few cross-location clusters need the locations table. At 100,000
+    open clusters this is ~7 ms instead of ~30 ms for a manager (``bench/bench_views.py``).
+    """
+    ids = visible_location_ids(user)
+    if ids is None:
+        return clusters.count()
+    if not ids:
+        return 0
+    within = clusters.filter(location_id__in=ids).count()
+    cross = clusters.filter(location__isnull=True).filter(clusters_touching_q(ids)).count()
+    return within + cross
 
 
 def cluster_location_ids(cluster: Cluster) -> set[int]:

@@ -10,7 +10,15 @@ from django.test import RequestFactory
 
 from dedup import access
 from dedup.models import Cluster, Location
-from tests.dashboard_base import BURLEIGH, SYDNEY, DashboardTestCase, build_cluster, make_user, same_person
+from tests.dashboard_base import (
+    BURLEIGH,
+    SYDNEY,
+    DashboardTestCase,
+    build_cluster,
+    household,
+    make_user,
+    same_person,
+)
 
 
 class AccessTestCase(DashboardTestCase):
@@ -113,6 +121,21 @@ class AccessTestCase(DashboardTestCase):
         assert sorted(map(tuple, scopes)) == [(), (SYDNEY,)]
         assert access.scan_scope_for(self.sydney_manager) == [SYDNEY]
         assert access.scan_scope_for(self.admin) is None
+
+    def test_the_fast_count_equals_the_visible_clusters(self) -> None:
+        build_cluster(household(SYDNEY, "ct_600"))
+        build_cluster([same_person(SYDNEY, "ct_610")[0], same_person(BURLEIGH, "ct_620")[1]])
+        bases = [
+            Cluster.objects.all(),
+            Cluster.objects.filter(kind=Cluster.REVIEW),
+            Cluster.objects.filter(kind=Cluster.CROSS),
+            Cluster.objects.filter(access.clusters_touching_q([self.burleigh.pk])),
+        ]
+        for user in (self.admin, self.auditor, self.sydney_manager, self.burleigh_manager, self.both_manager,
+                     self.sydney_auditor, self.nobody):
+            for base in bases:
+                expected = access.restrict_clusters(user, base).count()
+                assert access.count_visible_clusters(user, base) == expected, (user, base.query)
 
 
 def make_user_without_role() -> User:
