@@ -23,7 +23,6 @@ only when all of them are.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, PermissionsMixin
 from django.core.exceptions import PermissionDenied
@@ -317,7 +316,3 @@ def scan_scope_for(user: AnyUser) -> list[str] | None:
     uids = visible_location_uids(user)
     return None if uids is None else sorted(uids)
 
-
-def describe(user: AnyUser) -> dict[str, Any]:
-    """Role and location scope, for the page header."""
-    return {"role": role_of(user), "all_locations": sees_all_locations(user)}

@@ -100,9 +100,3 @@ def actor_name(actor: str) -> str:
         return f"{name} (worker)"
     return str(actor)
 
-
-@register.filter
-def get_item(mapping: Any, key: Any) -> Any:
-    if isinstance(mapping, dict):
-        return mapping.get(key)
-    return None

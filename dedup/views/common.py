@@ -16,6 +16,11 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.http.response import HttpResponseBase
 from django.utils.functional import cached_property
 
+from dedup.models import MergeOperation
+
+# Merges that need a person now: the opt-outs did not hold, or the state cannot be reconciled.
+INCIDENT_STATES = (MergeOperation.COMPLIANCE_FAILED, MergeOperation.UNRECONCILABLE)
+
 ViewFunc = TypeVar("ViewFunc", bound=Callable[..., HttpResponseBase])
 
 

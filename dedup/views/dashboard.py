@@ -17,9 +17,8 @@ from dedup.access import AnyUser
 from dedup.forms import ScanForm
 from dedup.merging import batch_progress
 from dedup.models import Cluster, MergeBatch, MergeOperation, ScanRun
-from dedup.views.common import login_required
+from dedup.views.common import INCIDENT_STATES, login_required
 
-INCIDENT_STATES = (MergeOperation.COMPLIANCE_FAILED, MergeOperation.UNRECONCILABLE)
 LIVE_STATES = (MergeOperation.PENDING, MergeOperation.MERGING, MergeOperation.MERGED)
 MERGE_DAYS = 14
 RATE_SCANS = 30

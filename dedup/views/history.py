@@ -15,9 +15,7 @@ from dedup.forms import HistoryFilterForm, ResolveForm
 from dedup.merging import ClusterBusyError, MergeRefused, resolve_operation, retry_operation
 from dedup.models import AuditEvent, MergeOperation
 from dedup.views.clusters import OPT_OUT_LABELS
-from dedup.views.common import login_required, paginate, query_without_page
-
-INCIDENT_STATES = (MergeOperation.COMPLIANCE_FAILED, MergeOperation.UNRECONCILABLE)
+from dedup.views.common import INCIDENT_STATES, login_required, paginate, query_without_page
 
 
 @login_required
@@ -33,7 +31,7 @@ def history_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "history/list.html",
-        {"form": form, "page": page, "query": query_without_page(request.GET), "incident_states": INCIDENT_STATES},
+        {"form": form, "page": page, "query": query_without_page(request.GET)},
     )
 
 
