@@ -41,6 +41,7 @@ from typing import Any
 
 from django.db import connection, connections, transaction
 from django.db.models import Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from dedup import audit
@@ -130,8 +131,12 @@ class DetectionSummary:
 
 @dataclass(slots=True)
 class _Proposal:
-    """A scored group, in the plain values the cluster tables take (picklable, for worker processes)."""
+    """A scored group in the plain values the cluster tables take (picklable, made in worker processes).
 
+    JSON columns are serialized already, so the writing process only passes text through.
+    """
+
+    index: int
     stable_id: str
     member_uids: tuple[str, ...]
     natural_keys: tuple[str, ...]
@@ -142,8 +147,9 @@ class _Proposal:
     kind: str
     confidence: Decimal
     auto_merge: bool
-    reasons: tuple[str, ...]
-    pair_scores: list[dict[str, Any]]
+    natural_keys_json: str
+    reasons_json: str
+    pair_scores_json: str
     suggested_primary_uid: str
     member_ids: tuple[int, ...]
     member_locations: tuple[int, ...]
@@ -151,14 +157,28 @@ class _Proposal:
 
 
 @dataclass(frozen=True, slots=True)
+class _Unchanged:
+    """A group whose open cluster was scored from exactly these inputs: same members (the id says so),
+    the same ``updatedAt`` for each, and no policy change since. Not scored again."""
+
+    index: int
+    stable_id: str
+    kind: str
+    cross_location: bool
+    member_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Scoring:
-    """Everything scoring needs besides the members: policy and the location maps."""
+    """Everything scoring needs besides the members: policy, the location maps, when policy last changed."""
 
     threshold: Decimal
     cross_location_auto_merge: bool
     email_secondary_key: bool
     location_uid_of: dict[int, str]
     location_id_of: dict[str, int]
+    policy_changed_at: datetime
+    rescore: bool
 
 
 # --- public API -------------------------------------------------------------------------------------------
@@ -172,6 +192,7 @@ def detect(
     contact_ids: Iterable[int] | None = None,
     actor: str = "system",
     workers: int | None = None,
+    rescore: bool = False,
 ) -> DetectionSummary:
     """Find duplicate clusters and bring the cluster table in step with the index.
 
@@ -179,8 +200,12 @@ def detect(
     ``contact_ids`` (index row ids) limit it to the contacts holding them and everything connected to
     those by a shared key. With none of them, the whole index is detected. ``scan_run`` is recorded on
     the clusters written. Policy decides the threshold, whether email is a secondary key and whether
-    cross-location clusters may merge automatically. ``workers`` forces the number of scoring processes
-    (0: score here); by default big runs use one per CPU when this process may fork.
+    cross-location clusters may merge automatically.
+
+    An open cluster whose inputs did not change (same members with the same ``updatedAt``, no policy
+    change since it was scored) is not scored again; ``rescore`` scores everything anyway (after a
+    change to the scoring rules themselves). ``workers`` forces the number of scoring processes (0:
+    score here); by default big runs use one per CPU when this process may fork.
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -194,6 +219,8 @@ def detect(
         email_secondary_key=policy.email_secondary_key,
         location_uid_of=location_uid_of,
         location_id_of=location_id_of,
+        policy_changed_at=policy.updated_at,
+        rescore=rescore,
     )
     scope_location_ids: set[int] | None = None
     if locations:
@@ -215,13 +242,7 @@ def detect(
     excluded = list(
         ReviewDecision.objects.filter(decision=ReviewDecision.DIFFERENT_PEOPLE).values_list("uid_a", "uid_b")
     )
-    clustering_input = [
-        (c.uid, location_uid_of[c.location_id], c.keys)
-        for c in sorted(candidates.values(), key=lambda c: c.location_id)
-    ]
-    groups = build_clusters(clustering_input, cross_location=False, excluded_pairs=excluded)
-    groups += build_clusters(clustering_input, cross_location=True, excluded_pairs=excluded)
-    del clustering_input
+    groups = _group(candidates, location_uid_of, excluded)
     if scope_location_ids is not None:
         scope_uids = {location_uid_of[pk] for pk in scope_location_ids}
         groups = [g for g in groups if scope_uids.intersection(g.location_uids)]
@@ -241,8 +262,9 @@ def detect(
         reconsider = Cluster.objects.filter(status=_MUTABLE)
     if workers is None:
         workers = _default_workers(len(groups))
+    now = timezone.now()
     batches = _scored_batches(groups, id_of_uid, scoring, workers)
-    summary = _write(batches, reconsider, scan_run, actor, timings)
+    summary = _write(batches, groups, id_of_uid, scoring, reconsider, scan_run, actor, now, timings)
     timings["score_and_write"] = time.perf_counter() - t
 
     summary.active_contacts = _active_contacts(scope_location_ids, key_scoped, considered_ids)
@@ -255,6 +277,51 @@ def detect(
         summary.refreshed, summary.superseded, summary.held, summary.elapsed_seconds,
     )  # fmt: skip
     return summary
+
+
+def _group(
+    candidates: dict[int, _Candidate], location_uid_of: dict[int, str], excluded: list[tuple[str, str]]
+) -> list[ClusterGroup]:
+    """Within-location groups of all candidates, and cross-location groups of the few that can form one.
+
+    A group spanning two locations contains a key held in both (some edge must cross), so the
+    cross-location components are exactly those of the contacts holding such a key together with
+    their within-location group mates; only those are clustered across locations.
+    """
+    ordered = sorted(candidates.values(), key=lambda c: c.location_id)
+    within = build_clusters(
+        ((c.uid, location_uid_of[c.location_id], c.keys) for c in ordered), cross_location=False, excluded_pairs=excluded
+    )
+    first_location: dict[str, int] = {}
+    cross_keys: set[str] = set()
+    for c in ordered:
+        for key in c.keys:
+            seen = first_location.setdefault(key, c.location_id)
+            if seen != c.location_id:
+                cross_keys.add(key)
+    del first_location
+    if not cross_keys:
+        return within
+    seeds = {c.uid for c in ordered if not cross_keys.isdisjoint(c.keys)}
+    for group in within:
+        if not seeds.isdisjoint(group.member_uids):
+            seeds.update(group.member_uids)
+    if excluded:
+        # Groups split apart for "different people" are smaller than the components that contain
+        # them; follow shared keys until nothing new joins so the cross components are whole.
+        while True:
+            seed_keys = {key for c in ordered if c.uid in seeds for key in c.keys}
+            joined = {c.uid for c in ordered if c.uid not in seeds and not seed_keys.isdisjoint(c.keys)}
+            if not joined:
+                break
+            seeds |= joined
+    by_uid = {c.uid: c for c in ordered if c.uid in seeds}
+    cross = build_clusters(
+        ((uid, location_uid_of[c.location_id], c.keys) for uid, c in by_uid.items()),
+        cross_location=True,
+        excluded_pairs=excluded,
+    )
+    return within + cross
 
 
 def cluster_to_dict(cluster: Cluster) -> dict[str, Any]:
@@ -559,7 +626,9 @@ def _active_contacts(scope_location_ids: set[int] | None, key_scoped: bool, cont
 # --- scoring ------------------------------------------------------------------------------------------------
 
 
-def _propose(group: ClusterGroup, records: dict[int, MemberRecord], ids: tuple[int, ...], scoring: _Scoring) -> _Proposal:
+def _propose(
+    index: int, group: ClusterGroup, records: dict[int, MemberRecord], ids: tuple[int, ...], scoring: _Scoring
+) -> _Proposal:
     members = [records[i] for i in ids]
     assessment = assess_cluster(
         members,
@@ -572,7 +641,12 @@ def _propose(group: ClusterGroup, records: dict[int, MemberRecord], ids: tuple[i
     else:
         kind = Cluster.AUTO if assessment.auto_merge else Cluster.REVIEW
     location_id_of = scoring.location_id_of
+    pair_scores = [
+        {"a": p.uid_a, "b": p.uid_b, "score": p.score, "reasons": list(p.reasons), "conflict": p.conflict}
+        for _key, p in sorted(assessment.pairs.items())
+    ]
     return _Proposal(
+        index=index,
         stable_id=group.stable_id,
         member_uids=group.member_uids,
         natural_keys=group.natural_keys,
@@ -583,11 +657,9 @@ def _propose(group: ClusterGroup, records: dict[int, MemberRecord], ids: tuple[i
         kind=kind,
         confidence=Decimal(f"{assessment.confidence:.2f}"),
         auto_merge=assessment.auto_merge,
-        reasons=assessment.reasons,
-        pair_scores=[
-            {"a": p.uid_a, "b": p.uid_b, "score": p.score, "reasons": list(p.reasons), "conflict": p.conflict}
-            for _key, p in sorted(assessment.pairs.items())
-        ],
+        natural_keys_json=_json(list(group.natural_keys)),
+        reasons_json=_json(list(assessment.reasons)),
+        pair_scores_json=_json(pair_scores),
         suggested_primary_uid=choose_primary(members).uid,
         member_ids=ids,
         member_locations=tuple(location_id_of[m.location_uid] for m in members),
@@ -595,19 +667,56 @@ def _propose(group: ClusterGroup, records: dict[int, MemberRecord], ids: tuple[i
     )
 
 
-def _score_groups(groups: Sequence[ClusterGroup], id_of_uid: dict[str, int], scoring: _Scoring) -> list[_Proposal]:
+def _unchanged_clusters(stable_ids: Sequence[str], scoring: _Scoring) -> dict[str, tuple[str, int]]:
+    """Open clusters among these ids whose scoring inputs did not change: ``{cluster id: (kind, pk)}``.
+
+    Unchanged means scored after the last policy change, and every member's ``updatedAt`` still the
+    one it was scored with (the id fixes the membership). The comparison runs in the database.
+    """
+    if scoring.rescore or not stable_ids:
+        return {}
+    fresh: dict[int, tuple[str, str]] = {}
+    sql = f"SELECT id, cluster_id, kind, updated_at FROM {Cluster._meta.db_table} WHERE status = 'open' AND"
+    for pk, cluster_id, kind, updated_at in _select_by_text(sql, "cluster_id", stable_ids):
+        if _aware(updated_at) >= scoring.policy_changed_at:
+            fresh[pk] = (cluster_id, kind)
+    if not fresh:
+        return {}
+    member_table, contact_table = ClusterMember._meta.db_table, Contact._meta.db_table
+    stale_sql = (
+        f"SELECT DISTINCT m.cluster_id FROM {member_table} m JOIN {contact_table} c ON c.id = m.contact_id "
+        f"WHERE (m.updated_at_when_scored IS NULL OR c.updated_at IS NULL "
+        f"OR m.updated_at_when_scored <> c.updated_at) AND"
+    )
+    stale = {row[0] for row in _select_by_ids(stale_sql, "m.cluster_id", sorted(fresh))}
+    return {cluster_id: (kind, pk) for pk, (cluster_id, kind) in fresh.items() if pk not in stale}
+
+
+def _score_groups(
+    start: int, groups: Sequence[ClusterGroup], id_of_uid: dict[str, int], scoring: _Scoring
+) -> list[_Proposal | _Unchanged]:
+    """Score ``groups`` (the slice starting at ``start``), skipping those whose cluster is unchanged."""
     member_ids = [tuple(id_of_uid[uid] for uid in g.member_uids) for g in groups]
-    records = _scoring_records(sorted({i for ids in member_ids for i in ids}), scoring)
-    return [_propose(g, records, ids, scoring) for g, ids in zip(groups, member_ids, strict=True)]
+    unchanged = _unchanged_clusters([g.stable_id for g in groups], scoring)
+    wanted = sorted({i for g, ids in zip(groups, member_ids, strict=True) if g.stable_id not in unchanged for i in ids})
+    records = _scoring_records(wanted, scoring) if wanted else {}
+    out: list[_Proposal | _Unchanged] = []
+    for offset, (group, ids) in enumerate(zip(groups, member_ids, strict=True)):
+        known = unchanged.get(group.stable_id)
+        if known is not None:
+            out.append(_Unchanged(start + offset, group.stable_id, known[0], group.cross_location, ids))
+        else:
+            out.append(_propose(start + offset, group, records, ids, scoring))
+    return out
 
 
 # State a forked scoring worker inherits (set just before the fork; read-only afterwards).
 _FORKED: dict[str, Any] = {}
 
 
-def _score_slice(start: int, end: int) -> list[_Proposal]:
+def _score_slice(start: int, end: int) -> list[_Proposal | _Unchanged]:
     """Score ``groups[start:end]`` in a forked worker (with its own database connection)."""
-    return _score_groups(_FORKED["groups"][start:end], _FORKED["id_of_uid"], _FORKED["scoring"])
+    return _score_groups(start, _FORKED["groups"][start:end], _FORKED["id_of_uid"], _FORKED["scoring"])
 
 
 def _default_workers(group_count: int) -> int:
@@ -631,7 +740,7 @@ def _can_fork_workers() -> bool:
 
 def _scored_batches(
     groups: list[ClusterGroup], id_of_uid: dict[str, int], scoring: _Scoring, workers: int
-) -> Iterator[list[_Proposal]]:
+) -> Iterator[list[_Proposal | _Unchanged]]:
     """Proposals batch by batch, in order. With workers, the pool is forked now (before the caller opens
     its write transaction) and keeps a few batches ahead of the writer."""
     slices = [(start, min(start + BATCH_GROUPS, len(groups))) for start in range(0, len(groups), BATCH_GROUPS)]
@@ -639,7 +748,7 @@ def _scored_batches(
         logger.debug("detection: scoring in this process (no fork possible here)")
         workers = 0
     if workers <= 0 or not slices:
-        return (_score_groups(groups[a:b], id_of_uid, scoring) for a, b in slices)
+        return (_score_groups(a, groups[a:b], id_of_uid, scoring) for a, b in slices)
     _FORKED.update(groups=groups, id_of_uid=id_of_uid, scoring=scoring)
     # Children inherit open sockets; closing first means neither side can speak on the other's
     # session. Each child opens its own connection; this process reconnects on its next query.
@@ -652,7 +761,7 @@ def _scored_batches(
     while queue and len(pending) < ahead:
         pending.append(pool.apply_async(_score_slice, queue.popleft()))
 
-    def results() -> Iterator[list[_Proposal]]:
+    def results() -> Iterator[list[_Proposal | _Unchanged]]:
         try:
             while pending:
                 batch = pending.popleft().get()
@@ -669,47 +778,10 @@ def _scored_batches(
 # --- writing ------------------------------------------------------------------------------------------------
 
 
-_STORED_COLUMNS = (
-    "id", "cluster_id", "status", "kind", "confidence", "auto_merge", "reasons", "pair_scores",
-    "suggested_primary_uid", "natural_keys", "member_count",
-)  # fmt: skip
-
-
-def _stored_rows(cluster_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The rows carrying these cluster ids, whatever their status (a person may hold one)."""
-    sql = f"SELECT {', '.join(_STORED_COLUMNS)} FROM {Cluster._meta.db_table} WHERE"
-    found: dict[str, dict[str, Any]] = {}
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"{sql} cluster_id = ANY(%s)", [list(cluster_ids)])
-            rows: Iterable[tuple[Any, ...]] = cursor.fetchall()
-        else:
-            rows = []
-            for chunk in chunked(list(cluster_ids), in_chunk_size()):
-                cursor.execute(f"{sql} cluster_id IN ({', '.join(['%s'] * len(chunk))})", list(chunk))
-                rows.extend(cursor.fetchall())
-    for row in rows:
-        data = dict(zip(_STORED_COLUMNS, row, strict=True))
-        for name in ("reasons", "pair_scores", "natural_keys"):
-            if isinstance(data[name], str):
-                data[name] = json.loads(data[name])
-        found[data["cluster_id"]] = data
-    return found
-
-
-def _same(stored: dict[str, Any], p: _Proposal, member_stamps: dict[int, datetime | None]) -> bool:
-    """Whether a stored open cluster already says exactly what the proposal says."""
-    return (
-        stored["kind"] == p.kind
-        and Decimal(str(stored["confidence"])).quantize(Decimal("0.01")) == p.confidence
-        and bool(stored["auto_merge"]) == p.auto_merge
-        and list(stored["reasons"]) == list(p.reasons)
-        and stored["suggested_primary_uid"] == p.suggested_primary_uid
-        and list(stored["natural_keys"]) == list(p.natural_keys)
-        and stored["member_count"] == len(p.member_ids)
-        and stored["pair_scores"] == p.pair_scores
-        and all(_aware(member_stamps.get(i)) == u for i, u in zip(p.member_ids, p.member_updated, strict=True))
-    )
+def _current_rows(cluster_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """``{cluster id: (pk, status)}`` of the rows carrying these ids, whatever their status."""
+    sql = f"SELECT cluster_id, id, status FROM {Cluster._meta.db_table} WHERE"
+    return {cluster_id: (pk, status) for cluster_id, pk, status in _select_by_text(sql, "cluster_id", cluster_ids)}
 
 
 def _lock_mutable(qs: QuerySet[Cluster]) -> dict[int, str]:
@@ -721,44 +793,48 @@ def _lock_mutable(qs: QuerySet[Cluster]) -> dict[int, str]:
 
 
 def _lock_mutable_ids(pks: Sequence[int]) -> dict[int, str]:
+    if not pks:
+        return {}
+    if connection.vendor == "postgresql":
+        return _lock_mutable(Cluster.objects.filter(pk__in=RawSQL("SELECT unnest(%s::bigint[])", [list(pks)])))
     status_of: dict[int, str] = {}
     for chunk in chunked(sorted(pks), in_chunk_size()):
         status_of.update(_lock_mutable(Cluster.objects.filter(pk__in=chunk)))
     return status_of
 
 
-def _member_stamps(cluster_pks: Sequence[int]) -> dict[int, dict[int, datetime | None]]:
-    stamps: dict[int, dict[int, datetime | None]] = defaultdict(dict)
-    sql = f"SELECT cluster_id, contact_id, updated_at_when_scored FROM {ClusterMember._meta.db_table} WHERE"
-    for cluster_pk, contact_id, stamp in _select_by_ids(sql, "cluster_id", cluster_pks):
-        stamps[cluster_pk][contact_id] = stamp
-    return stamps
-
-
-def _count_open(summary: DetectionSummary, p: _Proposal) -> None:
+def _count_open(summary: DetectionSummary, kind: str) -> None:
     summary.clusters_open += 1
-    if p.kind == Cluster.CROSS:
+    if kind == Cluster.CROSS:
         summary.cross += 1
-    elif p.kind == Cluster.AUTO:
+    elif kind == Cluster.AUTO:
         summary.auto += 1
     else:
         summary.review += 1
 
 
 def _write(
-    batches: Iterable[list[_Proposal]],
+    batches: Iterable[list[_Proposal | _Unchanged]],
+    groups: list[ClusterGroup],
+    id_of_uid: dict[str, int],
+    scoring: _Scoring,
     reconsider: QuerySet[Cluster],
     scan_run: ScanRun | None,
     actor: str,
+    now: datetime,
     timings: dict[str, float],
 ) -> DetectionSummary:
     summary = DetectionSummary()
-    now = timezone.now()
-    cluster_id_of_pk: dict[int, str] = {}
+    live: dict[int, str] = {}  # pk -> cluster id of every open cluster this run keeps
     successor_of_contact: dict[int, int] = {}
     in_open_clusters: set[int] = set()
     waited = 0.0
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                # One detection writes at a time (a scan and a rescan may overlap); the second one
+                # re-reads every row below after the first committed.
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_DETECTION_LOCK])
         # Locked, skipping any row a person or a worker holds right now, and re-read under the lock:
         # a cluster approved since the scope was read is no longer open and is left alone.
         reconsider_status = _lock_mutable(reconsider)
@@ -769,50 +845,58 @@ def _write(
             waited += time.perf_counter() - t
             if batch is None:
                 break
-            stored = _stored_rows([p.stable_id for p in batch])
-            status_of = _lock_mutable_ids([row["id"] for row in stored.values()])
-            stamps = _member_stamps([row["id"] for row in stored.values() if status_of.get(row["id"]) == _MUTABLE])
+            current = _current_rows([item.stable_id for item in batch])
+            status_of = _lock_mutable_ids([pk for pk, _status in current.values()])
             to_create: list[_Proposal] = []
             to_refresh: list[tuple[int, _Proposal, bool]] = []  # (pk, proposal, reopened)
-            kept: list[tuple[int | None, _Proposal]] = []
-            for p in batch:
-                row = stored.get(p.stable_id)
-                if row is None:
-                    to_create.append(p)
-                    kept.append((None, p))
-                    continue
-                pk = row["id"]
-                if pk not in status_of:
+            kept: list[tuple[int | None, _Proposal | _Unchanged]] = []
+            for item in batch:
+                row = current.get(item.stable_id)
+                status = status_of.get(row[0]) if row is not None else None
+                if row is not None and status is None:
                     summary.held += 1
                     continue
-                if status_of[pk] == Cluster.SUPERSEDED:
-                    to_refresh.append((pk, p, True))
-                elif _same(row, p, stamps.get(pk, {})):
+                if isinstance(item, _Unchanged) and status == _MUTABLE:
                     summary.unchanged += 1
+                    kept.append((row[0] if row else None, item))
+                    continue
+                # The row changed since the worker looked (or never was unchanged): score it here.
+                proposal = item if isinstance(item, _Proposal) else _rescore(item, groups, id_of_uid, scoring)
+                if row is None:
+                    to_create.append(proposal)
+                    kept.append((None, proposal))
                 else:
-                    to_refresh.append((pk, p, False))
-                kept.append((pk, p))
+                    to_refresh.append((row[0], proposal, status == Cluster.SUPERSEDED))
+                    kept.append((row[0], proposal))
             new_pk_of = _create(to_create, scan_run, now)
             _refresh(to_refresh, scan_run, now, actor)
             summary.created += len(to_create)
             summary.reopened += sum(1 for *_rest, reopened in to_refresh if reopened)
             summary.refreshed += sum(1 for *_rest, reopened in to_refresh if not reopened)
-            for maybe_pk, p in kept:
-                pk = maybe_pk if maybe_pk is not None else new_pk_of[p.stable_id]
-                cluster_id_of_pk[pk] = p.stable_id
-                _count_open(summary, p)
-                in_open_clusters.update(p.member_ids)
-                for contact_id in p.member_ids:
+            for maybe_pk, item in kept:
+                pk = maybe_pk if maybe_pk is not None else new_pk_of[item.stable_id]
+                live[pk] = item.stable_id
+                _count_open(summary, item.kind)
+                in_open_clusters.update(item.member_ids)
+                for contact_id in item.member_ids:
                     # A within-location cluster is the better successor than a cross-location one.
-                    if not p.cross_location or contact_id not in successor_of_contact:
+                    if not item.cross_location or contact_id not in successor_of_contact:
                         successor_of_contact[contact_id] = pk
-        gone = sorted(
-            pk for pk, status in reconsider_status.items() if status == _MUTABLE and pk not in cluster_id_of_pk
-        )
-        summary.superseded = _supersede(gone, successor_of_contact, cluster_id_of_pk, scan_run, actor)
+        gone = sorted(pk for pk, status in reconsider_status.items() if status == _MUTABLE and pk not in live)
+        summary.superseded = _supersede(gone, successor_of_contact, live, scan_run, actor)
     summary.contacts_in_clusters = len(in_open_clusters)
     timings["waiting_for_scores"] = waited
     return summary
+
+
+# An arbitrary constant naming the advisory lock that serializes detection writes.
+_DETECTION_LOCK = 0xDE7EC7
+
+
+def _rescore(item: _Unchanged, groups: list[ClusterGroup], id_of_uid: dict[str, int], scoring: _Scoring) -> _Proposal:
+    group = groups[item.index]
+    records = _scoring_records(list(item.member_ids), scoring)
+    return _propose(item.index, group, records, item.member_ids, scoring)
 
 
 def _json(value: Any) -> str:
@@ -821,14 +905,14 @@ def _json(value: Any) -> str:
 
 def _cluster_values(p: _Proposal) -> dict[str, Any]:
     return {
-        "natural_keys": _json(list(p.natural_keys)),
+        "natural_keys": p.natural_keys_json,
         "location_id": p.location_id,
         "cross_location": p.cross_location,
         "kind": p.kind,
         "confidence": p.confidence,
         "auto_merge": p.auto_merge,
-        "reasons": _json(list(p.reasons)),
-        "pair_scores": _json(p.pair_scores),
+        "reasons": p.reasons_json,
+        "pair_scores": p.pair_scores_json,
         "member_count": len(p.member_ids),
         "suggested_primary_uid": p.suggested_primary_uid,
     }
@@ -852,26 +936,23 @@ def _create(proposals: list[_Proposal], scan_run: ScanRun | None, now: datetime)
     if not proposals:
         return {}
     scan_run_id = scan_run.pk if scan_run is not None else None
-    rows = []
-    for p in proposals:
-        values = _cluster_values(p)
-        values.update(
-            cluster_id=p.stable_id, status=Cluster.OPEN, chosen_primary_uid="", scan_run_id=scan_run_id,
-            created_at=now, updated_at=now,
+    rows = [
+        (
+            p.stable_id, p.natural_keys_json, p.location_id, p.cross_location, p.kind, p.confidence, p.auto_merge,
+            Cluster.OPEN, p.reasons_json, p.pair_scores_json, len(p.member_ids), p.suggested_primary_uid, "",
+            scan_run_id, now, now,
         )  # fmt: skip
-        rows.append(tuple(values[c] for c in _CREATE_COLUMNS))
+        for p in proposals
+    ]
     insert_rows(Cluster._meta.db_table, _CREATE_COLUMNS, rows)
-    pk_of = {
-        cluster_id: pk
-        for pk, cluster_id in _select_by_text(
-            f"SELECT id, cluster_id FROM {Cluster._meta.db_table} WHERE", "cluster_id", [p.stable_id for p in proposals]
-        )
-    }
+    sql = f"SELECT cluster_id, id FROM {Cluster._meta.db_table} WHERE"
+    pk_of = dict(_select_by_text(sql, "cluster_id", [p.stable_id for p in proposals]))
     _insert_members_and_locations([(pk_of[p.stable_id], p) for p in proposals], locations=True)
     return pk_of
 
 
 def _select_by_text(sql: str, column: str, values: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+    """Like ``_select_by_ids``, for text values."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(f"{sql} {column} = ANY(%s)", [list(values)])
