@@ -123,8 +123,10 @@ def test_three_restore_rounds_are_a_loop_that_is_surfaced_not_merged_again(
     assert merge_env.server.stats()["merges"] == merges_before
     assert merge_env.live("ct_d").deleted_at is None
 
-    # The automatic path refuses it too, without raising: surfaced as a failed operation each time.
+    # Should a later detection propose it for automatic merging again (say after a policy change), the
+    # automatic path refuses it too, without raising: surfaced as a failed operation.
     detect(keys=["+61411111111"])
+    Cluster.objects.filter(pk=cluster.pk).update(auto_merge=True, kind=Cluster.AUTO)
     results = merging.merge_all_auto(actor="test")
     assert [(r.state, r.error_code) for r in results if isinstance(r, MergeOperation)] == [
         (MergeOperation.FAILED_PERMANENT, "ERR_DEDUP_013")
