@@ -1160,6 +1160,12 @@ class _Runner:
             MergeOperation.objects.filter(pk=op.pk).update(**fields)
             if cluster_dirty:
                 Cluster.objects.filter(pk=self.cluster.pk).update(**cluster_fields, updated_at=now)
+            if to == MergeOperation.MERGED:
+                # Merged away in Podium from now on: never again a member of a proposal, whatever
+                # happens to the write-back (a later scan fills in Podium's exact timestamps).
+                Contact.objects.filter(uid__in=duplicate_uids).update(
+                    deleted_at=now, merged_into_uid=op.primary_uid, indexed_at=now
+                )
             if after_commit_in_tx is not None:
                 after_commit_in_tx(duplicate_uids)
             audit.record(
@@ -1578,7 +1584,7 @@ class _Runner:
             return False
 
         def update_index(duplicate_uids: list[str]) -> None:
-            _index_after_merge(after, duplicate_uids)
+            _index_after_merge(after)
 
         self._transition(
             MergeOperation.PATCHED,
@@ -1613,19 +1619,16 @@ class _Runner:
         )
 
 
-def _index_after_merge(primary: PodiumContact, duplicate_uids: Sequence[str]) -> None:
-    """Bring the index up to date after a merge so a rescan or detection proposes nothing mergeable again.
+def _index_after_merge(primary: PodiumContact) -> None:
+    """Re-index the primary from its read-back (new channels, keys, tags, opt-outs, ``updatedAt``).
 
-    The primary is re-indexed from its read-back (new channels, keys, tags, opt-outs, ``updatedAt``); the
-    duplicates are marked merged into it (a later scan fills in Podium's exact timestamps).
+    The duplicates were marked merged into it when the merge was recorded; with both, detection over
+    the index proposes nothing mergeable again, before any rescan.
     """
     from dedup.indexing import IndexWriter, prepare_contact
 
     writer = IndexWriter(settings.PODIUM_DEFAULT_REGION)
     writer.write([prepare_contact(primary, writer.region_for(primary.location_uid))])
-    Contact.objects.filter(uid__in=list(duplicate_uids)).update(
-        deleted_at=timezone.now(), merged_into_uid=primary.uid, indexed_at=timezone.now()
-    )
 
 
 # --- resume, retries, people's resolutions -------------------------------------------------------------

@@ -361,6 +361,8 @@ def test_a_write_back_that_fails_is_a_compliance_incident_retried_until_it_holds
     assert any("COMPLIANCE" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     assert op.cluster.status == Cluster.MERGING
     assert not merge_env.live("ct_m1").sms_opt_out  # Podium's merge dropped it; the incident is open
+    # The duplicates are merged away in the index already: no proposal can take them meanwhile.
+    assert set(Contact.objects.filter(merged_into_uid="ct_m1").values_list("uid", flat=True)) == {"ct_m2", "ct_m3"}
 
     client.patch_override = None
     merging.resume_operations(client=client)
