@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import sys
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -228,12 +229,14 @@ def detect(
 
     key_scoped = keys is not None or contact_ids is not None
     seed_ids: set[int] = set()
+    considered_ids: set[int] = set()
     if key_scoped:
         seed_ids = set(contact_ids or ())
         key_list = sorted(set(keys or ()))
         if key_list:
             seed_ids |= _holders(key_list, kinds=None, active_only=False)
-        candidates = _read_closure(seed_ids, kinds)
+        candidates, closure_ids = _read_closure(seed_ids, kinds)
+        considered_ids = seed_ids | closure_ids
     else:
         candidates = _read_shared(kinds)
     timings["read_keys"] = time.perf_counter() - started
@@ -246,8 +249,6 @@ def detect(
     if scope_location_ids is not None:
         scope_uids = {location_uid_of[pk] for pk in scope_location_ids}
         groups = [g for g in groups if scope_uids.intersection(g.location_uids)]
-    id_of_uid = {c.uid: contact_id for contact_id, c in candidates.items()}
-    considered_ids = seed_ids | set(candidates) if key_scoped else set()
     del candidates
     timings["cluster"] = time.perf_counter() - t
 
@@ -263,8 +264,8 @@ def detect(
     if workers is None:
         workers = _default_workers(len(groups))
     now = timezone.now()
-    batches = _scored_batches(groups, id_of_uid, scoring, workers)
-    summary = _write(batches, groups, id_of_uid, scoring, reconsider, scan_run, actor, now, timings)
+    batches = _scored_batches(groups, scoring, workers)
+    summary = _write(batches, groups, scoring, reconsider, scan_run, actor, now, timings)
     timings["score_and_write"] = time.perf_counter() - t
 
     summary.active_contacts = _active_contacts(scope_location_ids, key_scoped, considered_ids)
@@ -280,7 +281,7 @@ def detect(
 
 
 def _group(
-    candidates: dict[int, _Candidate], location_uid_of: dict[int, str], excluded: list[tuple[str, str]]
+    candidates: list[_Candidate], location_uid_of: dict[int, str], excluded: list[tuple[str, str]]
 ) -> list[ClusterGroup]:
     """Within-location groups of all candidates, and cross-location groups of the few that can form one.
 
@@ -288,21 +289,22 @@ def _group(
     cross-location components are exactly those of the contacts holding such a key together with
     their within-location group mates; only those are clustered across locations.
     """
-    ordered = sorted(candidates.values(), key=lambda c: c.location_id)
+    # Candidates arrive sorted by location, which build_clusters walks fastest.
     within = build_clusters(
-        ((c.uid, location_uid_of[c.location_id], c.keys) for c in ordered), cross_location=False, excluded_pairs=excluded
+        ((uid, location_uid_of[location_id], keys) for uid, location_id, keys in candidates),
+        cross_location=False,
+        excluded_pairs=excluded,
     )
     first_location: dict[str, int] = {}
     cross_keys: set[str] = set()
-    for c in ordered:
-        for key in c.keys:
-            seen = first_location.setdefault(key, c.location_id)
-            if seen != c.location_id:
+    for _uid, location_id, keys in candidates:
+        for key in keys:
+            if first_location.setdefault(key, location_id) != location_id:
                 cross_keys.add(key)
     del first_location
     if not cross_keys:
         return within
-    seeds = {c.uid for c in ordered if not cross_keys.isdisjoint(c.keys)}
+    seeds = {uid for uid, _location_id, keys in candidates if not cross_keys.isdisjoint(keys)}
     for group in within:
         if not seeds.isdisjoint(group.member_uids):
             seeds.update(group.member_uids)
@@ -310,14 +312,15 @@ def _group(
         # Groups split apart for "different people" are smaller than the components that contain
         # them; follow shared keys until nothing new joins so the cross components are whole.
         while True:
-            seed_keys = {key for c in ordered if c.uid in seeds for key in c.keys}
-            joined = {c.uid for c in ordered if c.uid not in seeds and not seed_keys.isdisjoint(c.keys)}
+            seed_keys = {key for uid, _location_id, keys in candidates if uid in seeds for key in keys}
+            joined = {
+                uid for uid, _location_id, keys in candidates if uid not in seeds and not seed_keys.isdisjoint(keys)
+            }
             if not joined:
                 break
             seeds |= joined
-    by_uid = {c.uid: c for c in ordered if c.uid in seeds}
     cross = build_clusters(
-        ((uid, location_uid_of[c.location_id], c.keys) for uid, c in by_uid.items()),
+        ((uid, location_uid_of[location_id], keys) for uid, location_id, keys in candidates if uid in seeds),
         cross_location=True,
         excluded_pairs=excluded,
     )
@@ -444,39 +447,43 @@ _SHARED_KEYS_TABLE = "dedup_detect_shared_keys"
 _FETCH = 20_000
 
 
-class _Candidate:
-    """An active contact that may join a cluster, with the keys that can join it."""
-
-    __slots__ = ("uid", "location_id", "keys")
-
-    def __init__(self, uid: str, location_id: int) -> None:
-        self.uid = uid
-        self.location_id = location_id
-        self.keys: list[str] = []
+# An active contact that may join a cluster: (uid, location id, the keys that can join it).
+_Candidate = tuple[str, int, tuple[str, ...]]
 
 
 def _active_sql(alias: str) -> str:
     return f"{alias}.deleted_at IS NULL AND {alias}.merged_into_uid = ''"
 
 
-def _add_key_rows(candidates: dict[int, _Candidate], rows: Iterable[tuple[Any, ...]]) -> None:
-    """Fold ``(contact id, uid, location id, key)`` rows into candidates."""
-    for contact_id, uid, location_id, key in rows:
-        candidate = candidates.get(contact_id)
-        if candidate is None:
-            candidate = candidates[contact_id] = _Candidate(uid, location_id)
-        candidate.keys.append(key)
+def _fold_rows(rows: Iterable[tuple[Any, ...]], out: list[_Candidate]) -> None:
+    """Fold ``(contact id, uid, location id, key)`` rows sorted by contact into candidates.
+
+    Keys are interned: every shared key is held by two or more contacts, and one string object for
+    all of them is most of the memory a million-contact read needs.
+    """
+    current: int | None = None
+    uid = ""
+    location = 0
+    keys: list[str] = []
+    for contact_id, row_uid, location_id, key in rows:
+        if contact_id != current:
+            if current is not None:
+                out.append((uid, location, tuple(keys)))
+            current, uid, location, keys = contact_id, row_uid, location_id, []
+        keys.append(sys.intern(key))
+    if current is not None:
+        out.append((uid, location, tuple(keys)))
 
 
-def _read_shared(kinds: Sequence[str]) -> dict[int, _Candidate]:
-    """Every active contact holding a key that another active contact holds too.
+def _read_shared(kinds: Sequence[str]) -> list[_Candidate]:
+    """Every active contact holding a key that another active contact holds too, sorted by location.
 
     The database does the grouping (into a temporary table, analyzed so the join that follows is
-    planned for its real size); rows are streamed, never fetched all at once.
+    planned for its real size) and the sorting; rows are streamed, never fetched all at once.
     """
     key_table, contact_table = ContactKey._meta.db_table, Contact._meta.db_table
     marks = ", ".join(["%s"] * len(kinds))
-    candidates: dict[int, _Candidate] = {}
+    candidates: list[_Candidate] = []
     with connection.cursor() as cursor:
         try:
             cursor.execute(f"DROP TABLE IF EXISTS {_SHARED_KEYS_TABLE}")
@@ -491,11 +498,20 @@ def _read_shared(kinds: Sequence[str]) -> dict[int, _Candidate]:
                 f"SELECT k.contact_id, c.uid, k.location_id, k.key FROM {key_table} k "
                 f"JOIN {contact_table} c ON c.id = k.contact_id "
                 f"WHERE {_active_sql('c')} AND k.kind IN ({marks}) "
-                f"AND k.key IN (SELECT key FROM {_SHARED_KEYS_TABLE})",
+                f"AND k.key IN (SELECT key FROM {_SHARED_KEYS_TABLE}) ORDER BY k.location_id, k.contact_id",
                 list(kinds),
             )
+            pending: list[tuple[Any, ...]] = []
             while rows := cursor.fetchmany(_FETCH):
-                _add_key_rows(candidates, rows)
+                # A contact's rows may straddle two fetches: hold back the last contact's rows.
+                pending.extend(rows)
+                last = pending[-1][0]
+                cut = len(pending)
+                while cut > 0 and pending[cut - 1][0] == last:
+                    cut -= 1
+                _fold_rows(pending[:cut], candidates)
+                pending = pending[cut:]
+            _fold_rows(pending, candidates)
         finally:
             cursor.execute(f"DROP TABLE IF EXISTS {_SHARED_KEYS_TABLE}")
     return candidates
@@ -514,28 +530,33 @@ def _holders(keys: Sequence[str], kinds: Sequence[str] | None, active_only: bool
     return found
 
 
-def _read_closure(seed_ids: set[int], kinds: Sequence[str]) -> dict[int, _Candidate]:
-    """Every active contact connected to the seeds through shared keys, with its keys.
+def _read_closure(seed_ids: set[int], kinds: Sequence[str]) -> tuple[list[_Candidate], set[int]]:
+    """Every active contact connected to the seeds through shared keys, with its keys (and their ids).
 
     Grows one hop at a time (the seeds' keys, their other holders, those holders' keys, ...) until
     nothing new joins, so the components around the seeds are read whole and nothing else.
     """
-    candidates: dict[int, _Candidate] = {}
+    rows: list[tuple[Any, ...]] = []
+    members: set[int] = set()
     frontier = set(seed_ids)
     seen_keys: set[str] = set()
     while frontier:
-        rows: list[tuple[Any, ...]] = []
+        new_rows: list[tuple[Any, ...]] = []
         for chunk in chunked(sorted(frontier), in_chunk_size()):
-            rows.extend(
+            new_rows.extend(
                 ContactKey.objects.filter(
                     contact_id__in=chunk, kind__in=kinds, contact__deleted_at__isnull=True, contact__merged_into_uid=""
                 ).values_list("contact_id", "contact__uid", "location_id", "key")
             )
-        _add_key_rows(candidates, rows)
-        new_keys = {row[3] for row in rows} - seen_keys
+        rows.extend(new_rows)
+        members.update(row[0] for row in new_rows)
+        new_keys = {row[3] for row in new_rows} - seen_keys
         seen_keys |= new_keys
-        frontier = _holders(sorted(new_keys), kinds, active_only=True) - candidates.keys() if new_keys else set()
-    return candidates
+        frontier = _holders(sorted(new_keys), kinds, active_only=True) - members if new_keys else set()
+    rows.sort(key=lambda row: (row[2], row[0]))
+    candidates: list[_Candidate] = []
+    _fold_rows(rows, candidates)
+    return candidates, members
 
 
 def _select_by_ids(sql: str, column: str, ids: Sequence[int]) -> Iterator[tuple[Any, ...]]:
@@ -551,6 +572,12 @@ def _select_by_ids(sql: str, column: str, ids: Sequence[int]) -> Iterator[tuple[
         for chunk in chunked(list(ids), in_chunk_size()):
             cursor.execute(f"{sql} {column} IN ({', '.join(['%s'] * len(chunk))})", list(chunk))
             yield from cursor.fetchall()
+
+
+def _ids_of(uids: Sequence[str]) -> dict[str, int]:
+    """Index row ids of contacts by uid."""
+    sql = f"SELECT uid, id FROM {Contact._meta.db_table} WHERE"
+    return dict(_select_by_text(sql, "uid", uids))
 
 
 def _scoring_records(ids: Sequence[int], scoring: _Scoring) -> dict[int, MemberRecord]:
@@ -692,11 +719,10 @@ def _unchanged_clusters(stable_ids: Sequence[str], scoring: _Scoring) -> dict[st
     return {cluster_id: (kind, pk) for pk, (cluster_id, kind) in fresh.items() if pk not in stale}
 
 
-def _score_groups(
-    start: int, groups: Sequence[ClusterGroup], id_of_uid: dict[str, int], scoring: _Scoring
-) -> list[_Proposal | _Unchanged]:
+def _score_groups(start: int, groups: Sequence[ClusterGroup], scoring: _Scoring) -> list[_Proposal | _Unchanged]:
     """Score ``groups`` (the slice starting at ``start``), skipping those whose cluster is unchanged."""
-    member_ids = [tuple(id_of_uid[uid] for uid in g.member_uids) for g in groups]
+    id_of = _ids_of(sorted({uid for g in groups for uid in g.member_uids}))
+    member_ids = [tuple(id_of[uid] for uid in g.member_uids) for g in groups]
     unchanged = _unchanged_clusters([g.stable_id for g in groups], scoring)
     wanted = sorted({i for g, ids in zip(groups, member_ids, strict=True) if g.stable_id not in unchanged for i in ids})
     records = _scoring_records(wanted, scoring) if wanted else {}
@@ -716,7 +742,7 @@ _FORKED: dict[str, Any] = {}
 
 def _score_slice(start: int, end: int) -> list[_Proposal | _Unchanged]:
     """Score ``groups[start:end]`` in a forked worker (with its own database connection)."""
-    return _score_groups(start, _FORKED["groups"][start:end], _FORKED["id_of_uid"], _FORKED["scoring"])
+    return _score_groups(start, _FORKED["groups"][start:end], _FORKED["scoring"])
 
 
 def _default_workers(group_count: int) -> int:
@@ -739,7 +765,7 @@ def _can_fork_workers() -> bool:
 
 
 def _scored_batches(
-    groups: list[ClusterGroup], id_of_uid: dict[str, int], scoring: _Scoring, workers: int
+    groups: list[ClusterGroup], scoring: _Scoring, workers: int
 ) -> Iterator[list[_Proposal | _Unchanged]]:
     """Proposals batch by batch, in order. With workers, the pool is forked now (before the caller opens
     its write transaction) and keeps a few batches ahead of the writer."""
@@ -748,8 +774,8 @@ def _scored_batches(
         logger.debug("detection: scoring in this process (no fork possible here)")
         workers = 0
     if workers <= 0 or not slices:
-        return (_score_groups(a, groups[a:b], id_of_uid, scoring) for a, b in slices)
-    _FORKED.update(groups=groups, id_of_uid=id_of_uid, scoring=scoring)
+        return (_score_groups(a, groups[a:b], scoring) for a, b in slices)
+    _FORKED.update(groups=groups, scoring=scoring)
     # Children inherit open sockets; closing first means neither side can speak on the other's
     # session. Each child opens its own connection; this process reconnects on its next query.
     connections.close_all()
@@ -816,7 +842,6 @@ def _count_open(summary: DetectionSummary, kind: str) -> None:
 def _write(
     batches: Iterable[list[_Proposal | _Unchanged]],
     groups: list[ClusterGroup],
-    id_of_uid: dict[str, int],
     scoring: _Scoring,
     reconsider: QuerySet[Cluster],
     scan_run: ScanRun | None,
@@ -825,9 +850,8 @@ def _write(
     timings: dict[str, float],
 ) -> DetectionSummary:
     summary = DetectionSummary()
-    live: dict[int, str] = {}  # pk -> cluster id of every open cluster this run keeps
-    successor_of_contact: dict[int, int] = {}
-    in_open_clusters: set[int] = set()
+    live: set[int] = set()  # every open cluster this run keeps
+    in_open_clusters = _IdSet()
     waited = 0.0
     with transaction.atomic():
         if connection.vendor == "postgresql":
@@ -861,7 +885,7 @@ def _write(
                     kept.append((row[0] if row else None, item))
                     continue
                 # The row changed since the worker looked (or never was unchanged): score it here.
-                proposal = item if isinstance(item, _Proposal) else _rescore(item, groups, id_of_uid, scoring)
+                proposal = item if isinstance(item, _Proposal) else _rescore(item, groups, scoring)
                 if row is None:
                     to_create.append(proposal)
                     kept.append((None, proposal))
@@ -874,16 +898,11 @@ def _write(
             summary.reopened += sum(1 for *_rest, reopened in to_refresh if reopened)
             summary.refreshed += sum(1 for *_rest, reopened in to_refresh if not reopened)
             for maybe_pk, item in kept:
-                pk = maybe_pk if maybe_pk is not None else new_pk_of[item.stable_id]
-                live[pk] = item.stable_id
+                live.add(maybe_pk if maybe_pk is not None else new_pk_of[item.stable_id])
                 _count_open(summary, item.kind)
                 in_open_clusters.update(item.member_ids)
-                for contact_id in item.member_ids:
-                    # A within-location cluster is the better successor than a cross-location one.
-                    if not item.cross_location or contact_id not in successor_of_contact:
-                        successor_of_contact[contact_id] = pk
         gone = sorted(pk for pk, status in reconsider_status.items() if status == _MUTABLE and pk not in live)
-        summary.superseded = _supersede(gone, successor_of_contact, live, scan_run, actor)
+        summary.superseded = _supersede(gone, scan_run, actor)
     summary.contacts_in_clusters = len(in_open_clusters)
     timings["waiting_for_scores"] = waited
     return summary
@@ -893,7 +912,28 @@ def _write(
 _DETECTION_LOCK = 0xDE7EC7
 
 
-def _rescore(item: _Unchanged, groups: list[ClusterGroup], id_of_uid: dict[str, int], scoring: _Scoring) -> _Proposal:
+class _IdSet:
+    """A set of row ids as a bitmap: a million contacts cost 125 kB instead of 40 MB."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+        self._count = 0
+
+    def update(self, ids: Iterable[int]) -> None:
+        bits = self._bits
+        for i in ids:
+            byte, bit = divmod(i, 8)
+            if byte >= len(bits):
+                bits.extend(bytes(byte - len(bits) + 4096))
+            if not bits[byte] >> bit & 1:
+                bits[byte] |= 1 << bit
+                self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def _rescore(item: _Unchanged, groups: list[ClusterGroup], scoring: _Scoring) -> _Proposal:
     group = groups[item.index]
     records = _scoring_records(list(item.member_ids), scoring)
     return _propose(item.index, group, records, item.member_ids, scoring)
@@ -1010,48 +1050,61 @@ def _refresh(
             )
 
 
-def _supersede(
-    gone: list[int],
-    successor_of_contact: dict[int, int],
-    cluster_id_of_pk: dict[int, str],
-    scan_run: ScanRun | None,
-    actor: str,
-) -> int:
+def _successors(gone: list[int]) -> dict[int, int]:
+    """For each superseded cluster, the open cluster now holding most of its members.
+
+    Per member, a within-location cluster is preferred to a cross-location one; ties go to the
+    lowest row id, so the choice is deterministic.
+    """
+    member_table, cluster_table = ClusterMember._meta.db_table, Cluster._meta.db_table
+    sql = (
+        f"SELECT old.cluster_id, old.contact_id, new.cluster_id, c.cross_location FROM {member_table} old "
+        f"JOIN {member_table} new ON new.contact_id = old.contact_id AND new.cluster_id <> old.cluster_id "
+        f"JOIN {cluster_table} c ON c.id = new.cluster_id AND c.status = 'open' WHERE"
+    )
+    gone_set = set(gone)
+    options: dict[tuple[int, int], list[tuple[bool, int]]] = defaultdict(list)
+    for old_pk, contact_id, new_pk, cross in _select_by_ids(sql, "old.cluster_id", gone):
+        if new_pk not in gone_set:
+            options[(old_pk, contact_id)].append((bool(cross), new_pk))
+    votes: dict[int, Counter[int]] = defaultdict(Counter)
+    for (old_pk, _contact_id), choices in options.items():
+        votes[old_pk][min(choices)[1]] += 1
+    return {old_pk: min(counter, key=lambda pk: (-counter[pk], pk)) for old_pk, counter in votes.items()}
+
+
+def _supersede(gone: list[int], scan_run: ScanRun | None, actor: str) -> int:
     """Mark open clusters whose membership no longer exists as superseded, each with an audit event."""
     if not gone:
         return 0
-    members: dict[int, list[int]] = defaultdict(list)
-    for cluster_pk, contact_id in _select_by_ids(
-        f"SELECT cluster_id, contact_id FROM {ClusterMember._meta.db_table} WHERE", "cluster_id", gone
-    ):
-        members[cluster_pk].append(contact_id)
-    old: dict[int, Cluster] = {}
+    successor_of = _successors(gone)
+    name_of = dict(Cluster.objects.filter(pk__in=set(successor_of.values())).values_list("pk", "cluster_id"))
+    members: dict[int, list[str]] = defaultdict(list)
+    sql = (
+        f"SELECT m.cluster_id, c.uid FROM {ClusterMember._meta.db_table} m "
+        f"JOIN {Contact._meta.db_table} c ON c.id = m.contact_id WHERE"
+    )
+    for cluster_pk, uid in _select_by_ids(sql, "m.cluster_id", gone):
+        members[cluster_pk].append(uid)
     for chunk in chunked(gone, in_chunk_size()):
-        old.update((c.pk, c) for c in Cluster.objects.filter(pk__in=chunk).prefetch_related("locations"))
-    uid_of: dict[int, str] = {}
-    contact_ids = sorted({i for ids in members.values() for i in ids})
-    for chunk in chunked(contact_ids, in_chunk_size()):
-        uid_of.update(Contact.objects.filter(pk__in=chunk).values_list("pk", "uid"))
-    for pk in gone:
-        votes = Counter(successor_of_contact[c] for c in members.get(pk, []) if c in successor_of_contact)
-        successor = min(votes, key=lambda s: (-votes[s], s)) if votes else None
-        Cluster.objects.filter(pk=pk, status=_MUTABLE).update(
-            status=Cluster.SUPERSEDED, superseded_by_id=successor, updated_at=timezone.now()
-        )
-        cluster = old[pk]
-        audit.record(
-            "cluster.superseded",
-            actor=actor,
-            cluster_ref=cluster.cluster_id,
-            location_uids=[loc.uid for loc in cluster.locations.all()],
-            contact_uids=[uid_of[c] for c in members.get(pk, []) if c in uid_of],
-            natural_keys=cluster.natural_keys,
-            payload={
-                "supersededBy": cluster_id_of_pk.get(successor) if successor is not None else None,
-                "reason": "membership changed" if successor is not None else "no longer a duplicate group",
-                "scanRun": scan_run.pk if scan_run is not None else None,
-            },
-        )
+        for cluster in Cluster.objects.filter(pk__in=chunk).prefetch_related("locations"):
+            successor = successor_of.get(cluster.pk)
+            Cluster.objects.filter(pk=cluster.pk, status=_MUTABLE).update(
+                status=Cluster.SUPERSEDED, superseded_by_id=successor, updated_at=timezone.now()
+            )
+            audit.record(
+                "cluster.superseded",
+                actor=actor,
+                cluster_ref=cluster.cluster_id,
+                location_uids=[loc.uid for loc in cluster.locations.all()],
+                contact_uids=sorted(members.get(cluster.pk, [])),
+                natural_keys=cluster.natural_keys,
+                payload={
+                    "supersededBy": name_of.get(successor) if successor is not None else None,
+                    "reason": "membership changed" if successor is not None else "no longer a duplicate group",
+                    "scanRun": scan_run.pk if scan_run is not None else None,
+                },
+            )
     return len(gone)
 
 
