@@ -154,6 +154,7 @@ def _worker(queue: Any, name: str, requests_per_minute: int | None, results: Any
     from dedup.podium import get_client
 
     done = 0
+    cpu = time.process_time()
     with get_client(requests_per_minute=requests_per_minute) as client:
         while True:
             op_id = queue.get()
@@ -161,10 +162,11 @@ def _worker(queue: Any, name: str, requests_per_minute: int | None, results: Any
                 break
             op = merging.run_operation(op_id, worker=name, client=client)
             done += op.state == "patched"
-    results.put(done)
+    results.put((done, time.process_time() - cpu))
 
 
-def _run_workers(op_ids: list[int], workers: int, requests_per_minute: int | None = None) -> tuple[float, int]:
+def _run_workers(op_ids: list[int], workers: int, requests_per_minute: int | None = None) -> tuple[float, int, float]:
+    """Merge the operations with ``workers`` processes; (elapsed seconds, merged, worker CPU seconds)."""
     from django.db import connections
 
     connections.close_all()  # children open their own
@@ -183,8 +185,8 @@ def _run_workers(op_ids: list[int], workers: int, requests_per_minute: int | Non
     for p in procs:
         p.join()
     elapsed = time.perf_counter() - started
-    patched = sum(results.get() for _ in procs)
-    return elapsed, patched
+    outcomes = [results.get() for _ in procs]
+    return elapsed, sum(done for done, _cpu in outcomes), sum(cpu for _done, cpu in outcomes)
 
 
 def _emulator(url: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -236,14 +238,15 @@ def main() -> None:
             with mock.patch.object(merging, "_enqueue", lambda op_id: None):
                 plans = {loc: _plan_run(loc) for loc, _n in runs}
 
-            print("\nclusters merged per second, emulator without latency (PostgreSQL, worker processes):")
+            print(f"\nclusters merged per second, emulator without latency (PostgreSQL, worker processes; "
+                  f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before):")
             for workers in WORKER_COUNTS:
                 op_ids = plans[f"loc_w{workers}"]
-                elapsed, patched = _run_workers(op_ids, workers)
+                elapsed, patched, cpu = _run_workers(op_ids, workers)
                 rate = patched / elapsed
                 verdict = "ok" if rate >= TARGET_RATE else f"BELOW target {TARGET_RATE:.0f}/s"
                 print(f"  {workers} worker(s): {patched}/{len(op_ids)} merged in {elapsed:5.2f}s = "
-                      f"{rate:6.1f} clusters/s  [{verdict}]")
+                      f"{rate:6.1f} clusters/s  [{verdict}]  (worker CPU {1000 * cpu / max(patched, 1):.1f} ms/merge)")
 
             print(f"\nrate-limit budget {args.budget}/min (emulator limit = client pacing, split between workers):")
             _emulator(podium_url, "/_emulator/config", {"rate_limit": args.budget, "rate_window_s": 10})
