@@ -1720,52 +1720,70 @@ RESOLUTIONS = ("merged_manually", "abandoned", "retry")
 
 
 def resolve_operation(
-    operation: MergeOperation, *, user: User, resolution: str, note: str, run_async: bool = True
+    operation: MergeOperation,
+    *,
+    user: User,
+    resolution: str,
+    note: str,
+    run_async: bool = True,
+    client: PodiumClient | None = None,
 ) -> MergeOperation:
-    """An admin settles a merge the product could not (``ERR_DEDUP_012``), with a note; audited.
+    """An admin settles a merge the product could not reconcile (``ERR_DEDUP_012``), with a note; audited.
 
-    ``merged_manually``: the person finished it in Podium; the operation ends (failed_permanent with the
-    resolution recorded), the cluster is merged, and its keys are rescanned. ``abandoned``: nothing more
-    is done; the cluster fails and its keys are rescanned. ``retry``: Podium was fixed by hand; the
-    operation reconciles again from ``merging``.
+    ``retry``: Podium was put right by hand; the operation reconciles again from ``merging``.
+    ``merged_manually`` (the person finished the merge in Podium) and ``abandoned`` (it stays as it is)
+    end the operation (failed_permanent, the resolution recorded) and queue its keys for a rescan; the
+    cluster becomes merged or failed. Either way the plan's opt-out union is first forced onto the
+    primary and read back, because a half-done merge may have dropped an opt-out: closing the case never
+    leaves one lost (``MergeRefused`` with ``ERR_DEDUP_010`` when it does not hold; nothing is closed).
+    Compliance incidents (``compliance_failed``) are not resolved by hand: they are retried until they
+    hold (``retry_operation``).
     """
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}")
     if not note.strip():
         raise ValueError("a resolution needs a note saying what was done")
     actor_name, actor_user_id = _actor(user)
-    with _holding_operation(operation), transaction.atomic():
-        op = MergeOperation.objects.select_for_update().get(pk=operation.pk)
-        cluster = Cluster.objects.select_for_update().get(pk=op.cluster_id)
-        if op.state not in (MergeOperation.UNRECONCILABLE, MergeOperation.COMPLIANCE_FAILED):
+    forced: dict[str, Any] = {}
+    with _holding_operation(operation):
+        op = MergeOperation.objects.select_related("cluster").get(pk=operation.pk)
+        if op.state != MergeOperation.UNRECONCILABLE:
             raise MergeRefused(
-                f"Merge #{op.pk} is {op.state}; only unreconcilable or compliance_failed merges are resolved by hand",
-                cluster=cluster, operation=op,
+                f"Merge #{op.pk} is {op.state}; only unreconcilable merges (ERR_DEDUP_012) are resolved by hand",
+                cluster=op.cluster, operation=op,
             )
-        before = op.state
-        evidence = {**op.evidence, "resolution": resolution, "note": note, "resolvedBy": actor_name}
-        if resolution == "retry":
-            op.state = MergeOperation.MERGING if before == MergeOperation.UNRECONCILABLE else before
-            op.next_attempt_at = timezone.now()
-        else:
-            op.state = MergeOperation.FAILED_PERMANENT
-            op.finished_at = timezone.now()
-            op.next_attempt_at = None
-            cluster.status = Cluster.MERGED if resolution == "merged_manually" else Cluster.FAILED
-            cluster.save(update_fields=["status", "updated_at"])
-        op.evidence = evidence
-        op.last_error = f"{op.last_error}\nresolved ({resolution}) by {actor_name}: {note}".strip()
-        op.save()
-        audit.record(
-            "merge.resolved",
-            actor=actor_name, actor_user_id=actor_user_id, cluster_ref=cluster.cluster_id, operation_ref=op.pk,
-            location_uids=_location_uids(cluster), contact_uids=[op.primary_uid, *op.duplicate_uids],
-            natural_keys=cluster.natural_keys,
-            payload={"from": before, "to": op.state, "resolution": resolution, "note": note},
-        )
-        if resolution == "retry" and run_async:
-            op_id = op.pk
-            transaction.on_commit(lambda: _enqueue(op_id))
+        if resolution != "retry":
+            forced = _force_union_on_primary(op, client)
+        with transaction.atomic():
+            op = MergeOperation.objects.select_for_update().get(pk=operation.pk)
+            cluster = Cluster.objects.select_for_update().get(pk=op.cluster_id)
+            before = op.state
+            evidence = {**op.evidence, "resolution": resolution, "note": note, "resolvedBy": actor_name}
+            if forced:
+                evidence["optOutsForced"] = forced
+            if resolution == "retry":
+                op.state = MergeOperation.MERGING
+                op.next_attempt_at = timezone.now()
+            else:
+                op.state = MergeOperation.FAILED_PERMANENT
+                op.finished_at = timezone.now()
+                op.next_attempt_at = None
+                cluster.status = Cluster.MERGED if resolution == "merged_manually" else Cluster.FAILED
+                cluster.save(update_fields=["status", "updated_at"])
+            op.evidence = evidence
+            op.last_error = f"{op.last_error}\nresolved ({resolution}) by {actor_name}: {note}".strip()
+            op.save()
+            audit.record(
+                "merge.resolved",
+                actor=actor_name, actor_user_id=actor_user_id, cluster_ref=cluster.cluster_id, operation_ref=op.pk,
+                location_uids=_location_uids(cluster), contact_uids=[op.primary_uid, *op.duplicate_uids],
+                natural_keys=cluster.natural_keys,
+                payload={"from": before, "to": op.state, "resolution": resolution, "note": note,
+                         "optOutsForced": forced or None},
+            )
+            if resolution == "retry" and run_async:
+                op_id = op.pk
+                transaction.on_commit(lambda: _enqueue(op_id))
     if resolution != "retry":
         from dedup.scanning import queue_rescan_of_keys
 
@@ -1774,8 +1792,41 @@ def resolve_operation(
             contact_uids=[op.primary_uid, *op.duplicate_uids],
         )
     elif not run_async:
-        return run_operation(op.pk, worker=actor_name)
+        return run_operation(op.pk, worker=actor_name, client=client)
     return op
+
+
+def _force_union_on_primary(op: MergeOperation, client: PodiumClient | None) -> dict[str, Any]:
+    """PATCH the plan's opt-out union onto the primary (only flags that are on) and read it back."""
+    plan = MergePlan.from_dict(op.plan)
+    wanted = {name: True for name, on in plan.opt_outs.to_wire().items() if on}
+    own = client is None
+    active = client or new_client()
+    request_ids: list[str] = []
+    try:
+        if wanted:
+            request_ids.append(active.update_contact(op.primary_uid, wanted).request_id or "")
+        after = active.get_contact(op.primary_uid)
+        request_ids.append(after.request_id or "")
+    except NotFoundError:
+        # Nothing to protect on a primary Podium no longer has; the rescan sorts out the rest.
+        return {"primaryUid": op.primary_uid, "found": False}
+    except PodiumError as exc:
+        raise MergeRefused(
+            f"Merge #{op.pk}: could not put the opt-out union on {op.primary_uid} ({exc}); try again",
+            cluster=op.cluster, operation=op, code=ERR_COMPLIANCE,
+        ) from exc
+    finally:
+        if own:
+            active.close()
+    held = OptOuts.from_wire(after.to_wire()).covers(plan.opt_outs)
+    if not held:
+        logger.error("COMPLIANCE merge #%s: the opt-out union did not hold on %s", op.pk, op.primary_uid)
+        raise MergeRefused(
+            f"Merge #{op.pk}: the opt-out union did not hold on {op.primary_uid}; try again",
+            cluster=op.cluster, operation=op, code=ERR_COMPLIANCE,
+        )
+    return {"primaryUid": op.primary_uid, "sent": wanted, "held": True, "requestIds": [r for r in request_ids if r]}
 
 
 # --- progress ---------------------------------------------------------------------------------------------

@@ -336,9 +336,15 @@ def test_a_merge_nobody_can_explain_goes_to_a_person_with_the_evidence(
 
     with pytest.raises(ValueError):
         merging.resolve_operation(op, user=admin_user, resolution="merged_manually", note="")
+    with pytest.raises(MergeRefused, match="only compliance_failed or conflict_pending"):
+        merging.retry_operation(op, user=admin_user)
     op = merging.resolve_operation(op, user=admin_user, resolution="abandoned", note="left as two contacts")
     assert op.state == MergeOperation.FAILED_PERMANENT and op.evidence["resolution"] == "abandoned"
     assert op.cluster.status == Cluster.FAILED
+    # Closing the case never leaves an opt-out lost: the plan's union is forced onto the primary first.
+    primary = merge_env.live("ct_m1")
+    assert primary.sms_opt_out and primary.marketing_opt_out
+    assert op.evidence["optOutsForced"]["held"] is True
     assert AuditEvent.objects.filter(event_type="merge.resolved", actor="user:root").exists()
 
 
@@ -364,6 +370,8 @@ def test_a_write_back_that_fails_is_a_compliance_incident_retried_until_it_holds
     # The duplicates are merged away in the index already: no proposal can take them meanwhile.
     assert set(Contact.objects.filter(merged_into_uid="ct_m1").values_list("uid", flat=True)) == {"ct_m2", "ct_m3"}
 
+    with pytest.raises(MergeRefused, match="only unreconcilable"):
+        merging.resolve_operation(op, user=manager, resolution="abandoned", note="give up")
     client.patch_override = None
     merging.resume_operations(client=client)
     op.refresh_from_db()
