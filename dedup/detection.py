@@ -74,8 +74,8 @@ _MUTABLE = Cluster.OPEN
 # Groups scored and written together: big enough to amortize each round of queries, small enough that
 # a batch's records and proposals stay a few megabytes.
 BATCH_GROUPS = 5000
-# Below this many groups scoring stays in this process: forking costs more than it saves.
-PARALLEL_MIN_GROUPS = 40_000
+# Below this many indexed contacts scoring stays in this process: forking costs more than it saves.
+PARALLEL_MIN_CONTACTS = 100_000
 
 
 @dataclass
@@ -223,11 +223,40 @@ def detect(
         policy_changed_at=policy.updated_at,
         rescore=rescore,
     )
+
+    key_scoped = keys is not None or contact_ids is not None
+    if workers is None:
+        workers = 0 if key_scoped else _default_workers()
+    # Workers are forked first, while this process is still small: what they inherit is what
+    # they hold, and each opens its own database connection.
+    pool = _start_pool(workers)
+    try:
+        return _detect(
+            pool, scoring, kinds, locations, keys, contact_ids, key_scoped, scan_run, actor, started, timings
+        )
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def _detect(
+    pool: Any,
+    scoring: _Scoring,
+    kinds: list[str],
+    locations: list[str] | None,
+    keys: Iterable[str] | None,
+    contact_ids: Iterable[int] | None,
+    key_scoped: bool,
+    scan_run: ScanRun | None,
+    actor: str,
+    started: float,
+    timings: dict[str, float],
+) -> DetectionSummary:
+    location_uid_of, location_id_of = scoring.location_uid_of, scoring.location_id_of
     scope_location_ids: set[int] | None = None
     if locations:
         scope_location_ids = {location_id_of[uid] for uid in locations if uid in location_id_of}
-
-    key_scoped = keys is not None or contact_ids is not None
     seed_ids: set[int] = set()
     considered_ids: set[int] = set()
     if key_scoped:
@@ -261,10 +290,8 @@ def detect(
         ).distinct()
     else:
         reconsider = Cluster.objects.filter(status=_MUTABLE)
-    if workers is None:
-        workers = _default_workers(len(groups))
     now = timezone.now()
-    batches = _scored_batches(groups, scoring, workers)
+    batches = _scored_batches(groups, scoring, pool)
     summary = _write(batches, groups, scoring, reconsider, scan_run, actor, now, timings)
     timings["score_and_write"] = time.perf_counter() - t
 
@@ -289,12 +316,22 @@ def _group(
     cross-location components are exactly those of the contacts holding such a key together with
     their within-location group mates; only those are clustered across locations.
     """
-    # Candidates arrive sorted by location, which build_clusters walks fastest.
-    within = build_clusters(
-        ((uid, location_uid_of[location_id], keys) for uid, location_id, keys in candidates),
-        cross_location=False,
-        excluded_pairs=excluded,
-    )
+    # Candidates arrive sorted by location; clustering one location at a time keeps only that
+    # location's key tables in memory.
+    within: list[ClusterGroup] = []
+    start = 0
+    while start < len(candidates):
+        location_id = candidates[start][1]
+        end = start
+        while end < len(candidates) and candidates[end][1] == location_id:
+            end += 1
+        location_uid = location_uid_of[location_id]
+        within += build_clusters(
+            ((uid, location_uid, keys) for uid, _location_id, keys in candidates[start:end]),
+            cross_location=False,
+            excluded_pairs=excluded,
+        )
+        start = end
     first_location: dict[str, int] = {}
     cross_keys: set[str] = set()
     for _uid, location_id, keys in candidates:
@@ -736,21 +773,16 @@ def _score_groups(start: int, groups: Sequence[ClusterGroup], scoring: _Scoring)
     return out
 
 
-# State a forked scoring worker inherits (set just before the fork; read-only afterwards).
-_FORKED: dict[str, Any] = {}
+def _score_task(start: int, groups: list[ClusterGroup], scoring: _Scoring) -> list[_Proposal | _Unchanged]:
+    """Score a slice of groups in a worker process (with its own database connection)."""
+    return _score_groups(start, groups, scoring)
 
 
-def _score_slice(start: int, end: int) -> list[_Proposal | _Unchanged]:
-    """Score ``groups[start:end]`` in a forked worker (with its own database connection)."""
-    return _score_groups(start, _FORKED["groups"][start:end], _FORKED["scoring"])
-
-
-def _default_workers(group_count: int) -> int:
-    if group_count < PARALLEL_MIN_GROUPS or "fork" not in multiprocessing.get_all_start_methods():
-        return 0
-    if multiprocessing.current_process().daemon:  # e.g. inside a django-q worker: no children allowed
-        return 0
-    if any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
+def _default_workers() -> int:
+    """One scoring process per CPU for a big index, when this process may fork; else none."""
+    if not _can_fork_workers() or multiprocessing.current_process().daemon:
+        return 0  # e.g. inside a django-q worker: no children allowed
+    if Contact.objects.count() < PARALLEL_MIN_CONTACTS:
         return 0
     return max(1, multiprocessing.cpu_count())
 
@@ -764,39 +796,40 @@ def _can_fork_workers() -> bool:
     return not any(conn.in_atomic_block for conn in connections.all(initialized_only=True))
 
 
-def _scored_batches(
-    groups: list[ClusterGroup], scoring: _Scoring, workers: int
-) -> Iterator[list[_Proposal | _Unchanged]]:
-    """Proposals batch by batch, in order. With workers, the pool is forked now (before the caller opens
-    its write transaction) and keeps a few batches ahead of the writer."""
-    slices = [(start, min(start + BATCH_GROUPS, len(groups))) for start in range(0, len(groups), BATCH_GROUPS)]
-    if workers > 0 and not _can_fork_workers():
+def _start_pool(workers: int) -> Any:
+    if workers <= 0:
+        return None
+    if not _can_fork_workers():
         logger.debug("detection: scoring in this process (no fork possible here)")
-        workers = 0
-    if workers <= 0 or not slices:
-        return (_score_groups(a, groups[a:b], scoring) for a, b in slices)
-    _FORKED.update(groups=groups, scoring=scoring)
+        return None
     # Children inherit open sockets; closing first means neither side can speak on the other's
-    # session. Each child opens its own connection; this process reconnects on its next query.
+    # session. This process reconnects on its next query.
     connections.close_all()
-    pool = multiprocessing.get_context("fork").Pool(workers)
-    _FORKED.clear()
+    return multiprocessing.get_context("fork").Pool(workers)
+
+
+def _scored_batches(groups: list[ClusterGroup], scoring: _Scoring, pool: Any) -> Iterator[list[_Proposal | _Unchanged]]:
+    """Proposals batch by batch, in order; with a pool, scored a few batches ahead of the writer."""
+    slices = [(start, min(start + BATCH_GROUPS, len(groups))) for start in range(0, len(groups), BATCH_GROUPS)]
+    if pool is None:
+        return (_score_groups(a, groups[a:b], scoring) for a, b in slices)
     pending: deque[Any] = deque()
     queue = deque(slices)
-    ahead = workers * 2
+    ahead = 4
+
+    def submit() -> None:
+        a, b = queue.popleft()
+        pending.append(pool.apply_async(_score_task, (a, groups[a:b], scoring)))
+
     while queue and len(pending) < ahead:
-        pending.append(pool.apply_async(_score_slice, queue.popleft()))
+        submit()
 
     def results() -> Iterator[list[_Proposal | _Unchanged]]:
-        try:
-            while pending:
-                batch = pending.popleft().get()
-                if queue:
-                    pending.append(pool.apply_async(_score_slice, queue.popleft()))
-                yield batch
-        finally:
-            pool.terminate()
-            pool.join()
+        while pending:
+            batch = pending.popleft().get()
+            if queue:
+                submit()
+            yield batch
 
     return results()
 

@@ -32,7 +32,7 @@ def test_parallel_preparation_and_scoring_match_one_process(
     path = tmp_path / "corpus.ndjson"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     monkeypatch.setattr(indexing, "PARALLEL_MIN_LINES", 0)  # prepare the file in worker processes
-    monkeypatch.setattr(detection, "PARALLEL_MIN_GROUPS", 0)  # and score in worker processes
+    monkeypatch.setattr(detection, "PARALLEL_MIN_CONTACTS", 0)  # and score in worker processes
     monkeypatch.setattr(detection, "BATCH_GROUPS", 25)
     assert indexing.default_workers(str(path)) >= 1
 
