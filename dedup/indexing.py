@@ -117,6 +117,9 @@ class PreparedContact(NamedTuple):
     merged_into_uid: str
     keys: tuple[PreparedKey, ...]
     invalid_phones: tuple[PreparedInvalidPhone, ...]
+    # channels, tags, attributes and address as the JSON text the index stores, serialized where the
+    # contact was prepared (a worker process, for big files) rather than by the writer.
+    json_text: tuple[str, str, str, str | None] | None = None
 
 
 def prepare_contact(contact: PodiumContact, region: str) -> PreparedContact:
@@ -165,6 +168,7 @@ def prepare_contact(contact: PodiumContact, region: str) -> PreparedContact:
     name = contact.name or ""
     tags = list(contact.tags)
     attributes: list[dict[str, str | None]] = [{"label": a.label, "value": a.value} for a in contact.attributes]
+    channels = [{"type": c.type, "identifier": c.identifier} for c in contact.channels]
     field_count = compute_field_count(
         name=name,
         phones=phone_values,
@@ -179,7 +183,7 @@ def prepare_contact(contact: PodiumContact, region: str) -> PreparedContact:
         region=region,
         name=name[:_NAME_MAX],
         normalized_name=normalize_name(name)[:_NAME_MAX],
-        channels=[{"type": c.type, "identifier": c.identifier} for c in contact.channels],
+        channels=channels,
         tags=tags,
         attributes=attributes,
         address=contact.address,
@@ -194,6 +198,12 @@ def prepare_contact(contact: PodiumContact, region: str) -> PreparedContact:
         merged_into_uid=contact.merged_into_uid or "",
         keys=tuple(keys),
         invalid_phones=tuple(invalid),
+        json_text=(
+            _json(channels),
+            _json(tags),
+            _json(attributes),
+            None if contact.address is None else _json(contact.address),
+        ),
     )
 
 
@@ -362,20 +372,23 @@ class IndexWriter:
                         # waiting for the WAL flush buys nothing. Only when the transaction is ours:
                         # a caller's transaction may hold state that must be durable.
                         cursor.execute("SET LOCAL synchronous_commit = off")
-                ids = self._upsert_contacts_postgres(items, now)
-            elif fast:
-                ids = self._upsert_contacts_sqlite(items, now)
+                ids, existed = self._upsert_contacts_postgres(items, now)
             else:
-                ids = self._upsert_contacts_orm(items, now)
+                existed_uids = self._existing_uids([p.uid for p in items])
+                ids = self._upsert_contacts_sqlite(items, now) if fast else self._upsert_contacts_orm(items, now)
+                existed = {ids[uid] for uid in existed_uids}
             contact_ids = [ids[p.uid] for p in items]
-            self._delete_rows(ContactKey, contact_ids)
+            # Only contacts indexed before can have keys and queued phones to replace (a first load
+            # deletes nothing).
+            replaced = sorted(existed)
+            self._delete_rows(ContactKey, replaced)
             key_rows = [
                 (ids[p.uid], self._locations[p.location_uid][0], k.kind, k.key, k.raw, k.extension)
                 for p in items
                 for k in p.keys
             ]
             self._insert_keys(key_rows, fast)
-            result.invalid_phones = self._replace_invalid_phones(items, ids, now)
+            result.invalid_phones = self._replace_invalid_phones(items, ids, replaced, now, fast)
         result.contacts = len(items)
         result.contact_ids = contact_ids
         for p in items:
@@ -388,15 +401,21 @@ class IndexWriter:
 
     def _contact_values(self, p: PreparedContact, now: datetime, adapt: Callable[[Any], Any]) -> tuple[Any, ...]:
         """One contact row in ``_CONTACT_COLUMNS`` order; JSON as text, datetimes through ``adapt``."""
+        channels, tags, attributes, address = p.json_text or (
+            _json(p.channels),
+            _json(p.tags),
+            _json(p.attributes),
+            None if p.address is None else _json(p.address),
+        )
         return (
             p.uid,
             self._locations[p.location_uid][0],
             p.name,
             p.normalized_name,
-            _json(p.channels),
-            _json(p.tags),
-            _json(p.attributes),
-            None if p.address is None else _json(p.address),
+            channels,
+            tags,
+            attributes,
+            address,
             p.field_count,
             p.marketing_opt_out,
             p.sms_opt_out,
@@ -409,7 +428,7 @@ class IndexWriter:
             adapt(now),
         )
 
-    def _upsert_contacts_postgres(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
+    def _upsert_contacts_postgres(self, items: list[PreparedContact], now: datetime) -> tuple[dict[str, int], set[int]]:
         # COPY into a session-local staging table, then one INSERT ... ON CONFLICT: an order of
         # magnitude faster than a parameterized multi-row INSERT for thousands of JSON-bearing rows.
         table = Contact._meta.db_table
@@ -425,11 +444,25 @@ class IndexWriter:
             with raw.copy(f"COPY {_STAGE_TABLE} ({columns}) FROM STDIN") as copy:
                 for p in items:
                     copy.write_row(self._contact_values(p, now, _identity))
+            # xmax is set on a row version an ON CONFLICT UPDATE produced, and 0 on a fresh insert.
             cursor.execute(
                 f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {_STAGE_TABLE} "
-                f"ON CONFLICT (uid) DO UPDATE SET {updates} RETURNING uid, id"
+                f"ON CONFLICT (uid) DO UPDATE SET {updates} RETURNING uid, id, xmax <> 0"
             )
-            return dict(cursor.fetchall())
+            ids: dict[str, int] = {}
+            existed: set[int] = set()
+            for uid, pk, updated in cursor.fetchall():
+                ids[uid] = pk
+                if updated:
+                    existed.add(pk)
+            return ids, existed
+
+    @staticmethod
+    def _existing_uids(uids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in chunked(uids, in_chunk_size()):
+            found.update(Contact.objects.filter(uid__in=chunk).values_list("uid", flat=True))
+        return found
 
     def _upsert_contacts_sqlite(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
         table = Contact._meta.db_table
@@ -485,6 +518,8 @@ class IndexWriter:
 
     @staticmethod
     def _delete_rows(model: type[ContactKey] | type[UncategorizedPhone], contact_ids: list[int]) -> None:
+        if not contact_ids:
+            return
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute(f"DELETE FROM {model._meta.db_table} WHERE contact_id = ANY(%s)", [contact_ids])
@@ -511,39 +546,52 @@ class IndexWriter:
                 for c, loc, kind, key, raw, ext in rows
             )
 
-    def _replace_invalid_phones(self, items: list[PreparedContact], ids: dict[str, int], now: datetime) -> int:
-        contact_ids = [ids[p.uid] for p in items]
+    def _replace_invalid_phones(
+        self, items: list[PreparedContact], ids: dict[str, int], replaced: list[int], now: datetime, fast: bool
+    ) -> int:
         # Keep when a phone was first seen invalid, so the queue can be worked oldest first.
         first_seen: dict[tuple[int, str], datetime] = {}
-        if connection.vendor == "postgresql":
+        if replaced and connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute(
                     f"DELETE FROM {UncategorizedPhone._meta.db_table} WHERE contact_id = ANY(%s) "
                     "RETURNING contact_id, raw, first_seen_at",
-                    [contact_ids],
+                    [replaced],
                 )
                 first_seen.update(((cid, raw), seen) for cid, raw, seen in cursor.fetchall())
-        else:
-            for chunk in chunked(contact_ids, in_chunk_size()):
+        elif replaced:
+            for chunk in chunked(replaced, in_chunk_size()):
                 existing = UncategorizedPhone.objects.filter(contact_id__in=chunk)
                 found = list(existing.values_list("contact_id", "raw", "first_seen_at"))
                 if found:
                     first_seen.update(((cid, raw), seen) for cid, raw, seen in found)
                     existing.delete()
         rows = [
-            UncategorizedPhone(
-                contact_id=ids[p.uid],
-                location_id=self._locations[p.location_uid][0],
-                raw=bad.raw,
-                code=bad.code,
-                reason=bad.reason,
-                region=p.region[:2],
-                first_seen_at=first_seen.get((ids[p.uid], bad.raw), now),
+            (
+                ids[p.uid],
+                self._locations[p.location_uid][0],
+                bad.raw,
+                bad.code,
+                bad.reason,
+                p.region[:2],
+                first_seen.get((ids[p.uid], bad.raw), now),
             )
             for p in items
             for bad in p.invalid_phones
         ]
-        UncategorizedPhone.objects.bulk_create(rows)
+        if fast:
+            insert_rows(
+                UncategorizedPhone._meta.db_table,
+                ["contact_id", "location_id", "raw", "code", "reason", "region", "first_seen_at"],
+                rows,
+            )
+        else:
+            UncategorizedPhone.objects.bulk_create(
+                UncategorizedPhone(
+                    contact_id=c, location_id=loc, raw=raw, code=code, reason=reason, region=region, first_seen_at=seen
+                )
+                for c, loc, raw, code, reason, region, seen in rows
+            )
         return len(rows)
 
 

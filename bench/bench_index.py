@@ -1,0 +1,254 @@
+"""Benchmark indexing: ``scan --from-file`` of a demo-corpus export into PostgreSQL or SQLite.
+
+Run: ``.venv/bin/python bench/bench_index.py [--contacts N] [--database postgres|sqlite] [--seed S]
+[--workers W] [--pg-url URL]``. The default (100,000 contacts) runs in a couple of minutes; the figures
+in the issue are for ``--contacts 1000000``.
+
+Printed, measured in the same run:
+
+* the yardstick: the raw ``phonenumbers`` parse rate on one core over the corpus's own phone
+  strings (``phonenumbers.parse`` alone; also parse + validity + E.164 formatting, and the product's
+  ``normalize_phone`` with its cache emptied), per phone and per contact;
+* indexing: contacts/s of the file scan's indexing phase (read, parse, normalize, write contacts,
+  keys and uncategorized phones), the detection that follows, and the whole scan;
+* peak memory (high-water RSS) of this process during indexing and over the whole scan, and of the
+  largest worker process.
+
+The corpus (``make_demo_corpus``'s generator) is cached under ``var/bench/``. PostgreSQL uses its own
+database (``dedup_bench`` by default, created if missing); SQLite a temporary file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CONTACTS_PER_PERSON = 1.72  # what the demo generator makes on average (duplicates, cross-location)
+
+
+def corpus_for(contacts: int, seed: int) -> Path:
+    """The cached demo corpus of about ``contacts`` contacts (generated on first use)."""
+    from podium_client.corpus import write_corpus
+
+    people = max(1, round(contacts / CONTACTS_PER_PERSON))
+    path = ROOT / "var" / "bench" / f"corpus-{people}-{seed}.ndjson"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        summary = write_corpus(path, people, seed)
+        print(f"generated {summary.contacts:,} contacts ({people:,} people) in {time.perf_counter() - started:.0f}s")
+    return path
+
+
+def sample_phones(path: Path, limit: int) -> tuple[list[tuple[str, str]], float]:
+    """Up to ``limit`` (phone identifier, region) pairs spread over the corpus, and phones per contact."""
+    countries: dict[str, str] = {}
+    phones: list[tuple[str, str]] = []
+    contacts = 0
+    total_phones = 0
+    rnd = random.Random(1)
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            obj = json.loads(line)
+            if obj.get("object") == "location":
+                countries[obj["uid"]] = obj["country"]
+                continue
+            contacts += 1
+            for channel in obj["channels"]:
+                if channel["type"] != "PHONE":
+                    continue
+                total_phones += 1
+                item = (channel["identifier"], countries.get(obj["locationUid"], "AU"))
+                if len(phones) < limit:
+                    phones.append(item)
+                elif rnd.random() < limit / total_phones:
+                    phones[rnd.randrange(limit)] = item
+    return phones, total_phones / max(contacts, 1)
+
+
+def yardstick(phones: list[tuple[str, str]]) -> dict[str, float]:
+    """Phones per second on this core: raw parse, parse+validate+format, and the product's normalizer."""
+    import phonenumbers
+    from phonenumbers import NumberParseException, PhoneNumberFormat
+
+    from dedup.phones import normalize_phone
+
+    def timed(fn: Any) -> float:
+        started = time.perf_counter()
+        for raw, region in phones:
+            fn(raw, region)
+        return len(phones) / (time.perf_counter() - started)
+
+    def parse(raw: str, region: str) -> None:
+        try:
+            phonenumbers.parse(raw, region)
+        except NumberParseException:
+            pass  # junk phones are part of the corpus; failing to parse is the parser's answer
+
+    def parse_validate_format(raw: str, region: str) -> None:
+        try:
+            number = phonenumbers.parse(raw, region)
+        except NumberParseException:
+            return
+        if phonenumbers.is_valid_number(number):
+            phonenumbers.format_number(number, PhoneNumberFormat.E164)
+
+    def normalize(raw: str, region: str) -> None:
+        normalize_phone(raw, region)
+
+    normalize_phone.cache_clear()
+    rates = {
+        "parse": timed(parse),
+        "parse_validate_e164": timed(parse_validate_format),
+        "normalize_phone": timed(normalize),
+    }
+    normalize_phone.cache_clear()
+    return rates
+
+
+def setup_django(database: str, pg_url: str) -> str:
+    """Point Django at the benchmark database (created and migrated); returns a description."""
+    if database == "postgres":
+        import psycopg
+
+        base, _, name = pg_url.rpartition("/")
+        with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        os.environ["DATABASE_URL"] = pg_url
+        where = pg_url
+    else:
+        path = Path(tempfile.mkdtemp(prefix="dedup-bench-")) / "bench.sqlite3"
+        os.environ["DATABASE_URL"] = f"sqlite:///{path}"
+        where = str(path)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dedup.settings_test")
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    settings.DEBUG = False  # no per-query logging: production does not log queries either
+    call_command("migrate", verbosity=0)
+    return where
+
+
+def empty_index() -> None:
+    """Remove the index, clusters and scan runs of a previous benchmark run (not the audit log)."""
+    from django.db import connection
+
+    from dedup.models import Cluster, ClusterMember, Contact, ContactKey, ScanRun, UncategorizedPhone
+
+    tables = [
+        ClusterMember._meta.db_table,
+        Cluster.locations.through._meta.db_table,
+        Cluster._meta.db_table,
+        UncategorizedPhone._meta.db_table,
+        ContactKey._meta.db_table,
+        Contact._meta.db_table,
+        ScanRun._meta.db_table,
+    ]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
+        else:
+            for table in tables:
+                cursor.execute(f"DELETE FROM {table}")
+
+
+def high_water_mb() -> float:
+    """This process's peak resident set so far, in MB (VmHWM)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=100_000)
+    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--workers", type=int, default=None, help="preparation processes (default: one per CPU)")
+    parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432/dedup_bench")
+    parser.add_argument("--yardstick-phones", type=int, default=200_000)
+    args = parser.parse_args()
+
+    path = corpus_for(args.contacts, args.seed)
+    phones, phones_per_contact = sample_phones(path, args.yardstick_phones)
+    where = setup_django(args.database, args.pg_url)
+    rates = yardstick(phones)
+
+    from dedup import indexing
+    from dedup.models import Policy, ScanRun
+    from dedup.scanning import start_scan
+
+    if args.workers is not None:
+        workers = args.workers
+        indexing.default_workers = lambda _path: workers  # type: ignore[assignment]
+    empty_index()
+    Policy.current()
+    marks: dict[str, float] = {}
+
+    def progress(run: ScanRun) -> None:
+        if run.contacts_total and run.contacts_seen >= run.contacts_total and "indexed" not in marks:
+            marks["indexed"] = time.perf_counter()
+            marks["index_hwm"] = high_water_mb()
+
+    started = time.perf_counter()
+    run = start_scan(from_file=str(path), run_async=False, actor="bench", progress_callback=progress)
+    finished = time.perf_counter()
+    indexed_at = marks.get("indexed", finished)
+    index_seconds = indexed_at - started
+    detect_seconds = finished - indexed_at
+    children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+    per_contact = {name: rate / phones_per_contact for name, rate in rates.items()}
+    contacts_per_second = run.contacts_seen / index_seconds
+    print()
+    print(f"database                {args.database} ({where})")
+    print(f"corpus                  {path.name}: {run.contacts_seen:,} contacts, {phones_per_contact:.2f} phones/contact")
+    print(f"CPUs                    {os.cpu_count()}")
+    print("yardstick, one core     phones/s       contacts/s")
+    for name in ("parse", "parse_validate_e164", "normalize_phone"):
+        print(f"  {name:<21} {rates[name]:>10,.0f}   {per_contact[name]:>10,.0f}")
+    print(f"indexing                {index_seconds:8.1f} s   {contacts_per_second:>10,.0f} contacts/s")
+    print(f"  vs raw parse rate     {contacts_per_second / per_contact['parse']:.2f}x")
+    print(f"detection after it      {detect_seconds:8.1f} s   {run.clusters_found:,} open clusters")
+    print(f"whole scan              {finished - started:8.1f} s")
+    print(f"peak RSS, indexing      {marks.get('index_hwm', 0):8.0f} MB (this process)")
+    print(f"peak RSS, whole scan    {high_water_mb():8.0f} MB (this process); largest worker {children_mb:.0f} MB")
+    print(
+        json.dumps(
+            {
+                "database": args.database,
+                "contacts": run.contacts_seen,
+                "phones_per_contact": round(phones_per_contact, 3),
+                "yardstick_phones_per_s": {k: round(v) for k, v in rates.items()},
+                "index_seconds": round(index_seconds, 2),
+                "index_contacts_per_s": round(contacts_per_second),
+                "detect_seconds": round(detect_seconds, 2),
+                "scan_seconds": round(finished - started, 2),
+                "peak_rss_mb_indexing": round(marks.get("index_hwm", 0)),
+                "peak_rss_mb_scan": round(high_water_mb()),
+                "peak_rss_mb_worker": round(children_mb),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
