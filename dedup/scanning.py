@@ -45,6 +45,7 @@ from dedup.detection import DetectionSummary, detect
 from dedup.indexing import ExportFileError, IndexWriter, iter_prepared_file, prepare_contact, survey_file
 from dedup.models import Cluster, ClusterMember, Contact, ContactKey, Location, Policy, ScanRun
 from dedup.podium import get_client
+from podium_client import Contact as PodiumContact
 from podium_client import InvalidRequestError, NotFoundError, PodiumClient, PodiumError
 from podium_client.types import format_timestamp, parse_timestamp
 
@@ -538,15 +539,20 @@ def _scan_location(state: _Run, client: PodiumClient, location_uid: str) -> None
         location_state.pop("cursor", None)
         pages = client.iter_contact_pages(location_uid, updated_since=since, include_deleted=True)
         first = next(pages)
+    incremental = location_state["mode"] == "incremental"
     for page in _chain(first, pages):
-        prepared = [prepare_contact(contact, region) for contact in page]
+        # An incremental read re-lists the overlap window; what the index already holds as is (same
+        # updatedAt, same deletion state) is not written again. A full read rewrites everything, so
+        # it also repairs rows indexed with an older normalization or region.
+        changed = _changed_only(page) if incremental else list(page)
+        prepared = [prepare_contact(contact, region) for contact in changed]
         with transaction.atomic():
             result = state.writer.write(prepared)
             state.touched_ids.update(result.contact_ids)
             location_state["cursor"] = page.next_cursor
             location_state["watermark"] = _newer(
                 location_state.get("watermark") or location_state.get("previousWatermark"),
-                result.max_updated_at.get(location_uid),
+                max((contact.updated_at for contact in page), default=None),
             )
             state.save(
                 pages=run.pages + 1,
@@ -560,6 +566,21 @@ def _scan_location(state: _Run, client: PodiumClient, location_uid: str) -> None
         location_state["done"] = True
         location_state.pop("cursor", None)
         state.save()
+
+
+def _changed_only(page: Sequence[PodiumContact]) -> list[PodiumContact]:
+    """The contacts of a page that differ from what the index holds (or that it does not hold)."""
+    stored = {
+        uid: (updated_at, deleted_at, merged_into_uid)
+        for uid, updated_at, deleted_at, merged_into_uid in Contact.objects.filter(
+            uid__in=[contact.uid for contact in page]
+        ).values_list("uid", "updated_at", "deleted_at", "merged_into_uid")
+    }
+    return [
+        contact
+        for contact in page
+        if stored.get(contact.uid) != (contact.updated_at, contact.deleted_at, contact.merged_into_uid or "")
+    ]
 
 
 def _chain(first: Any, rest: Iterable[Any]) -> Iterable[Any]:

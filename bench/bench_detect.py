@@ -1,0 +1,185 @@
+"""Benchmark detection over an indexed demo corpus, and an incremental scan of a few changes.
+
+Run: ``.venv/bin/python bench/bench_detect.py [--contacts N] [--database postgres|sqlite] [--seed S]
+[--changes C] [--pg-url URL]``. The default (100,000 contacts, 1,000 changes) runs in a couple of
+minutes; the figures in the issue are for ``--contacts 1000000``.
+
+Printed:
+
+* detection over the whole index with an empty cluster table (every cluster created), then again
+  with nothing changed (every cluster recognized as unchanged): seconds, clusters, peak RSS of this
+  process and of the largest scoring worker;
+* an incremental scan through the Podium emulator over HTTP after ``--changes`` contacts changed in
+  Podium (renames, and phones moved to another contact's number): seconds, contacts fetched, and what
+  detection did.
+
+The index is built first with ``scan --from-file`` of the cached corpus (in a separate process, not
+timed here: ``bench_index.py`` times it) unless it already holds that corpus. The emulator runs in its
+own process, loaded with the same export, and is stopped at the end. Podium pacing is off (the
+policy's rate budget is a deployment choice, not this code's cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_index import corpus_for, empty_index, high_water_mb, setup_django  # noqa: E402
+
+
+def count_contact_lines(path: Path) -> int:
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip() and '"object"' not in line)
+
+
+def ensure_index(path: Path, database_url: str) -> None:
+    """Index the corpus with the real command in a child process unless the index already holds it."""
+    from dedup.models import Contact, ScanRun
+
+    expected = count_contact_lines(path)
+    if Contact.objects.count() == expected and ScanRun.objects.filter(state=ScanRun.SUCCEEDED).exists():
+        return
+    empty_index()
+    print(f"indexing {expected:,} contacts with manage.py scan --from-file (not timed here) ...", flush=True)
+    env = {**os.environ, "DATABASE_URL": database_url, "DEBUG": "1"}
+    subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "scan", "--from-file", str(path)],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def start_emulator(path: Path) -> tuple[subprocess.Popen[str], str]:
+    """The emulator in its own process, loaded with the corpus; returns the process and its URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "podium_client.emulator", "--load", str(path), "--port", "0", "--token", "bench"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "listening on" not in line:
+        process.terminate()
+        raise SystemExit(f"the emulator did not start: {line!r}")
+    return process, line.rsplit(" ", 1)[-1].strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=100_000)
+    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--changes", type=int, default=1000)
+    parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432/dedup_bench")
+    args = parser.parse_args()
+
+    path = corpus_for(args.contacts, args.seed)
+    where = setup_django(args.database, args.pg_url)
+    database_url = os.environ["DATABASE_URL"]
+    from django.conf import settings
+    from django.db import connection
+
+    from dedup.detection import detect
+    from dedup.models import Cluster, ClusterMember, Contact, Policy, ScanRun
+    from dedup.scanning import start_scan
+    from podium_client import PodiumClient
+
+    ensure_index(path, database_url)
+    policy = Policy.current()
+    policy.rate_limit_per_minute = 0
+    policy.save()
+
+    # Detection with an empty cluster table, then with nothing changed.
+    with connection.cursor() as cursor:
+        tables = [ClusterMember._meta.db_table, Cluster.locations.through._meta.db_table, Cluster._meta.db_table]
+        if connection.vendor == "postgresql":
+            cursor.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
+        else:
+            for table in tables:
+                cursor.execute(f"DELETE FROM {table}")
+    baseline = high_water_mb()
+    first = detect(actor="bench")
+    first_hwm = high_water_mb()
+    again = detect(actor="bench")
+    worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+    # Incremental scans through the emulator after contacts changed in Podium. The first one after a
+    # file import re-reads everything updated at the import's watermark (the demo generator caps
+    # many updatedAt values at one instant); it moves the watermark to Podium's present, as any
+    # scan after a real change does. The second one is the steady state being measured.
+    emulator, url = start_emulator(path)
+    try:
+        settings.PODIUM_BASE_URL, settings.PODIUM_ACCESS_TOKEN, settings.PODIUM_OAUTH_URL = url, "bench", ""
+        rnd = random.Random(args.seed)
+        active = list(
+            Contact.objects.filter(deleted_at__isnull=True, merged_into_uid="").values_list("uid", "channels")
+        )
+        with PodiumClient(url, access_token="bench", timeout=30) as client:
+
+            def change(count: int) -> int:
+                chosen = rnd.sample(active, min(count, len(active)))
+                donors = rnd.sample(active, len(chosen))
+                for i, ((uid, _channels), (_donor, donor_channels)) in enumerate(zip(chosen, donors, strict=True)):
+                    if i % 2 == 0:
+                        client.update_contact(uid, {"name": f"Renamed Person {i}"})
+                    else:
+                        phones = [c for c in donor_channels if c["type"] == "PHONE"][:1]
+                        client.update_contact(
+                            uid, {"channels": phones or [{"type": "PHONE", "identifier": "0400 000 000"}]}
+                        )
+                return len(chosen)
+
+            change(1)
+            started = time.perf_counter()
+            settle = start_scan(run_async=False, actor="bench")
+            settle_seconds = time.perf_counter() - started
+            changed = change(args.changes)
+            started = time.perf_counter()
+            run = start_scan(run_async=False, actor="bench")
+            incremental_seconds = time.perf_counter() - started
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=30)
+    modes = {uid: state.get("mode") for uid, state in (run.checkpoint or {}).get("locations", {}).items()}
+    assert run.state == ScanRun.SUCCEEDED, run.error_message
+
+    print()
+    print(f"database                  {args.database} ({where})")
+    print(f"index                     {Contact.objects.count():,} contacts")
+    print(
+        f"detection, empty table    {first.elapsed_seconds:6.1f} s  {first.created:,} clusters created "
+        f"({first.auto:,} auto, {first.review:,} review, {first.cross:,} cross)"
+    )
+    print("  phases                  " + ", ".join(f"{k} {v:.1f}s" for k, v in first.timings.items()))
+    print(f"detection, nothing new    {again.elapsed_seconds:6.1f} s  {again.unchanged:,} clusters unchanged")
+    print("  phases                  " + ", ".join(f"{k} {v:.1f}s" for k, v in again.timings.items()))
+    print(
+        f"peak RSS, detection       {first_hwm:6.0f} MB this process (from {baseline:.0f} MB before); "
+        f"largest scoring worker {worker_mb:.0f} MB"
+    )
+    print(
+        f"first incremental scan    {settle_seconds:6.2f} s  after 1 change: {settle.contacts_seen:,} contacts "
+        f"fetched in {settle.pages} pages (the import's watermark instant re-read)"
+    )
+    print(
+        f"incremental scan          {incremental_seconds:6.2f} s  after {changed:,} changes: "
+        f"{run.contacts_seen:,} contacts fetched in {run.pages} pages, "
+        f"{run.clusters_found:,} clusters around them"
+    )
+    print("  read per location       " + ", ".join(f"{uid}: {mode}" for uid, mode in modes.items()))
+
+
+if __name__ == "__main__":
+    main()
