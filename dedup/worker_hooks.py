@@ -10,6 +10,7 @@ one worker only.
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from typing import Any
 
 from django.dispatch import receiver
@@ -18,6 +19,8 @@ from django_q.signals import post_spawn
 logger = logging.getLogger("dedup.worker_hooks")
 
 RETRY_SCHEDULE_NAME = "dedup: retry due merges"
+
+_in_hook: ContextVar[bool] = ContextVar("dedup_worker_hook_running", default=False)
 
 
 def ensure_merge_schedule() -> None:
@@ -40,8 +43,16 @@ def resume_merges_at_worker_start(sender: Any, proc_name: str = "", **kwargs: An
     """django-q2 ``post_spawn``: enqueue the reconciliation of every unfinished merge."""
     from django_q.tasks import async_task
 
+    if _in_hook.get():
+        # Synchronous mode (tests, one-off scripts) runs each task in a throwaway "worker" that fires
+        # post_spawn again; the resume already being enqueued covers that worker too.
+        return
+    token = _in_hook.set(True)
+
     try:
         ensure_merge_schedule()
         async_task("dedup.merging.resume_at_worker_start", task_name=f"merge-resume-{proc_name}"[:100])
     except Exception:  # noqa: BLE001 - a worker must start even if this fails; the schedule catches up
         logger.exception("could not enqueue the merge resume at the start of worker %s", proc_name)
+    finally:
+        _in_hook.reset(token)
