@@ -74,6 +74,8 @@ _MUTABLE = Cluster.OPEN
 # Groups scored and written together: big enough to amortize each round of queries, small enough that
 # a batch's records and proposals stay a few megabytes.
 BATCH_GROUPS = 5000
+# Rows written by one run after which the cluster tables' planner statistics are refreshed.
+_ANALYZE_AFTER = 10_000
 # Below this many indexed contacts scoring stays in this process: forking costs more than it saves.
 PARALLEL_MIN_CONTACTS = 100_000
 
@@ -295,6 +297,12 @@ def _detect(
     summary = _write(batches, groups, scoring, reconsider, scan_run, actor, now, timings)
     timings["score_and_write"] = time.perf_counter() - t
 
+    if summary.created + summary.refreshed + summary.reopened >= _ANALYZE_AFTER:
+        # The planner's statistics still describe the cluster tables before this run; plans made
+        # for a few rows over hundreds of thousands turn the next lookups into full scans.
+        with connection.cursor() as cursor:
+            for table in (Cluster._meta.db_table, ClusterMember._meta.db_table, Cluster.locations.through._meta.db_table):
+                cursor.execute(f"ANALYZE {table}")
     summary.active_contacts = _active_contacts(scope_location_ids, key_scoped, considered_ids)
     summary.elapsed_seconds = time.perf_counter() - started
     summary.timings = timings

@@ -172,20 +172,25 @@ class _Crash(BaseException):
     """Stands in for the process dying: nothing in the scan catches it."""
 
 
-def test_a_crashed_scan_is_resumed_from_its_checkpoint(podium_env: Callable[..., EmulatorServer]) -> None:
+def test_a_crashed_scan_is_resumed_from_its_checkpoint(
+    podium_env: Callable[..., EmulatorServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dedup import scanning
+
+    monkeypatch.setattr(scanning, "_WRITE_EVERY", 100)  # commit after every 100-contact page
     server = podium_env(people=300)
     total = len(server.state.contacts())
-    pages_done: list[int] = []
 
-    def die_after_two_pages(run: ScanRun) -> None:
-        pages_done.append(run.pages)
-        if run.pages == 2:
+    def die_after_the_first_write(run: ScanRun) -> None:
+        if run.contacts_seen:
             raise _Crash
 
     with pytest.raises(_Crash):
-        start_scan(full=True, run_async=False, progress_callback=die_after_two_pages)
+        start_scan(full=True, run_async=False, progress_callback=die_after_the_first_write)
     crashed = ScanRun.objects.get()
-    assert crashed.state == ScanRun.RUNNING and crashed.contacts_seen == 200
+    done = crashed.contacts_seen
+    assert crashed.state == ScanRun.RUNNING and done == 100
+    assert Contact.objects.count() == done and crashed.checkpoint["locations"]["loc_sydney"]["cursor"]
     # Still fresh: it holds the scope.
     with pytest.raises(ConcurrentRunError):
         start_scan(full=True, run_async=False)
@@ -195,7 +200,7 @@ def test_a_crashed_scan_is_resumed_from_its_checkpoint(podium_env: Callable[...,
     crashed.refresh_from_db()
     assert crashed.state == ScanRun.FAILED and crashed.error_code == "ERR_DEDUP_003"
     assert resumed.state == ScanRun.SUCCEEDED and resumed.checkpoint["resumedFrom"] == crashed.pk
-    assert resumed.contacts_seen == total - 200  # the two committed pages are not read again
+    assert resumed.contacts_seen == total - done  # what was committed is not read again
     assert Contact.objects.count() == total
 
 
