@@ -562,17 +562,26 @@ def _read_shared(kinds: Sequence[str]) -> list[_Candidate]:
     return candidates
 
 
+# Key-scoped reads filter by one indexed column per query and check the rest in Python: joined with
+# the "active contact" condition, SQLite's planner starts from the index on merged_into_uid (nearly
+# every row has the same empty value) and scans a million contacts per batch of keys.
+
+
+def _active_uids(contact_ids: Iterable[int]) -> dict[int, str]:
+    """The uids of those contacts that are active (neither soft-deleted nor merged)."""
+    sql = f"SELECT id, uid, deleted_at, merged_into_uid FROM {Contact._meta.db_table} WHERE"
+    return {
+        pk: uid
+        for pk, uid, deleted_at, merged_into_uid in _select_by_ids(sql, "id", sorted(contact_ids))
+        if deleted_at is None and not merged_into_uid
+    }
+
+
 def _holders(keys: Sequence[str], kinds: Sequence[str] | None, active_only: bool) -> set[int]:
     """Row ids of the contacts holding any of ``keys``."""
-    found: set[int] = set()
-    for chunk in chunked(list(keys), in_chunk_size()):
-        qs = ContactKey.objects.filter(key__in=chunk)
-        if kinds is not None:
-            qs = qs.filter(kind__in=kinds)
-        if active_only:
-            qs = qs.filter(contact__deleted_at__isnull=True, contact__merged_into_uid="")
-        found.update(qs.values_list("contact_id", flat=True))
-    return found
+    sql = f"SELECT contact_id, kind FROM {ContactKey._meta.db_table} WHERE"
+    found = {cid for cid, kind in _select_by_text(sql, "key", keys) if kinds is None or kind in kinds}
+    return set(_active_uids(found)) if active_only else found
 
 
 def _read_closure(seed_ids: set[int], kinds: Sequence[str]) -> tuple[list[_Candidate], set[int]]:
@@ -583,18 +592,18 @@ def _read_closure(seed_ids: set[int], kinds: Sequence[str]) -> tuple[list[_Candi
     """
     rows: list[tuple[Any, ...]] = []
     members: set[int] = set()
-    frontier = set(seed_ids)
+    frontier = set(_active_uids(seed_ids))
     seen_keys: set[str] = set()
+    key_sql = f"SELECT contact_id, location_id, kind, key FROM {ContactKey._meta.db_table} WHERE"
     while frontier:
-        new_rows: list[tuple[Any, ...]] = []
-        for chunk in chunked(sorted(frontier), in_chunk_size()):
-            new_rows.extend(
-                ContactKey.objects.filter(
-                    contact_id__in=chunk, kind__in=kinds, contact__deleted_at__isnull=True, contact__merged_into_uid=""
-                ).values_list("contact_id", "contact__uid", "location_id", "key")
-            )
+        uid_of = _active_uids(frontier)
+        new_rows = [
+            (contact_id, uid_of[contact_id], location_id, key)
+            for contact_id, location_id, kind, key in _select_by_ids(key_sql, "contact_id", sorted(uid_of))
+            if kind in kinds
+        ]
         rows.extend(new_rows)
-        members.update(row[0] for row in new_rows)
+        members.update(uid_of)
         new_keys = {row[3] for row in new_rows} - seen_keys
         seen_keys |= new_keys
         frontier = _holders(sorted(new_keys), kinds, active_only=True) - members if new_keys else set()
@@ -676,20 +685,17 @@ def _aware(value: Any) -> datetime:
 
 
 def _clusters_with_members(contact_ids: set[int]) -> list[int]:
-    found: set[int] = set()
-    for chunk in chunked(sorted(contact_ids), in_chunk_size()):
-        found.update(
-            ClusterMember.objects.filter(contact_id__in=chunk, cluster__status=_MUTABLE).values_list(
-                "cluster_id", flat=True
-            )
-        )
-    return sorted(found)
+    """Open clusters with a member among these contacts."""
+    member_sql = f"SELECT cluster_id FROM {ClusterMember._meta.db_table} WHERE"
+    cluster_ids = sorted({row[0] for row in _select_by_ids(member_sql, "contact_id", sorted(contact_ids))})
+    status_sql = f"SELECT id, status FROM {Cluster._meta.db_table} WHERE"
+    return [pk for pk, status in _select_by_ids(status_sql, "id", cluster_ids) if status == _MUTABLE]
 
 
 def _active_contacts(scope_location_ids: set[int] | None, key_scoped: bool, contact_ids: set[int]) -> int:
-    active = Contact.objects.filter(deleted_at__isnull=True, merged_into_uid="")
     if key_scoped:
-        return sum(active.filter(pk__in=chunk).count() for chunk in chunked(sorted(contact_ids), in_chunk_size()))
+        return len(_active_uids(contact_ids))
+    active = Contact.objects.filter(deleted_at__isnull=True, merged_into_uid="")
     if scope_location_ids is not None:
         active = active.filter(location_id__in=scope_location_ids)
     return active.count()
@@ -799,8 +805,10 @@ def _can_fork_workers() -> bool:
     """Workers need their own connection to the same database, opened after the fork."""
     if "fork" not in multiprocessing.get_all_start_methods():
         return False
-    if connection.vendor == "sqlite" and getattr(connection, "is_in_memory_db", lambda: False)():
-        return False  # a child process would open a different, empty in-memory database
+    if connection.vendor == "sqlite":
+        # An in-memory database would be a different, empty one in a child; a file database in
+        # rollback-journal mode makes the children's reads wait on this process's write transaction.
+        return False
     return not any(conn.in_atomic_block for conn in connections.all(initialized_only=True))
 
 
