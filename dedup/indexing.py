@@ -379,14 +379,22 @@ class IndexWriter:
                 existed = {ids[uid] for uid in existed_uids}
             contact_ids = [ids[p.uid] for p in items]
             # Only contacts indexed before can have keys and queued phones to replace (a first load
-            # deletes nothing).
+            # deletes nothing), and only those whose keys changed are rewritten: most updates touch a
+            # name or a tag, and every key row written costs six index insertions.
             replaced = sorted(existed)
-            self._delete_rows(ContactKey, replaced)
-            key_rows = [
-                (ids[p.uid], self._locations[p.location_uid][0], k.kind, k.key, k.raw, k.extension)
-                for p in items
-                for k in p.keys
-            ]
+            stored_keys = self._stored_keys(replaced)
+            key_rows: list[tuple[int, int, str, str, str, str]] = []
+            rekeyed: list[int] = []
+            for p in items:
+                contact_id = ids[p.uid]
+                location_id = self._locations[p.location_uid][0]
+                rows = [(contact_id, location_id, k.kind, k.key, k.raw, k.extension) for k in p.keys]
+                if contact_id in existed:
+                    if stored_keys.get(contact_id, set()) == set(rows):
+                        continue
+                    rekeyed.append(contact_id)
+                key_rows.extend(rows)
+            self._delete_rows(ContactKey, rekeyed)
             self._insert_keys(key_rows, fast)
             result.invalid_phones = self._replace_invalid_phones(items, ids, replaced, now, fast)
         result.contacts = len(items)
@@ -515,6 +523,17 @@ class IndexWriter:
         return ids
 
     # --- keys and uncategorized phones -------------------------------------------------------------
+
+    @staticmethod
+    def _stored_keys(contact_ids: list[int]) -> dict[int, set[tuple[int, int, str, str, str, str]]]:
+        """The key rows the index holds for these contacts, in the shape ``write`` builds them."""
+        stored: dict[int, set[tuple[int, int, str, str, str, str]]] = {}
+        for chunk in chunked(contact_ids, in_chunk_size()):
+            for row in ContactKey.objects.filter(contact_id__in=chunk).values_list(
+                "contact_id", "location_id", "kind", "key", "raw", "extension"
+            ):
+                stored.setdefault(row[0], set()).add(row)
+        return stored
 
     @staticmethod
     def _delete_rows(model: type[ContactKey] | type[UncategorizedPhone], contact_ids: list[int]) -> None:

@@ -102,3 +102,14 @@ def test_an_export_file_is_surveyed_then_prepared_in_chunks(tmp_path: pytest.Tem
     # Resuming after a line skips everything up to it.
     resumed = list(iter_prepared_file(str(path), regions, "AU", start_after_line=chunks[0].last_line, workers=0))
     assert sum(len(c.contacts) for c in resumed) == 3
+
+
+def test_rewriting_a_contact_whose_keys_did_not_change_keeps_its_key_rows() -> None:
+    writer = IndexWriter("AU")
+    writer.ensure_locations(LOCATIONS)
+    writer.write([prepare_contact(make_contact(uid="ct_1", phones=("0412 345 678",)), "AU")])
+    before = list(ContactKey.objects.values_list("pk", "key"))
+    renamed = make_contact(uid="ct_1", name="Maria G", phones=("0412 345 678",), updated_at=datetime(2025, 6, 1, tzinfo=UTC))
+    writer.write([prepare_contact(renamed, "AU")])
+    assert list(ContactKey.objects.values_list("pk", "key")) == before
+    assert Contact.objects.get(uid="ct_1").name == "Maria G"
