@@ -704,6 +704,20 @@ def _prepare_lines(
     return out
 
 
+def _prepare_lines_in_worker(
+    lines: list[tuple[int, str]], regions: dict[str, str], default_region: str
+) -> list[PreparedContact]:
+    """``_prepare_lines`` for a worker process, which then forgets its memoized phone results.
+
+    A worker sees each spelling about once, so the normalizer's cache would only grow (to a quarter
+    of a million results, hundreds of megabytes per worker) without paying for itself.
+    """
+    try:
+        return _prepare_lines(lines, regions, default_region)
+    finally:
+        normalize_phone.cache_clear()
+
+
 @dataclass
 class PreparedChunk:
     """Prepared contacts of consecutive export lines; ``last_line`` is the number of the last one read."""
@@ -774,7 +788,7 @@ def iter_prepared_file(
             pending: deque[tuple[Any, int]] = deque()
             ahead = workers * 2
             for lines, last in chunks:
-                pending.append((pool.apply_async(_prepare_lines, (lines, regions, default_region)), last))
+                pending.append((pool.apply_async(_prepare_lines_in_worker, (lines, regions, default_region)), last))
                 if len(pending) > ahead:
                     result, done_line = pending.popleft()
                     yield PreparedChunk(result.get(), done_line)
