@@ -82,8 +82,11 @@ def test_an_incremental_scan_reads_only_what_changed(
         for c in server.state.contacts()
         if c.updated_at >= watermarks[c.location_uid] - overlap
     )
+    indexed_at = dict(Contact.objects.values_list("uid", "indexed_at"))
     quiet = start_scan(run_async=False)
     assert quiet.kind == ScanRun.INCREMENTAL and quiet.contacts_seen == in_overlap < total / 10
+    # What was re-listed but did not change is not written again.
+    assert dict(Contact.objects.values_list("uid", "indexed_at")) == indexed_at
 
     # Three changes in Podium: a rename, a deletion and a merge.
     client = podium_factory(server)
