@@ -117,7 +117,7 @@ def yardstick(phones: list[tuple[str, str]]) -> dict[str, float]:
     return rates
 
 
-def setup_django(database: str, pg_url: str) -> str:
+def setup_django(database: str, pg_url: str, sqlite_path: str | None = None) -> str:
     """Point Django at the benchmark database (created and migrated); returns a description."""
     if database == "postgres":
         import psycopg
@@ -130,7 +130,7 @@ def setup_django(database: str, pg_url: str) -> str:
         os.environ["DATABASE_URL"] = pg_url
         where = pg_url
     else:
-        path = Path(tempfile.mkdtemp(prefix="dedup-bench-")) / "bench.sqlite3"
+        path = Path(sqlite_path) if sqlite_path else Path(tempfile.mkdtemp(prefix="dedup-bench-")) / "bench.sqlite3"
         os.environ["DATABASE_URL"] = f"sqlite:///{path}"
         where = str(path)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dedup.settings_test")
@@ -184,12 +184,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--workers", type=int, default=None, help="preparation processes (default: one per CPU)")
     parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432/dedup_bench")
+    parser.add_argument("--sqlite-path", default=None, help="SQLite file to use (default: a temporary one)")
     parser.add_argument("--yardstick-phones", type=int, default=200_000)
     args = parser.parse_args()
 
     path = corpus_for(args.contacts, args.seed)
     phones, phones_per_contact = sample_phones(path, args.yardstick_phones)
-    where = setup_django(args.database, args.pg_url)
+    where = setup_django(args.database, args.pg_url, args.sqlite_path)
     rates = yardstick(phones)
 
     from dedup import indexing
