@@ -19,11 +19,14 @@ is given only when the pair actually shares an E.164.
 Names: a different name is a conflict (``different_names``) whatever else matches — households and
 reassigned numbers share a phone, often an email and tags too. A missing name (``missing_name``) or a
 merely compatible one such as "M Garcia" / "Maria Garcia" (``partial_name``) is no evidence either way: no
-weight, no conflict. So a pair with one missing name scores 0.60 (+0.15 email, +0.05 tags) and goes to
-review unless email and tags together lift it to the 0.80 threshold.
+weight, no conflict. So a pair with one missing name scores 0.60 (+0.15 email, +0.05 tags).
 
-A cluster merges automatically only when every pair reaches the threshold, no pair conflicts, and all
-members are in one location (unless the deployment allows cross-location automatic merges).
+A cluster merges automatically only when every pair reaches the threshold, no pair conflicts, every pair's
+names are confirmed the same, and all members are in one location (unless the deployment allows
+cross-location automatic merges). The name rule matters where the weights alone would not stop a wrong
+merge: a household member saved without a name shares the phone, the email and the tags, and so reaches
+0.80 on evidence that a household shares by definition. Without a confirmed name nothing tells the two
+apart, so such a cluster goes to a person (``name_unconfirmed``).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ SHARED_TAGS = "shared_tags"
 AUTO_MERGE_ELIGIBLE = "auto_merge_eligible"
 BELOW_THRESHOLD = "below_threshold"
 CONFLICTING_NAMES = "conflicting_names"
+NAME_UNCONFIRMED = "name_unconfirmed"
 CROSS_LOCATION = "cross_location"
 
 _REASON_TEXT: dict[str, str] = {
@@ -75,6 +79,7 @@ _REASON_TEXT: dict[str, str] = {
     SAME_EMAIL: "share an email",
     SHARED_TAGS: "share a tag",
     AUTO_MERGE_ELIGIBLE: "every pair reaches the threshold with no conflict",
+    NAME_UNCONFIRMED: "a name is missing or only partly matches, so a household cannot be ruled out",
     BELOW_THRESHOLD: "at least one pair is below the threshold",
     CONFLICTING_NAMES: "at least one pair has two different names",
     CROSS_LOCATION: "members are in different locations",
@@ -269,10 +274,11 @@ def assess_cluster(
 ) -> ClusterAssessment:
     """Score every pair of a cluster and decide whether it may merge without a person.
 
-    ``auto_merge`` is True only if every pair scores >= ``threshold``, no pair has conflicting names, and
-    the members share one location (or ``allow_cross_location_auto``). Otherwise ``error_code`` is
-    ``ERR_DEDUP_004`` and ``reasons`` say why (``below_threshold``, ``conflicting_names``,
-    ``cross_location``). ``confidence`` is the lowest pair score.
+    ``auto_merge`` is True only if every pair scores >= ``threshold``, no pair has conflicting names,
+    every pair's names are confirmed the same, and the members share one location (or
+    ``allow_cross_location_auto``). Otherwise ``error_code`` is ``ERR_DEDUP_004`` and ``reasons`` say why
+    (``below_threshold``, ``conflicting_names``, ``name_unconfirmed``, ``cross_location``).
+    ``confidence`` is the lowest pair score.
 
     The number of pairs grows with the square of the cluster size; member features are computed once so
     each pair costs only a few set intersections.
@@ -297,9 +303,11 @@ def assess_cluster(
         reasons.append(BELOW_THRESHOLD)
     if any(p.conflict for p in pairs.values()):
         reasons.append(CONFLICTING_NAMES)
+    elif not all(SAME_NAME in p.reasons for p in pairs.values()):
+        reasons.append(NAME_UNCONFIRMED)
     if len(locations) > 1:
         reasons.append(CROSS_LOCATION)
-    blocked = bool({BELOW_THRESHOLD, CONFLICTING_NAMES} & set(reasons)) or (
+    blocked = bool({BELOW_THRESHOLD, CONFLICTING_NAMES, NAME_UNCONFIRMED} & set(reasons)) or (
         len(locations) > 1 and not allow_cross_location_auto
     )
     if not blocked:

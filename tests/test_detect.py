@@ -94,7 +94,22 @@ def test_a_missing_name_is_no_evidence_either_way() -> None:
     summary = detect()
     assert summary.refreshed == 1 and summary.created == 0
     refreshed = only_open_cluster()
-    assert refreshed.cluster_id == cluster.cluster_id and refreshed.kind == Cluster.AUTO
+    # Even when the score clears the threshold, an unconfirmed name is no evidence of one person: a
+    # household member saved without a name looks exactly like this, so a person decides.
+    assert refreshed.cluster_id == cluster.cluster_id and refreshed.kind == Cluster.REVIEW
+    assert "below_threshold" not in refreshed.reasons and "name_unconfirmed" in refreshed.reasons
+
+
+def test_a_nameless_household_member_sharing_email_and_tags_is_not_merged_automatically() -> None:
+    index(
+        contact("ct_a", name="Maria Garcia", phones=("0412 345 678",), emails=("home@example.com",), tags=("vip",)),
+        contact("ct_b", name=None, phones=("0412345678",), emails=("home@example.com",), tags=("vip",)),
+    )
+    detect()
+    cluster = only_open_cluster()
+    assert cluster.confidence == Decimal("0.80")
+    assert cluster.kind == Cluster.REVIEW and not cluster.auto_merge
+    assert "name_unconfirmed" in cluster.reasons
 
 
 def test_soft_deleted_and_merged_contacts_never_join() -> None:

@@ -91,15 +91,19 @@ def test_missing_name_is_no_evidence_either_way() -> None:
     assert not pair.conflict
     verdict = assess_cluster([member("a", "Maria Garcia"), member("b", "")])
     assert not verdict.auto_merge
-    assert verdict.reasons == ("below_threshold",)
+    assert verdict.reasons == ("below_threshold", "name_unconfirmed")
 
 
-def test_missing_name_lifted_by_email_and_tags_follows_the_weights_literally() -> None:
+def test_missing_name_lifted_by_email_and_tags_reaches_the_threshold_but_a_person_decides() -> None:
+    # The weights are applied literally (0.60 + 0.15 + 0.05), but a household member saved without a
+    # name shares exactly this evidence, so an unconfirmed name keeps the cluster out of auto-merge.
     a = member("a", "Maria Garcia", emails=("m@example.com",), tags=("VIP",))
     b = member("b", "Unknown", emails=("M@example.com",), tags=("vip",))
     pair = score_pair(a, b)
     assert pair.score == 0.80
-    assert assess_cluster([a, b]).auto_merge
+    verdict = assess_cluster([a, b])
+    assert not verdict.auto_merge
+    assert verdict.reasons == ("name_unconfirmed",)
 
 
 def test_missing_name_with_email_only_stays_below() -> None:
@@ -231,6 +235,7 @@ def test_auto_merge_only_when_every_pair_clears_without_conflict(
     expected = (
         all(meets_threshold(p.score, threshold) for p in verdict.pairs.values())
         and not any(p.conflict for p in verdict.pairs.values())
+        and all("same_name" in p.reasons for p in verdict.pairs.values())
         and (single_location or cross_ok)
     )
     assert verdict.auto_merge == expected
