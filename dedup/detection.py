@@ -46,7 +46,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from dedup import audit
-from dedup.clustering import ClusterGroup, build_clusters
+from dedup.clustering import ClusterGroup, build_clusters, stable_cluster_id
 from dedup.indexing import chunked, in_chunk_size, insert_rows, update_rows
 from dedup.models import (
     Cluster,
@@ -62,7 +62,7 @@ from dedup.phones import normalize_phone
 from dedup.records import MemberRecord
 from dedup.scoring import assess_cluster
 from dedup.survivorship import choose_primary
-from podium_client.types import format_timestamp
+from podium_client.types import Address, format_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -434,7 +434,7 @@ def load_member_records(
     result: dict[int, MemberRecord] = {}
     fields = (
         "pk", "uid", "location_id", "name", "channels", "tags", "attributes", "address", "field_count",
-        "marketing_opt_out", "sms_opt_out", "email_opt_out", "updated_at",
+        "marketing_opt_out", "sms_opt_out", "email_opt_out", "updated_at", "location_uids",
     )  # fmt: skip
     for chunk in chunked(list(contact_ids), in_chunk_size()):
         key_of: dict[int, dict[str, str]] = defaultdict(dict)
@@ -444,7 +444,7 @@ def load_member_records(
             key_of[contact_id][raw] = key
         for row in Contact.objects.filter(pk__in=chunk).values_list(*fields):
             (pk, uid, location_id, name, channels, tags, attributes, address, field_count,
-             marketing, sms, email, updated_at) = row  # fmt: skip
+             marketing, sms, email, updated_at, location_uids) = row  # fmt: skip
             keys = key_of.get(pk, {})
             region = region_of.get(location_id, "")
             phones: list[tuple[str, str | None]] = []
@@ -468,19 +468,40 @@ def load_member_records(
                 name=name or "",
                 phone_channels=phones,
                 raw_emails=emails,
-                tags=[str(t.get("label", "")) if isinstance(t, dict) else str(t) for t in tags or ()],
+                tags=[_tag_label(t) for t in tags or ()],
                 attributes=[
-                    (str(a.get("label") or ""), str(a.get("value") or ""))
+                    (str(a.get("label") or ""), _attribute_text(a.get("value")))
                     for a in attributes or ()
                     if isinstance(a, dict)
                 ],
-                address=address if isinstance(address, str) or address is None else json.dumps(address),
+                address=_address_text(address),
                 marketing_opt_out=marketing,
                 sms_opt_out=sms,
                 email_opt_out=email,
                 field_count=field_count,
+                location_uids=location_uids or (),
             )
     return result
+
+
+def _attribute_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _address_text(address: Any) -> str | None:
+    """An address object (or a pre-v4 string) as one line; None when it holds nothing."""
+    if address is None or isinstance(address, str):
+        return address or None
+    if isinstance(address, dict):
+        parsed = Address.from_wire(address)
+        return None if parsed is None else parsed.one_line()
+    return None
 
 
 # --- reading the keys ---------------------------------------------------------------------------------------
@@ -646,13 +667,16 @@ def _scoring_records(ids: Sequence[int], scoring: _Scoring) -> dict[int, MemberR
     for contact_id, kind, key in _select_by_ids(key_sql, "contact_id", ids):
         (phones if kind == ContactKey.PHONE else emails)[contact_id].append(key)
     contact_sql = (
-        f"SELECT id, uid, location_id, normalized_name, tags, field_count, updated_at "
+        f"SELECT id, uid, location_id, location_uids, normalized_name, tags, field_count, updated_at "
         f"FROM {Contact._meta.db_table} WHERE"
     )
     records: dict[int, MemberRecord] = {}
-    for contact_id, uid, location_id, name, tags, field_count, updated_at in _select_by_ids(contact_sql, "id", ids):
+    rows = _select_by_ids(contact_sql, "id", ids)
+    for contact_id, uid, location_id, location_uids, name, tags, field_count, updated_at in rows:
         if isinstance(tags, str):
             tags = json.loads(tags) if tags != "[]" else ()
+        if isinstance(location_uids, str):
+            location_uids = json.loads(location_uids)
         contact_phones = tuple(phones.get(contact_id, ()))
         contact_emails = tuple(emails.get(contact_id, ()))
         records[contact_id] = MemberRecord(
@@ -663,7 +687,7 @@ def _scoring_records(ids: Sequence[int], scoring: _Scoring) -> dict[int, MemberR
             raw_phones=contact_phones,
             emails=contact_emails,
             raw_emails=(),
-            tags=tuple(str(t) for t in tags or ()),
+            tags=tuple(_tag_label(t) for t in tags or ()),
             attributes=(),
             address=None,
             marketing_opt_out=False,
@@ -671,8 +695,13 @@ def _scoring_records(ids: Sequence[int], scoring: _Scoring) -> dict[int, MemberR
             email_opt_out=False,
             field_count=field_count,
             updated_at=_aware(updated_at),
+            location_uids=tuple(location_uids or ()),
         )
     return records
+
+
+def _tag_label(tag: Any) -> str:
+    return str(tag.get("label") or "") if isinstance(tag, dict) else str(tag)
 
 
 def _aware(value: Any) -> datetime:
@@ -714,24 +743,38 @@ def _propose(
         allow_cross_location_auto=scoring.cross_location_auto_merge,
         use_email_key=scoring.email_secondary_key,
     )
-    if group.cross_location:
+    # A group read across home locations may still have a location that holds every member (a Podium
+    # contact can belong to several): then it is a within-location cluster of that location.
+    common = sorted(set.intersection(*(set(m.location_uids) for m in members)))
+    cross_location = group.cross_location and not common
+    if cross_location:
         kind = Cluster.CROSS
     else:
         kind = Cluster.AUTO if assessment.auto_merge else Cluster.REVIEW
+    if group.location_uid is not None:
+        location_uid: str | None = group.location_uid
+    else:
+        location_uid = common[0] if common else None
+    stable_id = (
+        group.stable_id
+        if cross_location == group.cross_location
+        else stable_cluster_id(group.member_uids, cross_location)
+    )
     location_id_of = scoring.location_id_of
+    all_locations = sorted({loc for m in members for loc in m.location_uids if loc in location_id_of})
     pair_scores = [
         {"a": p.uid_a, "b": p.uid_b, "score": p.score, "reasons": list(p.reasons), "conflict": p.conflict}
         for _key, p in sorted(assessment.pairs.items())
     ]
     return _Proposal(
         index=index,
-        stable_id=group.stable_id,
+        stable_id=stable_id,
         member_uids=group.member_uids,
         natural_keys=group.natural_keys,
-        location_uids=group.location_uids,
-        cross_location=group.cross_location,
-        location_id=None if group.location_uid is None else location_id_of[group.location_uid],
-        location_ids=tuple(sorted(location_id_of[uid] for uid in group.location_uids)),
+        location_uids=tuple(all_locations),
+        cross_location=cross_location,
+        location_id=None if location_uid is None else location_id_of[location_uid],
+        location_ids=tuple(sorted(location_id_of[uid] for uid in all_locations)),
         kind=kind,
         confidence=Decimal(f"{assessment.confidence:.2f}"),
         auto_merge=assessment.auto_merge,

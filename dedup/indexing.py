@@ -23,18 +23,28 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import IO, Any, NamedTuple
 
 from django.db import connection, connections, transaction
 from django.utils import timezone
 
-from dedup.models import Contact, ContactKey, Location, UncategorizedPhone
+from dedup.models import Contact, ContactKey, ContactLocation, Location, UncategorizedPhone
 from dedup.names import normalize_name
 from dedup.phones import normalize_email, normalize_phone
 from dedup.records import compute_field_count
-from podium_client.types import EMAIL, PHONE, parse_export_line
+from podium_client.consent import consent_flags
+from podium_client.errors import MalformedResponse
+from podium_client.types import (
+    EMAIL,
+    EXPECTED_EXPORT_SHAPE,
+    PHONE,
+    OldExportShape,
+    format_timestamp,
+    parse_export_line,
+)
+from podium_client.types import Channel as PodiumChannel
 from podium_client.types import Contact as PodiumContact
 from podium_client.types import Location as PodiumLocation
 
@@ -42,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 # Column widths of the index tables; longer values are cut rather than refused, because a contact
 # with a silly 2,000-character name must still be indexed (and is still readable in Podium).
+_UID_MAX = Contact._meta.get_field("uid").max_length or 64
 _NAME_MAX = Contact._meta.get_field("name").max_length or 500
 _KEY_MAX = ContactKey._meta.get_field("key").max_length or 320
 _RAW_MAX = ContactKey._meta.get_field("raw").max_length or 500
@@ -58,6 +69,7 @@ PARALLEL_MIN_LINES = 50_000
 
 _CONTACT_UPDATE_FIELDS = [
     "location",
+    "location_uids",
     "name",
     "normalized_name",
     "channels",
@@ -99,37 +111,52 @@ class PreparedContact(NamedTuple):
 
     uid: str
     location_uid: str
+    location_uids: tuple[str, ...]
     region: str
     name: str
     normalized_name: str
-    channels: list[dict[str, str]]
-    tags: list[str]
-    attributes: list[dict[str, str | None]]
-    address: str | None
+    channels: list[dict[str, Any]]
+    tags: list[dict[str, Any]]
+    attributes: list[dict[str, Any]]
+    address: dict[str, Any] | None
+    conversations: list[str]
     field_count: int
     marketing_opt_out: bool
     sms_opt_out: bool
     email_opt_out: bool
     conversation_count: int
-    created_at: datetime
-    updated_at: datetime
+    created_at: datetime | None
+    updated_at: datetime | None
     deleted_at: datetime | None
     merged_into_uid: str
     keys: tuple[PreparedKey, ...]
     invalid_phones: tuple[PreparedInvalidPhone, ...]
-    # channels, tags, attributes and address as the JSON text the index stores, serialized where the
-    # contact was prepared (a worker process, for big files) rather than by the writer.
-    json_text: tuple[str, str, str, str | None] | None = None
+    # channels, tags, attributes, address and conversations as the JSON text the index stores,
+    # serialized where the contact was prepared (a worker process, for big files) not by the writer.
+    json_text: tuple[str, str, str, str | None, str] | None = None
 
 
-def prepare_contact(contact: PodiumContact, region: str) -> PreparedContact:
+def _channel_json(channel: PodiumChannel) -> dict[str, Any]:
+    opted_out_at = channel.transactional_opted_out_at
+    return {
+        "type": channel.type,
+        "identifier": channel.identifier,
+        "label": channel.label,
+        "marketingOptedInLocationUids": list(channel.marketing_opted_in_location_uids),
+        "transactionalOptedOutAt": None if opted_out_at is None else format_timestamp(opted_out_at),
+    }
+
+
+def prepare_contact(contact: PodiumContact, region: str, home_location_uid: str | None = None) -> PreparedContact:
     """Normalize one Podium contact for the index (pure; safe to run in a worker process).
 
-    Every PHONE channel goes through ``normalize_phone`` with ``region`` (the location's country): a
-    valid one becomes a PHONE key (its E.164), anything else an uncategorized phone with its
-    ``ERR_DEDUP_001``/``ERR_DEDUP_002`` reason. Every EMAIL channel becomes an EMAIL key (trimmed,
-    lower-cased); detection uses those only where policy makes email a secondary key. Two spellings
-    of one number on the same contact give one key (the first spelling is kept as ``raw``).
+    Every phone goes through ``normalize_phone`` with ``region`` (the region of the contact's first
+    location): a valid one becomes a PHONE key (its E.164), anything else an uncategorized phone with
+    its ``ERR_DEDUP_001``/``ERR_DEDUP_002`` reason. Every email becomes an EMAIL key (trimmed,
+    lower-cased); detection uses those only where policy makes email a secondary key. Two spellings of
+    one number on the same contact give one key (the first spelling is kept as ``raw``). The three
+    opt-out flags are derived from the channels' consent (``podium_client.consent``). A contact Podium
+    lists in no location is filed under ``home_location_uid``.
     """
     keys: list[PreparedKey] = []
     seen: set[tuple[str, str]] = set()
@@ -137,61 +164,75 @@ def prepare_contact(contact: PodiumContact, region: str) -> PreparedContact:
     invalid_seen: set[str] = set()
     phone_values: list[str] = []
     email_values: list[str] = []
-    for channel in contact.channels:
-        identifier = channel.identifier
-        kind = channel.type.upper()
-        if kind == PHONE:
-            if not identifier.strip():
-                continue
-            result = normalize_phone(identifier, region)
-            if result.valid and result.e164:
-                phone_values.append(result.e164)
-                if (PHONE, result.e164) not in seen:
-                    seen.add((PHONE, result.e164))
-                    keys.append(
-                        PreparedKey(PHONE, result.e164, identifier[:_RAW_MAX], (result.extension or "")[:_EXT_MAX])
-                    )
-            else:
-                phone_values.append(identifier)
-                raw = identifier[:_UNCAT_RAW_MAX]
-                if raw not in invalid_seen:
-                    invalid_seen.add(raw)
-                    invalid.append(PreparedInvalidPhone(raw, result.code or "", (result.reason or "")[:_REASON_MAX]))
-        elif kind == EMAIL:
-            if not identifier.strip():
-                continue
-            email_values.append(identifier)
-            email_key = normalize_email(identifier)
-            if email_key and len(email_key) <= _KEY_MAX and (EMAIL, email_key) not in seen:
-                seen.add((EMAIL, email_key))
-                keys.append(PreparedKey(EMAIL, email_key, identifier[:_RAW_MAX], ""))
+    for identifier in contact.phones:
+        if not identifier.strip():
+            continue
+        result = normalize_phone(identifier, region)
+        if result.valid and result.e164:
+            phone_values.append(result.e164)
+            if (PHONE, result.e164) not in seen:
+                seen.add((PHONE, result.e164))
+                keys.append(PreparedKey(PHONE, result.e164, identifier[:_RAW_MAX], (result.extension or "")[:_EXT_MAX]))
+        else:
+            phone_values.append(identifier)
+            raw = identifier[:_UNCAT_RAW_MAX]
+            if raw not in invalid_seen:
+                invalid_seen.add(raw)
+                invalid.append(PreparedInvalidPhone(raw, result.code or "", (result.reason or "")[:_REASON_MAX]))
+    for identifier in contact.emails:
+        if not identifier.strip():
+            continue
+        email_values.append(identifier)
+        email_key = normalize_email(identifier)
+        if email_key and len(email_key) <= _KEY_MAX and (EMAIL, email_key) not in seen:
+            seen.add((EMAIL, email_key))
+            keys.append(PreparedKey(EMAIL, email_key, identifier[:_RAW_MAX], ""))
     name = contact.name or ""
-    tags = list(contact.tags)
-    attributes: list[dict[str, str | None]] = [{"label": a.label, "value": a.value} for a in contact.attributes]
-    channels = [{"type": c.type, "identifier": c.identifier} for c in contact.channels]
+    channels = [_channel_json(c) for c in contact.channels]
+    # A phone or email Podium lists outside ``channels`` is still the contact's: keep it, with no
+    # consent on record (nothing is assumed opted in).
+    listed = {(c["type"], c["identifier"]) for c in channels}
+    for kind, values in ((PHONE, contact.phone_numbers), (EMAIL, contact.email_addresses)):
+        for value in values:
+            if (kind, value) not in listed:
+                listed.add((kind, value))
+                channels.append(
+                    {"type": kind, "identifier": value, "label": None, "marketingOptedInLocationUids": [],
+                     "transactionalOptedOutAt": None}
+                )  # fmt: skip
+    tags: list[dict[str, Any]] = [{"uid": t.uid, "label": t.label} for t in contact.tags if t.label]
+    attributes = [{"uid": a.uid, "label": a.label, "value": a.value, "dataType": a.data_type} for a in contact.attributes]
+    address = None if contact.address is None else contact.address.to_wire()
+    location_uids = contact.location_uids or ((home_location_uid,) if home_location_uid else ())
+    if not location_uids:
+        raise ValueError(f"contact {contact.uid} belongs to no location")
+    flags = consent_flags(contact if contact.location_uids else replace(contact, location_uids=location_uids))
+    conversations = list(contact.conversation_uids)
     field_count = compute_field_count(
         name=name,
         phones=phone_values,
         emails=email_values,
-        tags=tags,
-        attributes=[(a.label, a.value or "") for a in contact.attributes],
-        address=contact.address,
+        tags=[str(t["label"]) for t in tags],
+        attributes=[(a.label, a.text) for a in contact.attributes],
+        address=None if contact.address is None else contact.address.one_line(),
     )
     return PreparedContact(
         uid=contact.uid,
-        location_uid=contact.location_uid,
+        location_uid=location_uids[0],
+        location_uids=tuple(location_uids),
         region=region,
         name=name[:_NAME_MAX],
         normalized_name=normalize_name(name)[:_NAME_MAX],
         channels=channels,
         tags=tags,
         attributes=attributes,
-        address=contact.address,
+        address=address,
+        conversations=conversations,
         field_count=field_count,
-        marketing_opt_out=contact.marketing_opt_out,
-        sms_opt_out=contact.sms_opt_out,
-        email_opt_out=contact.email_opt_out,
-        conversation_count=max(contact.conversation_count, 0),
+        marketing_opt_out=flags.marketing_opt_out,
+        sms_opt_out=flags.sms_opt_out,
+        email_opt_out=flags.email_opt_out,
+        conversation_count=len(conversations),
         created_at=contact.created_at,
         updated_at=contact.updated_at,
         deleted_at=contact.deleted_at,
@@ -202,7 +243,8 @@ def prepare_contact(contact: PodiumContact, region: str) -> PreparedContact:
             _json(channels),
             _json(tags),
             _json(attributes),
-            None if contact.address is None else _json(contact.address),
+            None if address is None else _json(address),
+            _json(conversations),
         ),
     )
 
@@ -215,6 +257,7 @@ class WriteResult:
     invalid_phones: int = 0
     contact_ids: list[int] = field(default_factory=list)
     max_updated_at: dict[str, datetime] = field(default_factory=dict)
+    newest_updated_at: datetime | None = None
 
 
 def in_chunk_size() -> int:
@@ -325,16 +368,37 @@ class IndexWriter:
         return {uid: country.upper() for uid, (_pk, country) in self._locations.items()}
 
     def ensure_locations(self, locations: Iterable[PodiumLocation]) -> list[Location]:
-        """Upsert locations as Podium reports them (name and country may change) and remember them."""
-        rows = [Location(uid=loc.uid, name=loc.name[:200], country=(loc.country or "")[:2].upper()) for loc in locations]
-        if not rows:
+        """Upsert locations as Podium reports them (name, country and archived may change).
+
+        The region in force is recomputed: Podium's country, else the admin's choice kept on the row,
+        else the deployment default (see ``Location``).
+        """
+        reported = {loc.uid: loc for loc in locations}
+        if not reported:
             return []
+        rows = [
+            Location(
+                uid=loc.uid,
+                name=loc.name[:200],
+                podium_country=(loc.country or "")[:2].upper(),
+                archived=loc.archived,
+                country=(loc.country or self.default_region)[:2].upper(),
+            )
+            for loc in reported.values()
+        ]
         Location.objects.bulk_create(
-            rows, update_conflicts=True, unique_fields=["uid"], update_fields=["name", "country"]
+            rows, update_conflicts=True, unique_fields=["uid"], update_fields=["name", "podium_country", "archived"]
         )
-        saved = list(Location.objects.filter(uid__in=[r.uid for r in rows]))
+        saved = list(Location.objects.filter(uid__in=list(reported)))
+        stale = []
         for loc in saved:
+            region = Location.effective_region(loc.podium_country, loc.region_override, self.default_region)
+            if loc.country != region:
+                loc.country = region
+                stale.append(loc)
             self._locations[loc.uid] = (loc.pk, loc.country)
+        if stale:
+            Location.objects.bulk_update(stale, ["country"])
         return saved
 
     def _ensure_placeholder_locations(self, uids: Iterable[str]) -> None:
@@ -342,7 +406,7 @@ class IndexWriter:
         if not missing:
             return
         logger.warning("indexing contacts of %d undeclared location(s); region %s assumed", len(missing), self.default_region)
-        self.ensure_locations(PodiumLocation(uid, uid, self.default_region) for uid in missing)
+        self.ensure_locations(PodiumLocation(uid, uid) for uid in missing)
 
     def write(self, batch: Sequence[PreparedContact]) -> WriteResult:
         """Upsert a batch of prepared contacts and replace their keys and uncategorized phones.
@@ -359,7 +423,7 @@ class IndexWriter:
         for prepared in batch:
             by_uid[prepared.uid] = prepared
         items = list(by_uid.values())
-        self._ensure_placeholder_locations(p.location_uid for p in items)
+        self._ensure_placeholder_locations(uid for p in items for uid in p.location_uids)
         now = timezone.now()
         fast = self.method == "auto" and connection.vendor in ("postgresql", "sqlite")
         outermost = not connection.in_atomic_block
@@ -396,34 +460,64 @@ class IndexWriter:
                 key_rows.extend(rows)
             self._delete_rows(ContactKey, rekeyed)
             self._insert_keys(key_rows, fast)
+            self._sync_contact_locations(items, ids, replaced)
             result.invalid_phones = self._replace_invalid_phones(items, ids, replaced, now, fast)
         result.contacts = len(items)
         result.contact_ids = contact_ids
         for p in items:
+            if p.updated_at is None:
+                continue
             current = result.max_updated_at.get(p.location_uid)
             if current is None or p.updated_at > current:
                 result.max_updated_at[p.location_uid] = p.updated_at
+            if result.newest_updated_at is None or p.updated_at > result.newest_updated_at:
+                result.newest_updated_at = p.updated_at
         return result
+
+    def _sync_contact_locations(self, items: list[PreparedContact], ids: dict[str, int], replaced: list[int]) -> None:
+        """Keep ``ContactLocation`` equal to each contact's locations (rewritten only where they changed)."""
+        stored: dict[int, set[int]] = {}
+        for chunk in chunked(replaced, in_chunk_size()):
+            for contact_id, location_id in ContactLocation.objects.filter(contact_id__in=chunk).values_list(
+                "contact_id", "location_id"
+            ):
+                stored.setdefault(contact_id, set()).add(location_id)
+        rows: list[tuple[int, int]] = []
+        changed: list[int] = []
+        for p in items:
+            contact_id = ids[p.uid]
+            wanted = {self._locations[uid][0] for uid in p.location_uids}
+            have = stored.get(contact_id)
+            if have == wanted:
+                continue
+            if have is not None:
+                changed.append(contact_id)
+            rows.extend((contact_id, location_id) for location_id in sorted(wanted))
+        self._delete_rows(ContactLocation, changed)
+        insert_rows(ContactLocation._meta.db_table, ["contact_id", "location_id"], rows)
 
     # --- contact rows ---------------------------------------------------------------------------
 
     def _contact_values(self, p: PreparedContact, now: datetime, adapt: Callable[[Any], Any]) -> tuple[Any, ...]:
         """One contact row in ``_CONTACT_COLUMNS`` order; JSON as text, datetimes through ``adapt``."""
-        channels, tags, attributes, address = p.json_text or (
+        channels, tags, attributes, address, conversations = p.json_text or (
             _json(p.channels),
             _json(p.tags),
             _json(p.attributes),
             None if p.address is None else _json(p.address),
+            _json(p.conversations),
         )
         return (
             p.uid,
             self._locations[p.location_uid][0],
+            _json(list(p.location_uids)),
             p.name,
             p.normalized_name,
             channels,
             tags,
             attributes,
             address,
+            conversations,
             p.field_count,
             p.marketing_opt_out,
             p.sms_opt_out,
@@ -493,12 +587,14 @@ class IndexWriter:
             Contact(
                 uid=p.uid,
                 location_id=self._locations[p.location_uid][0],
+                location_uids=list(p.location_uids),
                 name=p.name,
                 normalized_name=p.normalized_name,
                 channels=p.channels,
                 tags=p.tags,
                 attributes=p.attributes,
                 address=p.address,
+                conversations=p.conversations,
                 field_count=p.field_count,
                 marketing_opt_out=p.marketing_opt_out,
                 sms_opt_out=p.sms_opt_out,
@@ -536,7 +632,9 @@ class IndexWriter:
         return stored
 
     @staticmethod
-    def _delete_rows(model: type[ContactKey] | type[UncategorizedPhone], contact_ids: list[int]) -> None:
+    def _delete_rows(
+        model: type[ContactKey] | type[UncategorizedPhone] | type[ContactLocation], contact_ids: list[int]
+    ) -> None:
         if not contact_ids:
             return
         if connection.vendor == "postgresql":
@@ -619,12 +717,14 @@ _STAGE_TABLE = "dedup_stage_contact"
 _CONTACT_COLUMNS = [
     "uid",
     "location_id",
+    "location_uids",
     "name",
     "normalized_name",
     "channels",
     "tags",
     "attributes",
     "address",
+    "conversations",
     "field_count",
     "marketing_opt_out",
     "sms_opt_out",
@@ -655,58 +755,141 @@ class FileSurvey:
 
     locations: list[PodiumLocation]
     contact_lines: int
+    rejected: list[RejectedLine] = field(default_factory=list)
+
+
+class RejectedLine(NamedTuple):
+    """A record set aside by a scan: where it was, whose it was (if known), why, and its raw text."""
+
+    line_number: int | None
+    contact_uid: str
+    reason: str
+    raw: str
+
+
+class ExportFileError(ValueError):
+    """An export that cannot be scanned at all (wrong shape, empty); the message says what is expected."""
+
+
+def _decode(line: bytes, lineno: int) -> str:
+    if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+        line = line[3:]  # a byte-order mark some tools write; not part of the JSON
+    return line.decode("utf-8")
+
+
+def _raw_text(line: bytes | str) -> str:
+    text = line if isinstance(line, str) else line.decode("utf-8", errors="backslashreplace")
+    return text.rstrip("\r\n")
 
 
 def survey_file(path: str) -> FileSurvey:
     """Read an export once, cheaply: collect its locations and count its contact lines.
 
-    Locations may appear anywhere in an export, but each contact must be normalized with its
-    location's country, so they are read first. Only location lines carry ``"object"``, so the other
-    lines are counted without being decoded.
+    Locations may appear anywhere in an export, but each contact must be normalized with its location's
+    region, so they are read first. Only location lines carry ``"object"``, so the other lines are
+    counted without being decoded — except the first contact line, which is decoded to refuse a file in
+    the pre-v4 shape at once (rather than rejecting every line of it). Raises ExportFileError for a file
+    of the wrong shape or with nothing in it.
     """
     locations: list[PodiumLocation] = []
+    rejected: list[RejectedLine] = []
     contacts = 0
-    with open(path, encoding="utf-8") as fh:
+    first_contact_checked = False
+    with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            if '"object"' in line:
-                parsed = _parse_line(line, lineno)
+            if b'"object"' in line or not first_contact_checked:
+                try:
+                    parsed = parse_export_line(_decode(line, lineno))
+                except OldExportShape as exc:
+                    raise ExportFileError(f"{path}, line {lineno}: {exc.message}") from None
+                except (MalformedResponse, UnicodeDecodeError) as exc:
+                    parsed = None
+                    if b'"object"' in line:
+                        rejected.append(RejectedLine(lineno, "", _reject_reason(exc), _raw_text(line)))
+                        continue
                 if isinstance(parsed, PodiumLocation):
                     locations.append(parsed)
                     continue
+                first_contact_checked = True
             contacts += 1
-    return FileSurvey(locations, contacts)
+    if not contacts and not locations:
+        raise ExportFileError(f"{path} holds no contacts: " + EXPECTED_EXPORT_SHAPE)
+    return FileSurvey(locations, contacts, rejected)
 
 
-class ExportFileError(ValueError):
-    """An export line that is not the contract's NDJSON; the message names the line."""
+def _reject_reason(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at column {exc.start + 1})"
+    if isinstance(exc, MalformedResponse):
+        return exc.message
+    return str(exc)
 
 
-def _parse_line(line: str, lineno: int) -> PodiumLocation | PodiumContact:
-    from podium_client.errors import MalformedResponse
+def unstorable_reason(p: PreparedContact) -> str | None:
+    """Why the index cannot hold this contact as read, or None.
 
-    try:
-        return parse_export_line(line)
-    except MalformedResponse as exc:
-        raise ExportFileError(f"line {lineno}: {exc.message}") from None
+    NUL characters (PostgreSQL text cannot hold them), lone surrogates (not encodable as UTF-8) and a
+    uid longer than the index's column cannot be stored; the contact is set aside for a person instead
+    of failing the whole write.
+    """
+    if len(p.uid) > _UID_MAX:
+        return f"uid is {len(p.uid)} characters long; Podium uids are at most {_UID_MAX}"
+    for text in _strings_of((p.uid, p.name, p.channels, p.tags, p.attributes, p.address, p.conversations)):
+        if "\x00" in text:
+            return "contains a NUL character (U+0000), which the database cannot store; fix the contact in Podium"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains an unpaired surrogate (invalid Unicode); fix the contact in Podium"
+    return None
+
+
+def _strings_of(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings_of(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings_of(item)
 
 
 def _prepare_lines(
-    lines: list[tuple[int, str]], regions: dict[str, str], default_region: str
-) -> list[PreparedContact]:
-    """Parse and prepare a chunk of export lines (runs in a worker process for big files)."""
+    lines: list[tuple[int, bytes]], regions: dict[str, str], default_region: str
+) -> tuple[list[PreparedContact], list[RejectedLine]]:
+    """Parse and prepare a chunk of export lines (runs in a worker process for big files).
+
+    A line that cannot be read or stored is set aside with its reason, never stops the chunk.
+    """
     out: list[PreparedContact] = []
+    rejected: list[RejectedLine] = []
     for lineno, line in lines:
-        parsed = _parse_line(line, lineno)
-        if isinstance(parsed, PodiumContact):
-            out.append(prepare_contact(parsed, regions.get(parsed.location_uid, default_region)))
-    return out
+        uid = ""
+        try:
+            parsed = parse_export_line(_decode(line, lineno))
+            if not isinstance(parsed, PodiumContact):
+                continue
+            uid = parsed.uid
+            home = parsed.location_uid
+            prepared = prepare_contact(parsed, regions.get(home, default_region) if home else default_region)
+        except (MalformedResponse, UnicodeDecodeError, ValueError) as exc:
+            rejected.append(RejectedLine(lineno, uid[:_UID_MAX], _reject_reason(exc), _raw_text(line)))
+            continue
+        problem = unstorable_reason(prepared)
+        if problem is not None:
+            rejected.append(RejectedLine(lineno, "", problem, _raw_text(line)))
+            continue
+        out.append(prepared)
+    return out, rejected
 
 
 def _prepare_lines_in_worker(
-    lines: list[tuple[int, str]], regions: dict[str, str], default_region: str
-) -> list[PreparedContact]:
+    lines: list[tuple[int, bytes]], regions: dict[str, str], default_region: str
+) -> tuple[list[PreparedContact], list[RejectedLine]]:
     """``_prepare_lines`` for a worker process, which then forgets its memoized phone results.
 
     A worker sees each spelling about once, so the normalizer's cache would only grow (to a quarter
@@ -720,15 +903,19 @@ def _prepare_lines_in_worker(
 
 @dataclass
 class PreparedChunk:
-    """Prepared contacts of consecutive export lines; ``last_line`` is the number of the last one read."""
+    """Prepared contacts of consecutive export lines; ``last_line`` is the number of the last one read.
+
+    ``rejected`` holds the lines of the chunk that were set aside, with their reasons.
+    """
 
     contacts: list[PreparedContact]
     last_line: int
+    rejected: list[RejectedLine] = field(default_factory=list)
 
 
-def _is_location_line(line: str) -> bool:
+def _is_location_line(line: bytes) -> bool:
     # Only location lines carry "object"; decoding just the rare lines that mention it is cheap.
-    if '"object"' not in line:
+    if b'"object"' not in line:
         return False
     try:
         obj = json.loads(line)
@@ -738,10 +925,10 @@ def _is_location_line(line: str) -> bool:
 
 
 def _read_chunks(
-    fh: IO[str], start_after_line: int, chunk_lines: int
-) -> Iterator[tuple[list[tuple[int, str]], int]]:
+    fh: IO[bytes], start_after_line: int, chunk_lines: int
+) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
     """Contact lines in chunks of ``chunk_lines`` (locations were read by the survey), with line numbers."""
-    chunk: list[tuple[int, str]] = []
+    chunk: list[tuple[int, bytes]] = []
     lineno = start_after_line
     for lineno, line in enumerate(fh, 1):
         if lineno <= start_after_line or not line.strip() or _is_location_line(line):
@@ -774,11 +961,12 @@ def iter_prepared_file(
         workers = default_workers(path)
     elif workers > 0 and any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
         workers = 0  # forking needs this process's connections closed, which an open transaction forbids
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         chunks = _read_chunks(fh, start_after_line, chunk_lines)
         if workers <= 0:
             for lines, last in chunks:
-                yield PreparedChunk(_prepare_lines(lines, regions, default_region), last)
+                prepared, rejected = _prepare_lines(lines, regions, default_region)
+                yield PreparedChunk(prepared, last, rejected)
             return
         # Forked children inherit open sockets; closing the connections first means neither side
         # can send on the other's session. Django reconnects on the next query.
@@ -791,10 +979,15 @@ def iter_prepared_file(
                 pending.append((pool.apply_async(_prepare_lines_in_worker, (lines, regions, default_region)), last))
                 if len(pending) > ahead:
                     result, done_line = pending.popleft()
-                    yield PreparedChunk(result.get(), done_line)
+                    yield _chunk(result.get(), done_line)
             while pending:
                 result, done_line = pending.popleft()
-                yield PreparedChunk(result.get(), done_line)
+                yield _chunk(result.get(), done_line)
+
+
+def _chunk(result: tuple[list[PreparedContact], list[RejectedLine]], last_line: int) -> PreparedChunk:
+    prepared, rejected = result
+    return PreparedChunk(prepared, last_line, rejected)
 
 
 def default_workers(path: str) -> int:

@@ -19,11 +19,28 @@ from django.utils import timezone
 
 
 class Location(models.Model):
-    """A Podium location; its ``country`` is the default region for its national-format numbers."""
+    """A Podium location and the default region its national-format phone numbers are parsed with.
+
+    ``country`` is the region in force: Podium's ``addressDetails.country`` (``podium_country``) when it
+    is an ISO 3166 alpha-2 code, else the region an admin set (``region_override``, audited), else the
+    deployment's default region. A location with neither Podium's country nor an admin's choice is shown
+    to admins as needing one (``needs_region``) instead of being silently parsed with the default.
+    """
+
+    PODIUM = "podium"
+    ADMIN = "admin"
+    DEFAULT = "default"
 
     uid = models.CharField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
-    country = models.CharField(max_length=2, default="AU", help_text="ISO 3166 alpha-2 default region")
+    country = models.CharField(max_length=2, default="AU", help_text="the region in force (ISO 3166 alpha-2)")
+    podium_country = models.CharField(
+        max_length=2, blank=True, default="", help_text="addressDetails.country as Podium reports it"
+    )
+    region_override = models.CharField(
+        max_length=2, blank=True, default="", help_text="a region an admin chose (used when Podium has none)"
+    )
+    archived = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["name"]
@@ -31,11 +48,32 @@ class Location(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.uid})"
 
+    @property
+    def region_source(self) -> str:
+        """Where ``country`` comes from: ``podium``, ``admin`` or ``default``."""
+        if self.podium_country:
+            return self.PODIUM
+        if self.region_override:
+            return self.ADMIN
+        return self.DEFAULT
+
+    @property
+    def needs_region(self) -> bool:
+        """True when neither Podium nor an admin gave this location a region."""
+        return not self.podium_country and not self.region_override
+
+    @staticmethod
+    def effective_region(podium_country: str, region_override: str, default_region: str) -> str:
+        """The region in force for a location (see the class docstring)."""
+        return (podium_country or region_override or default_region).upper()[:2]
+
 
 class LocationGrant(models.Model):
     """A user may see and act on the clusters and contacts of this location. Admins see all."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="location_grants")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="location_grants"
+    )
     location = models.ForeignKey(Location, on_delete=models.CASCADE, related_name="grants")
 
     class Meta:
@@ -48,18 +86,29 @@ class LocationGrant(models.Model):
 class Contact(models.Model):
     """One Podium contact as it was when last indexed (the contact index).
 
-    ``updated_at``, ``deleted_at`` and ``merged_into_uid`` are Podium's values; ``indexed_at`` is ours.
-    A merge compares Podium's live ``updatedAt`` with ``updated_at`` to detect drift.
+    ``location`` is the contact's first location (its home, whose region parses its numbers); a contact
+    may belong to several, all listed in ``ContactLocation`` and ``location_uids``. ``channels`` hold
+    Podium's per-channel consent (``marketingOptedInLocationUids``, ``transactionalOptedOutAt``), from
+    which the three opt-out flags are derived when indexed. ``updated_at`` is Podium's; ``deleted_at``
+    and ``merged_into_uid`` are Podium's on a soft-delete tenant, else the product's own record that the
+    contact left Podium (retired by a merge, or no longer listed). ``indexed_at`` is ours. A merge
+    compares Podium's live ``updatedAt`` with ``updated_at`` to detect drift.
     """
 
     uid = models.CharField(max_length=64, unique=True)
     location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="contacts")
+    location_uids = models.JSONField(default=list, blank=True, help_text="every location uid, home first")
     name = models.CharField(max_length=500, blank=True, default="")
     normalized_name = models.CharField(max_length=500, blank=True, default="")
-    channels = models.JSONField(default=list, blank=True, help_text="[{type, identifier}] as Podium holds them")
-    tags = models.JSONField(default=list, blank=True, help_text="tag labels")
-    attributes = models.JSONField(default=list, blank=True, help_text="[{label, value}]")
-    address = models.JSONField(null=True, blank=True)
+    channels = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="[{type, identifier, label, marketingOptedInLocationUids, transactionalOptedOutAt}]",
+    )
+    tags = models.JSONField(default=list, blank=True, help_text="[{uid, label}]")
+    attributes = models.JSONField(default=list, blank=True, help_text="[{uid, label, value, dataType}]")
+    address = models.JSONField(null=True, blank=True, help_text="Podium's address object")
+    conversations = models.JSONField(default=list, blank=True, help_text="conversation uids")
     field_count = models.PositiveIntegerField(default=0)
     marketing_opt_out = models.BooleanField(default=False)
     sms_opt_out = models.BooleanField(default=False)
@@ -83,7 +132,7 @@ class Contact(models.Model):
 
     @property
     def is_active(self) -> bool:
-        """Neither soft-deleted nor merged away: the only contacts that may join a cluster."""
+        """Neither deleted nor merged away: the only contacts that may join a cluster."""
         return self.deleted_at is None and not self.merged_into_uid
 
     @property
@@ -93,6 +142,25 @@ class Contact(models.Model):
             "smsOptOut": self.sms_opt_out,
             "emailOptOut": self.email_opt_out,
         }
+
+    @property
+    def all_location_uids(self) -> list[str]:
+        """Every location of the contact, home first (the home alone for rows indexed before v4)."""
+        return list(self.location_uids) or [self.location.uid]
+
+
+class ContactLocation(models.Model):
+    """A location a contact belongs to (Podium lets a contact belong to several), for scoping queries."""
+
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="contact_locations")
+    location = models.ForeignKey(Location, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["contact", "location"], name="uniq_contact_location")]
+        indexes = [models.Index(fields=["location", "contact"], name="contactloc_loc_contact")]
+
+    def __str__(self) -> str:
+        return f"{self.contact_id} in {self.location_id}"
 
 
 class ContactKey(models.Model):
@@ -175,9 +243,12 @@ class ScanRun(models.Model):
     contacts_seen = models.PositiveIntegerField(default=0)
     contacts_total = models.PositiveIntegerField(null=True, blank=True, help_text="estimate, for the ETA")
     invalid_phones = models.PositiveIntegerField(default=0)
+    rejected_count = models.PositiveIntegerField(default=0, help_text="records set aside as unreadable")
     clusters_found = models.PositiveIntegerField(default=0)
     auto_clusters = models.PositiveIntegerField(default=0)
-    duplicate_rate = models.FloatField(null=True, blank=True, help_text="share of indexed contacts in a cluster")
+    duplicate_rate = models.FloatField(
+        null=True, blank=True, help_text="share of indexed contacts in a cluster"
+    )
     checkpoint = models.JSONField(default=dict, blank=True, help_text="per-location cursor and watermark")
     error_code = models.CharField(max_length=20, blank=True, default="")
     error_message = models.TextField(blank=True, default="")
@@ -190,7 +261,9 @@ class ScanRun(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["scope_key"], condition=Q(state__in=("queued", "running")), name="one_active_scan_per_scope"
+                fields=["scope_key"],
+                condition=Q(state__in=("queued", "running")),
+                name="one_active_scan_per_scope",
             )
         ]
         permissions = [("run_scan", "Can start a scan")]
@@ -229,6 +302,34 @@ class ScanRun(models.Model):
         return max(self.contacts_total - self.contacts_seen, 0) / self.rate
 
 
+class RejectedRecord(models.Model):
+    """A record a scan could not index, kept with its reason and raw text for an admin to look at.
+
+    A scan never stops for one bad record: it sets the record aside here, indexes the rest and ends
+    "completed with N rejected". ``raw`` is the record as read (a file line, or the JSON Podium sent),
+    cut to a bounded size and with characters a database cannot store escaped.
+    """
+
+    RAW_MAX = 20_000
+
+    scan_run = models.ForeignKey(
+        ScanRun, null=True, blank=True, on_delete=models.CASCADE, related_name="rejected"
+    )
+    source = models.CharField(max_length=500, blank=True, default="", help_text="file path, or 'podium'")
+    line_number = models.PositiveIntegerField(null=True, blank=True)
+    contact_uid = models.CharField(max_length=64, blank=True, default="")
+    reason = models.TextField()
+    raw = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        where = f"line {self.line_number}" if self.line_number else self.contact_uid or "record"
+        return f"rejected {where}"
+
+
 class Cluster(models.Model):
     """A proposed set of contacts that are one person, with its score and its fate.
 
@@ -261,7 +362,11 @@ class Cluster(models.Model):
     cluster_id = models.CharField(max_length=40, unique=True)
     natural_keys = models.JSONField(default=list)
     location = models.ForeignKey(
-        Location, null=True, blank=True, on_delete=models.PROTECT, related_name="clusters",
+        Location,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="clusters",
         help_text="empty for a cross-location cluster",
     )
     locations = models.ManyToManyField(Location, related_name="clusters_touching", blank=True)
@@ -346,7 +451,9 @@ class ReviewDecision(models.Model):
     ]
 
     decision = models.CharField(max_length=20, choices=DECISION_CHOICES)
-    cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.SET_NULL, related_name="decisions")
+    cluster = models.ForeignKey(
+        Cluster, null=True, blank=True, on_delete=models.SET_NULL, related_name="decisions"
+    )
     uid_a = models.CharField(max_length=64, blank=True, default="")
     uid_b = models.CharField(max_length=64, blank=True, default="")
     primary_uid = models.CharField(max_length=64, blank=True, default="")
@@ -359,7 +466,9 @@ class ReviewDecision(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["uid_a", "uid_b"], condition=Q(decision="different_people"), name="uniq_different_people_pair"
+                fields=["uid_a", "uid_b"],
+                condition=Q(decision="different_people"),
+                name="uniq_different_people_pair",
             ),
             models.CheckConstraint(
                 condition=~Q(decision="different_people") | (Q(uid_a__lt=models.F("uid_b")) & ~Q(uid_a="")),
@@ -422,7 +531,9 @@ class MergeOperation(models.Model):
     RESUMABLE_STATES = (PENDING, MERGING, MERGED, COMPLIANCE_FAILED, CONFLICT_PENDING)
 
     cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="operations")
-    batch = models.ForeignKey(MergeBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations")
+    batch = models.ForeignKey(
+        MergeBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations"
+    )
     state = models.CharField(max_length=20, choices=STATE_CHOICES, default=PENDING)
     primary_uid = models.CharField(max_length=64)
     duplicate_uids = models.JSONField(default=list)
@@ -472,7 +583,9 @@ class RestoreRecord(models.Model):
 
     contact_uid = models.CharField(max_length=64, db_index=True)
     merged_into_uid = models.CharField(max_length=64, blank=True, default="")
-    operation = models.ForeignKey(MergeOperation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    operation = models.ForeignKey(
+        MergeOperation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     opt_outs_applied = models.JSONField(default=dict)
     marked_different_people = models.BooleanField(default=False)
     restored_by = models.ForeignKey(
@@ -579,10 +692,13 @@ class Policy(models.Model):
         verbose_name_plural = "policy"
         constraints = [
             models.CheckConstraint(
-                condition=Q(auto_merge_threshold__gte=Decimal("0.60")) & Q(auto_merge_threshold__lte=Decimal("1.00")),
+                condition=Q(auto_merge_threshold__gte=Decimal("0.60"))
+                & Q(auto_merge_threshold__lte=Decimal("1.00")),
                 name="policy_threshold_range",
             ),
-            models.CheckConstraint(condition=Q(scan_interval_minutes__gte=5), name="policy_scan_interval_min"),
+            models.CheckConstraint(
+                condition=Q(scan_interval_minutes__gte=5), name="policy_scan_interval_min"
+            ),
         ]
         permissions = [("change_settings", "Can change the deployment policy")]
 
@@ -592,7 +708,9 @@ class Policy(models.Model):
     @classmethod
     def current(cls) -> Policy:
         """The single policy row, created with the defaults on first use."""
-        policy, _ = cls.objects.get_or_create(pk=1, defaults={"default_region": settings.PODIUM_DEFAULT_REGION})
+        policy, _ = cls.objects.get_or_create(
+            pk=1, defaults={"default_region": settings.PODIUM_DEFAULT_REGION}
+        )
         return policy
 
 

@@ -156,12 +156,16 @@ class MemberRecord:
     email_opt_out: bool
     field_count: int
     updated_at: datetime
+    # Every location of the contact, home (``location_uid``) first; a Podium contact may have several.
+    location_uids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Cheap structural checks only: a misaligned record would make a merge write back the wrong
         # identifier, which is worth failing loudly for at construction time.
         if not self.uid:
             raise ValueError("a member needs a uid")
+        if not self.location_uids:
+            object.__setattr__(self, "location_uids", (self.location_uid,) if self.location_uid else ())
         if len(self.raw_phones) < len(self.phones):
             raise ValueError(
                 f"member {self.uid}: raw_phones must hold the identifier of every natural key in phones "
@@ -187,6 +191,7 @@ class MemberRecord:
         sms_opt_out: bool = False,
         email_opt_out: bool = False,
         field_count: int | None = None,
+        location_uids: Iterable[str] = (),
     ) -> MemberRecord:
         """Assemble a record from channels as the index holds them, keeping phones aligned.
 
@@ -229,6 +234,7 @@ class MemberRecord:
             email_opt_out=email_opt_out,
             field_count=field_count,
             updated_at=updated_at,
+            location_uids=tuple(location_uids),
         )
 
     @property

@@ -28,6 +28,7 @@ a resumed scan never skips nor double-counts a page.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -37,17 +38,36 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef, Sum
+from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from dedup import audit
 from dedup.detection import DetectionSummary, detect
-from dedup.indexing import ExportFileError, IndexWriter, iter_prepared_file, prepare_contact, survey_file
-from dedup.models import Cluster, ClusterMember, Contact, ContactKey, Location, Policy, ScanRun
-from dedup.podium import get_client
+from dedup.indexing import (
+    ExportFileError,
+    IndexWriter,
+    PreparedContact,
+    RejectedLine,
+    iter_prepared_file,
+    prepare_contact,
+    survey_file,
+    unstorable_reason,
+)
+from dedup.models import (
+    Cluster,
+    ClusterMember,
+    Contact,
+    ContactKey,
+    ContactLocation,
+    Location,
+    Policy,
+    RejectedRecord,
+    ScanRun,
+)
+from dedup.podium import get_client, read_indexed_contacts
 from podium_client import Contact as PodiumContact
-from podium_client import InvalidRequestError, NotFoundError, PodiumClient, PodiumError
+from podium_client import InvalidCursorError, PodiumClient, PodiumError
 from podium_client.types import format_timestamp, parse_timestamp
 
 logger = logging.getLogger(__name__)
@@ -409,13 +429,15 @@ def _finish(state: _Run, summary: DetectionSummary) -> None:
             "pages": run.pages,
             "contactsSeen": run.contacts_seen,
             "invalidPhones": run.invalid_phones,
+            "rejected": run.rejected_count,
             "detection": summary.as_dict(),
         },
     )
     logger.info(
-        "scan #%s finished: %d contacts in %d pages, %d invalid phones, %d open clusters (%d auto) in %.1fs",
-        run.pk, run.contacts_seen, run.pages, run.invalid_phones, run.clusters_found, run.auto_clusters,
-        run.elapsed_seconds,
+        "scan #%s finished: %d contacts in %d pages, %d invalid phones, %d rejected, %d open clusters (%d auto) "
+        "in %.1fs",
+        run.pk, run.contacts_seen, run.pages, run.invalid_phones, run.rejected_count, run.clusters_found,
+        run.auto_clusters, run.elapsed_seconds,
     )  # fmt: skip
     state.report()
 
@@ -486,8 +508,8 @@ def _detect_after(state: _Run) -> DetectionSummary:
     run = state.run
     state.save()
     actor = run.holder or "system"
-    modes = {s.get("mode") for s in state.checkpoint["locations"].values()}
-    if run.kind == ScanRun.INCREMENTAL and modes == {"incremental"}:
+    mode = (state.checkpoint.get("stream") or {}).get("mode")
+    if run.kind == ScanRun.INCREMENTAL and mode == "incremental":
         # Only what changed, plus what it connects to: the contacts written since this scan (or the
         # crashed scan it resumes) began.
         touched = set(state.touched_ids)
@@ -495,9 +517,7 @@ def _detect_after(state: _Run) -> DetectionSummary:
             since = datetime.fromisoformat(state.checkpoint["touchedSince"])
             touched.update(Contact.objects.filter(indexed_at__gte=since).values_list("pk", flat=True))
         return detect(contact_ids=touched, scan_run=run, actor=actor)
-    if run.kind == ScanRun.INCREMENTAL and not modes:
-        return detect(contact_ids=[], scan_run=run, actor=actor)  # no location in scope
-    # A full read (or a location read whole for want of a watermark): detect the whole scope.
+    # A full read (or a read whole for want of a watermark), or a file: detect the whole scope.
     return detect(locations=run.scope or None, scan_run=run, actor=actor)
 
 
@@ -510,19 +530,17 @@ def overlap() -> timedelta:
     return DEFAULT_OVERLAP if seconds is None else timedelta(seconds=float(seconds))
 
 
-def last_watermarks(location_uids: Iterable[str]) -> dict[str, datetime]:
-    """Per location, the newest ``updatedAt`` indexed by its last successful scan (Podium's clock)."""
-    wanted = set(location_uids)
-    found: dict[str, datetime] = {}
-    runs = ScanRun.objects.filter(state=ScanRun.SUCCEEDED).order_by("-finished_at", "-pk")
+def last_watermark(scope: Sequence[str]) -> datetime | None:
+    """The newest ``updatedAt`` (Podium's clock) the last successful read of Podium covering ``scope``
+    indexed: a scan of every location covers any scope; a location-scoped one only its own."""
+    key = scope_key_for(scope)
+    runs = ScanRun.objects.filter(state=ScanRun.SUCCEEDED, kind__in=(ScanRun.FULL, ScanRun.INCREMENTAL))
+    runs = runs.filter(Q(scope_key="all") | Q(scope_key=key)).order_by("-finished_at", "-pk")
     for checkpoint in runs.values_list("checkpoint", flat=True)[:_WATERMARK_HISTORY]:
-        states = (checkpoint or {}).get("locations") or {}
-        for uid, location_state in states.items():
-            if uid in wanted and uid not in found and location_state.get("done") and location_state.get("watermark"):
-                found[uid] = parse_timestamp(location_state["watermark"])
-        if len(found) == len(wanted):
-            break
-    return found
+        stream = (checkpoint or {}).get("stream") or {}
+        if stream.get("done") and stream.get("watermark"):
+            return parse_timestamp(stream["watermark"])
+    return None
 
 
 def _newer(current: str | None, candidate: datetime | None) -> str | None:
@@ -534,6 +552,11 @@ def _newer(current: str | None, candidate: datetime | None) -> str | None:
 
 
 def _scan_podium(state: _Run, client: PodiumClient) -> None:
+    """Read the organization's contacts (Podium lists them organization-wide) into the index.
+
+    A location scope keeps the contacts that belong to one of its locations. The read is one stream
+    with one cursor and one watermark, checkpointed every ~1,000 contacts.
+    """
     run = state.run
     locations = client.list_locations()
     state.writer.ensure_locations(locations)
@@ -541,104 +564,172 @@ def _scan_podium(state: _Run, client: PodiumClient) -> None:
     unknown = sorted(set(run.scope) - known)
     if unknown:
         raise ScanError(f"Podium has no location {', '.join(unknown)}; check the --location uids")
-    targets = [loc for loc in locations if not run.scope or loc.uid in run.scope]
-    watermarks = {} if run.kind == ScanRun.FULL else last_watermarks(loc.uid for loc in targets)
-    if run.contacts_total is None:
+    stream = state.checkpoint.setdefault("stream", {})
+    if stream.get("done"):
+        return
+    if "mode" not in stream:
+        since = None if run.kind == ScanRun.FULL else last_watermark(run.scope)
+        stream["mode"] = "incremental" if since is not None else "full"
+        stream["since"] = format_timestamp(since - overlap()) if since is not None else None
+        stream["startedAt"] = timezone.now().isoformat()
+        stream["previousWatermark"] = format_timestamp(since) if since is not None else None
+    if run.contacts_total is None and stream["mode"] == "full":
         # The index's count is the estimate for a full read; an incremental one reads an unknown few.
-        full_ids = [loc.uid for loc in targets if loc.uid not in watermarks]
-        estimate = Contact.objects.filter(location__uid__in=full_ids).count() if full_ids else 0
-        state.save(contacts_total=estimate or None)
-    for location in targets:
-        location_state = state.location_state(location.uid)
-        if location_state.get("done"):
-            continue
-        if "mode" not in location_state:
-            since = watermarks.get(location.uid)
-            location_state["mode"] = "incremental" if since is not None else "full"
-            location_state["since"] = format_timestamp(since - overlap()) if since is not None else None
-            location_state["startedAt"] = timezone.now().isoformat()
-            location_state["previousWatermark"] = format_timestamp(since) if since is not None else None
-        _scan_location(state, client, location.uid)
+        state.save(contacts_total=_active_in_scope(run.scope).count() or None)
+    _read_stream(state, client, stream)
 
 
-def _scan_location(state: _Run, client: PodiumClient, location_uid: str) -> None:
+def _active_in_scope(scope: Sequence[str]) -> QuerySet[Contact]:
+    contacts = Contact.objects.filter(deleted_at__isnull=True, merged_into_uid="")
+    if scope:
+        contacts = contacts.filter(
+            Exists(ContactLocation.objects.filter(contact_id=OuterRef("pk"), location__uid__in=list(scope)))
+        )
+    return contacts
+
+
+def _read_stream(state: _Run, client: PodiumClient, stream: dict[str, Any]) -> None:
     run = state.run
-    location_state = state.location_state(location_uid)
-    since = parse_timestamp(location_state["since"]) if location_state.get("since") else None
-    region = state.writer.region_for(location_uid)
-    cursor = location_state.get("cursor")
+    since = parse_timestamp(stream["since"]) if stream.get("since") else None
+    cursor = stream.get("cursor")
+    include_deleted = client.has("soft-delete")
     try:
-        pages = client.iter_contact_pages(location_uid, updated_since=since, include_deleted=True, cursor=cursor)
+        pages = client.iter_contact_pages(updated_after=since, include_deleted=include_deleted, cursor=cursor)
         first = next(pages)
-    except InvalidRequestError:
+    except InvalidCursorError:
         if cursor is None:
             raise
-        # The saved cursor expired while the scan was down: read this location again from the top.
-        logger.warning("scan #%s: saved cursor for %s refused; restarting that location", run.pk, location_uid)
-        location_state.pop("cursor", None)
-        pages = client.iter_contact_pages(location_uid, updated_since=since, include_deleted=True)
+        # The saved cursor expired while the scan was down: read again from the top (the writes are
+        # idempotent, and an incremental read skips what the index already holds).
+        logger.warning("scan #%s: saved cursor refused; restarting the read", run.pk)
+        stream.pop("cursor", None)
+        pages = client.iter_contact_pages(updated_after=since, include_deleted=include_deleted)
         first = next(pages)
-    incremental = location_state["mode"] == "incremental"
+    incremental = stream["mode"] == "incremental"
+    scope = set(run.scope)
     # Pages are written a few at a time: one transaction (index rows and checkpoint together) per
     # ~1,000 contacts rather than per 100, while a crash still re-reads at most those few pages.
     buffered: list[PodiumContact] = []
+    rejected: list[RejectedLine] = []
     listed = 0
     pages_read = 0
     for page in _chain(first, pages):
-        listed += len(page)
+        listed += len(page) + len(page.rejected)
         pages_read += 1
-        buffered.extend(page)
-        newest = max((contact.updated_at for contact in page), default=None)
-        location_state["pendingWatermark"] = _newer(location_state.get("pendingWatermark"), newest)
+        buffered.extend(c for c in page if not scope or scope.intersection(c.location_uids))
+        rejected.extend(_rejected_from_podium(item, exc) for item, exc in page.rejected)
+        newest = max((contact.updated_at for contact in page if contact.updated_at is not None), default=None)
+        stream["pendingWatermark"] = _newer(stream.get("pendingWatermark"), newest)
         if len(buffered) >= _WRITE_EVERY and page.next_cursor is not None:
-            _write_pages(state, location_state, buffered, listed, pages_read, page.next_cursor, region, incremental)
-            buffered, listed, pages_read = [], 0, 0
-    # The last pages and the end of the location commit together: a crash right after them must
-    # not look like a location that was never started.
-    _write_pages(state, location_state, buffered, listed, pages_read, None, region, incremental, location_uid)
+            _write_pages(state, stream, buffered, rejected, listed, pages_read, page.next_cursor, incremental)
+            buffered, rejected, listed, pages_read = [], [], 0, 0
+    # The last pages and the end of the read commit together: a crash right after them must not look
+    # like a read that was never finished.
+    _write_pages(state, stream, buffered, rejected, listed, pages_read, None, incremental, finished=True)
+
+
+def _rejected_from_podium(item: Any, exc: PodiumError) -> RejectedLine:
+    uid = item.get("uid") if isinstance(item, dict) else None
+    try:
+        raw = json.dumps(item, ensure_ascii=False, default=str)
+    except ValueError:
+        raw = repr(item)
+    return RejectedLine(None, uid if isinstance(uid, str) else "", exc.message, raw)
 
 
 def _write_pages(
     state: _Run,
-    location_state: dict[str, Any],
+    stream: dict[str, Any],
     contacts: list[PodiumContact],
+    rejected: list[RejectedLine],
     listed: int,
     pages_read: int,
     next_cursor: str | None,
-    region: str,
     incremental: bool,
-    finished_location: str | None = None,
+    finished: bool = False,
 ) -> None:
-    """Index some pages of one location and move its checkpoint past them, in one transaction.
+    """Index some pages and move the checkpoint past them, in one transaction.
 
-    With ``finished_location`` these are its last pages: the location is marked done (and, after a
-    full read, what Podium no longer lists is marked deleted) in the same transaction.
+    With ``finished`` these are the last pages: the read is marked done (and, after a full read, what
+    Podium no longer lists is marked deleted) in the same transaction.
     """
     run = state.run
     # An incremental read re-lists the overlap window; what the index already holds as is (same
     # updatedAt, same deletion state) is not written again. A full read rewrites everything, so it
     # also repairs rows indexed with an older normalization or region.
     changed = _changed_only(contacts) if incremental else contacts
-    prepared = [prepare_contact(contact, region) for contact in changed]
+    prepared: list[PreparedContact] = []
+    for contact in changed:
+        item = _prepare_or_reject(state.writer, contact, rejected)
+        if item is not None:
+            prepared.append(item)
     with transaction.atomic():
         result = state.writer.write(prepared)
         state.touched_ids.update(result.contact_ids)
-        location_state["cursor"] = next_cursor
-        location_state["watermark"] = _newer(
-            location_state.get("watermark") or location_state.get("previousWatermark"),
-            parse_timestamp(location_state["pendingWatermark"]) if location_state.get("pendingWatermark") else None,
+        _record_rejected(state, rejected, source="podium")
+        stream["cursor"] = next_cursor
+        stream["watermark"] = _newer(
+            stream.get("watermark") or stream.get("previousWatermark"),
+            parse_timestamp(stream["pendingWatermark"]) if stream.get("pendingWatermark") else None,
         )
-        if finished_location is not None:
-            if location_state["mode"] == "full":
-                location_state["vanished"] = _mark_vanished(finished_location, location_state["startedAt"])
-            location_state["done"] = True
-            location_state.pop("cursor", None)
+        if finished:
+            if stream["mode"] == "full":
+                stream["vanished"] = _mark_vanished(run.scope, stream["startedAt"])
+            stream["done"] = True
+            stream.pop("cursor", None)
         state.save(
             pages=run.pages + pages_read,
             contacts_seen=run.contacts_seen + listed,
             invalid_phones=run.invalid_phones + result.invalid_phones,
+            rejected_count=run.rejected_count + len(rejected),
         )
     state.report()
+
+
+def _prepare_or_reject(writer: IndexWriter, contact: PodiumContact, rejected: list[RejectedLine]) -> PreparedContact | None:
+    home = contact.location_uid
+    region = writer.region_for(home) if home else writer.default_region
+    try:
+        prepared = prepare_contact(contact, region)
+    except ValueError as exc:
+        rejected.append(RejectedLine(None, contact.uid[:64], str(exc), _contact_json(contact)))
+        return None
+    problem = unstorable_reason(prepared)
+    if problem is not None:
+        rejected.append(RejectedLine(None, "", problem, _contact_json(contact)))
+        return None
+    return prepared
+
+
+def _contact_json(contact: PodiumContact) -> str:
+    return json.dumps(contact.to_wire(), ensure_ascii=False)
+
+
+def _record_rejected(state: _Run, rejected: Sequence[RejectedLine], source: str) -> None:
+    """Keep what a scan set aside, for admins (raw text bounded, unstorable characters escaped)."""
+    if not rejected:
+        return
+    limit = RejectedRecord.RAW_MAX
+    RejectedRecord.objects.bulk_create(
+        RejectedRecord(
+            scan_run=state.run,
+            source=source[:500],
+            line_number=r.line_number,
+            contact_uid=_storable(r.contact_uid)[:64],
+            reason=_storable(r.reason)[:2000],
+            raw=_storable(r.raw[:limit]),
+        )
+        for r in rejected
+    )
+    for r in rejected:
+        logger.warning(
+            "scan #%s set aside %s: %s", state.run.pk, f"line {r.line_number}" if r.line_number else "a record", r.reason
+        )
+
+
+def _storable(text: str) -> str:
+    """Text any database stores: NULs and unpaired surrogates escaped, not dropped."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def _changed_only(page: Sequence[PodiumContact]) -> list[PodiumContact]:
@@ -661,19 +752,18 @@ def _chain(first: Any, rest: Iterable[Any]) -> Iterable[Any]:
     yield from rest
 
 
-def _mark_vanished(location_uid: str, started_at: str) -> int:
-    """Contacts of a location that a complete full read (deleted ones included) did not list.
+def _mark_vanished(scope: Sequence[str], started_at: str) -> int:
+    """Contacts of the scope that a complete full read did not list.
 
-    Podium lists soft-deleted and merged contacts when asked, so a contact missing from a full read is
-    gone from Podium altogether; the index marks it deleted so it never joins a cluster again.
+    Podium's published API does not list deleted contacts, so a contact missing from a full read is
+    gone from Podium (a soft-delete tenant lists hidden ones, which are indexed as such); the index
+    marks it deleted so it never joins a cluster again.
     """
     since = datetime.fromisoformat(started_at)
-    vanished = Contact.objects.filter(
-        location__uid=location_uid, indexed_at__lt=since, deleted_at__isnull=True, merged_into_uid=""
-    )
+    vanished = _active_in_scope(scope).filter(indexed_at__lt=since)
     count = vanished.update(deleted_at=timezone.now(), indexed_at=timezone.now())
     if count:
-        logger.warning("%d contact(s) of %s are no longer listed by Podium; marked deleted", count, location_uid)
+        logger.warning("%d contact(s) are no longer listed by Podium; marked deleted", count)
     return count
 
 
@@ -687,18 +777,24 @@ def _scan_file(state: _Run) -> None:
     scope = set(run.scope)
     if scope and not scope & {loc.uid for loc in survey.locations}:
         logger.warning("scan #%s: the export declares none of %s", run.pk, ", ".join(sorted(scope)))
+    file_state: dict[str, Any] = state.checkpoint.setdefault("file", {"line": 0})
     if run.contacts_total is None:
         state.save(contacts_total=survey.contact_lines)
-    file_state: dict[str, Any] = state.checkpoint.setdefault("file", {"line": 0})
+    if not file_state.get("surveyed"):
+        with transaction.atomic():
+            _record_rejected(state, survey.rejected, source=run.source_file)
+            file_state["surveyed"] = True
+            state.save(rejected_count=run.rejected_count + len(survey.rejected))
     for chunk in iter_prepared_file(
         run.source_file,
         state.writer.regions(),
         state.writer.default_region,
         start_after_line=int(file_state.get("line", 0)),
     ):
-        items = [p for p in chunk.contacts if not scope or p.location_uid in scope]
+        items = [p for p in chunk.contacts if not scope or scope.intersection(p.location_uids)]
         with transaction.atomic():
             result = state.writer.write(items)
+            _record_rejected(state, chunk.rejected, source=run.source_file)
             file_state["line"] = chunk.last_line
             for uid, newest in result.max_updated_at.items():
                 location_state = state.location_state(uid)
@@ -706,8 +802,9 @@ def _scan_file(state: _Run) -> None:
                 location_state["watermark"] = _newer(location_state.get("watermark"), newest)
             state.save(
                 pages=run.pages + 1,
-                contacts_seen=run.contacts_seen + len(chunk.contacts),
+                contacts_seen=run.contacts_seen + len(chunk.contacts) + len(chunk.rejected),
                 invalid_phones=run.invalid_phones + result.invalid_phones,
+                rejected_count=run.rejected_count + len(chunk.rejected),
             )
         state.report()
     for location_state in state.checkpoint["locations"].values():
@@ -739,22 +836,32 @@ def queue_rescan_of_keys(
 def rescan_keys_task(
     natural_keys: list[str], reason: str, actor: str = "system", contact_uids: list[str] | None = None
 ) -> dict[str, Any]:
-    """Re-read the contacts (by uid, deleted ones included), re-index them and re-detect their keys."""
+    """Re-read the contacts from Podium, re-index them and re-detect their keys.
+
+    A contact Podium's published API cannot address unambiguously is left for the next scan (named
+    in the result); one Podium no longer has is marked deleted in the index.
+    """
     uids = set(contact_uids or [])
     if not uids and natural_keys:
         uids = set(ContactKey.objects.filter(key__in=natural_keys).values_list("contact__uid", flat=True))
     writer = IndexWriter(Policy.current().default_region)
-    prepared = []
+    prepared: list[PreparedContact] = []
+    rejected: list[RejectedLine] = []
     missing: list[str] = []
+    unaddressable: list[str] = []
     if uids:
         with get_client() as client:
-            for uid in sorted(uids):
-                try:
-                    contact = client.get_contact(uid)
-                except NotFoundError:
-                    missing.append(uid)
-                    continue
-                prepared.append(prepare_contact(contact, writer.region_for(contact.location_uid)))
+            reads = read_indexed_contacts(client, sorted(uids))
+        for uid in sorted(uids):
+            outcome = reads.get(uid)
+            if outcome is None:
+                missing.append(uid)
+            elif isinstance(outcome, PodiumContact):
+                item = _prepare_or_reject(writer, outcome, rejected)
+                if item is not None:
+                    prepared.append(item)
+            else:
+                unaddressable.append(uid)
     with transaction.atomic():
         result = writer.write(prepared)
         if missing:
@@ -762,6 +869,8 @@ def rescan_keys_task(
             Contact.objects.filter(uid__in=missing, deleted_at__isnull=True).update(
                 deleted_at=timezone.now(), indexed_at=timezone.now()
             )
+        for r in rejected:
+            RejectedRecord.objects.create(source="podium", contact_uid=r.contact_uid, reason=r.reason, raw=_storable(r.raw))
     missing_ids = list(Contact.objects.filter(uid__in=missing).values_list("pk", flat=True))
     summary = detect(keys=natural_keys, contact_ids=[*result.contact_ids, *missing_ids], actor=actor)
     audit.record(
@@ -769,9 +878,15 @@ def rescan_keys_task(
         actor=actor,
         contact_uids=sorted(uids),
         natural_keys=natural_keys,
-        payload={"reason": reason, "reread": len(prepared), "missing": missing, "detection": summary.as_dict()},
+        payload={
+            "reason": reason,
+            "reread": len(prepared),
+            "missing": missing,
+            "unaddressable": unaddressable,
+            "detection": summary.as_dict(),
+        },
     )
-    return {"reread": len(prepared), "missing": missing, "detection": summary.as_dict()}
+    return {"reread": len(prepared), "missing": missing, "unaddressable": unaddressable, "detection": summary.as_dict()}
 
 
 def scheduled_scan() -> dict[str, Any] | None:

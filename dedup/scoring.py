@@ -82,7 +82,7 @@ _REASON_TEXT: dict[str, str] = {
     NAME_UNCONFIRMED: "a name is missing or only partly matches, so a household cannot be ruled out",
     BELOW_THRESHOLD: "at least one pair is below the threshold",
     CONFLICTING_NAMES: "at least one pair has two different names",
-    CROSS_LOCATION: "members are in different locations",
+    CROSS_LOCATION: "no location holds every member",
 }
 
 
@@ -297,7 +297,11 @@ def assess_cluster(
         pairs[(pair.uid_a, pair.uid_b)] = pair
 
     confidence = min(p.score for p in pairs.values())
-    locations = tuple(sorted({m.location_uid for m in members}))
+    locations = tuple(sorted({loc for m in members for loc in m.location_uids}))
+    # A Podium contact may belong to several locations: members are "in one location" when some
+    # location holds them all, even if some of them are in others too.
+    common = set.intersection(*(set(m.location_uids) for m in members)) if members else set()
+    spans = not common
     reasons: list[str] = []
     if not all(meets_threshold(p.score, threshold) for p in pairs.values()):
         reasons.append(BELOW_THRESHOLD)
@@ -305,10 +309,10 @@ def assess_cluster(
         reasons.append(CONFLICTING_NAMES)
     elif not all(SAME_NAME in p.reasons for p in pairs.values()):
         reasons.append(NAME_UNCONFIRMED)
-    if len(locations) > 1:
+    if spans:
         reasons.append(CROSS_LOCATION)
     blocked = bool({BELOW_THRESHOLD, CONFLICTING_NAMES, NAME_UNCONFIRMED} & set(reasons)) or (
-        len(locations) > 1 and not allow_cross_location_auto
+        spans and not allow_cross_location_auto
     )
     if not blocked:
         reasons.insert(0, AUTO_MERGE_ELIGIBLE)

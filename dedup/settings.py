@@ -113,7 +113,23 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Podium -----------------------------------------------------------------------------------
 PODIUM_BASE_URL = ENV.get("PODIUM_BASE_URL", "http://127.0.0.1:8765" if DEBUG else "https://api.podium.com")
 PODIUM_ACCESS_TOKEN = ENV.get("PODIUM_ACCESS_TOKEN", "dev-token" if DEBUG else "")
-PODIUM_OAUTH_URL = ENV.get("PODIUM_OAUTH_URL", "")
+# The OAuth token endpoint (a full URL). Podium's own sample posts to accounts.podium.com; some
+# integrations use api.podium.com/oauth/token. PODIUM_OAUTH_URL (a base URL) is the older spelling.
+_LEGACY_OAUTH_BASE = ENV.get("PODIUM_OAUTH_URL", "").rstrip("/")
+PODIUM_TOKEN_URL = ENV.get(
+    "PODIUM_TOKEN_URL",
+    (_LEGACY_OAUTH_BASE + "/oauth/token") if _LEGACY_OAUTH_BASE else "https://accounts.podium.com/oauth/token",
+)
+PODIUM_API_VERSION = ENV.get("PODIUM_API_VERSION", "2021.04.01")
+# Scopes the product needs; the tenant probe checks the token has them.
+PODIUM_SCOPES = [s for s in ENV.get("PODIUM_SCOPES", "read_contacts,write_contacts,read_locations").split(",") if s]
+# Part 2 capabilities the tenant has beyond Podium's published API (merge, restore, soft-delete).
+PODIUM_CAPABILITIES = [c.strip() for c in ENV.get("PODIUM_CAPABILITIES", "").split(",") if c.strip()]
+_unknown_capabilities = set(PODIUM_CAPABILITIES) - {"merge", "restore", "soft-delete"}
+if _unknown_capabilities:
+    raise ImproperlyConfigured(
+        f"PODIUM_CAPABILITIES has {sorted(_unknown_capabilities)}; known: merge, restore, soft-delete"
+    )
 PODIUM_CLIENT_ID = ENV.get("PODIUM_CLIENT_ID", "")
 PODIUM_CLIENT_SECRET = ENV.get("PODIUM_CLIENT_SECRET", "")
 PODIUM_REFRESH_TOKEN = ENV.get("PODIUM_REFRESH_TOKEN", "")

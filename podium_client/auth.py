@@ -36,8 +36,8 @@ class OAuthCredentials:
 class TokenManager:
     """Holds the current access token and refreshes it, once, for all threads sharing a client.
 
-    With OAuth, a token is refreshed before use when its `expires_in` has (nearly) passed, and on a
-    401 token_expired via `refresh_after_rejection`. Podium may rotate the refresh token; the newest
+    With OAuth, a token is refreshed before use when its `expires_in` has (nearly) passed, and on any
+    401 via `refresh_after_rejection` (Podium answers `unauthenticated` for an expired token). Podium may rotate the refresh token; the newest
     one is kept for the next refresh.
     """
 
@@ -79,15 +79,13 @@ class TokenManager:
             return self._access_token
 
     def refresh_after_rejection(self, rejected_token: str) -> None:
-        """Refresh because Podium rejected `rejected_token` as expired.
+        """Refresh because Podium rejected `rejected_token` (any 401).
 
         When another thread already replaced that token, its fresh one is used instead of
         refreshing again, so a burst of 401s from many threads costs one refresh.
         """
         if self._oauth is None:
-            raise AuthenticationError(
-                "access token expired and no OAuth credentials to refresh it", code="token_expired"
-            )
+            raise AuthenticationError("access token refused and no OAuth credentials to refresh it")
         with self._lock:
             if self._access_token == rejected_token:
                 self._refresh_locked()
@@ -96,14 +94,15 @@ class TokenManager:
         oauth = self._oauth
         if oauth is None:
             raise AuthenticationError("no access token and no OAuth credentials")
-        form = {
+        # Podium's token endpoint takes a JSON body (its own sample posts JSON, not a form).
+        payload = {
             "grant_type": "refresh_token",
             "client_id": oauth.client_id,
             "client_secret": oauth.client_secret,
             "refresh_token": self._refresh_token or oauth.refresh_token,
         }
         try:
-            resp = self._session.post(oauth.token_url, data=form, timeout=self._timeout)
+            resp = self._session.post(oauth.token_url, json=payload, timeout=self._timeout)
         except requests.RequestException as exc:
             raise APIConnectionError(f"token refresh failed to connect: {type(exc).__name__}") from exc
         request_id = resp.headers.get("X-Request-Id")

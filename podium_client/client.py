@@ -1,15 +1,23 @@
-"""The Podium API client: typed calls, one retry policy, pacing and token refresh."""
+"""The Podium API client: typed calls over Podium's published v4 API, one retry policy, pacing, refresh.
+
+Part 1 of the contract (what every tenant serves) is the client's surface. Part 2 (``merge``,
+``restore``, ``soft-delete``) is reachable only when the client is told the tenant has it
+(``capabilities=``); calling one otherwise raises ``CapabilityMissing`` before anything is sent.
+"""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
 import random
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import requests
@@ -20,6 +28,7 @@ from podium_client import types as wire
 from podium_client.auth import OAuthCredentials, TokenManager, is_retryable_auth_failure
 from podium_client.errors import (
     APIConnectionError,
+    CapabilityMissing,
     MalformedResponse,
     MergeOutcomeUnknown,
     PodiumError,
@@ -28,15 +37,26 @@ from podium_client.errors import (
     error_class_for,
 )
 from podium_client.ratelimit import RateLimiter
-from podium_client.types import Attribute, Channel, Contact, ContactPage, Location
+from podium_client.types import (
+    Address,
+    AttributeDefinition,
+    Contact,
+    ContactPage,
+    Location,
+    LocationPage,
+    Tag,
+    Webhook,
+)
 
 logger = logging.getLogger("podium_client")
 
 MAX_PAGE_SIZE = 100
+DEFAULT_API_VERSION = "2021.04.01"
+CAPABILITIES = frozenset({"merge", "restore", "soft-delete"})
 
-# Statuses a merge may safely repeat: the contract answers them before anything is done. Any other
-# 5xx could come from a proxy after the merge went through, so its outcome is unknown.
-_MERGE_SAFE_STATUSES = frozenset({429, 503})
+# Statuses a non-repeatable call may safely repeat: Podium answers them before doing anything. Any other
+# 5xx could come from a proxy after the call went through, so its outcome is unknown.
+_SAFE_TO_REPEAT_STATUSES = frozenset({429, 503})
 
 _PROGRAMMING_ERRORS = (
     requests.exceptions.InvalidURL,
@@ -44,6 +64,14 @@ _PROGRAMMING_ERRORS = (
     requests.exceptions.InvalidSchema,
     requests.exceptions.InvalidHeader,
 )
+
+
+class Pacer(Protocol):
+    """What the client needs of a rate limiter: wait for a slot, and hear about Podium's refusals."""
+
+    def acquire(self, priority: int = 0) -> float: ...
+
+    def penalize(self, retry_after: float | None) -> None: ...
 
 
 class _Retry(Exception):
@@ -56,7 +84,7 @@ class _Retry(Exception):
 
 
 class _TokenRefreshed(Exception):
-    """Internal: the access token was refreshed after a 401 token_expired; send the call again."""
+    """Internal: the access token was refreshed after a 401; send the call again."""
 
 
 def _caused_by(error: PodiumError, cause: BaseException) -> PodiumError:
@@ -89,20 +117,22 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(seconds, 0.0)
 
 
+def _segment(value: str) -> str:
+    return quote(value, safe="@+")
+
+
 class PodiumClient:
-    """A client for the Podium v4 contact API.
+    """A client for Podium's v4 API.
 
-    Configuration is explicit: `base_url` (e.g. `https://api.podium.com`), and either a static
-    `access_token` or `oauth` credentials for the refresh-token flow. Every call has a `timeout`.
-    Transient failures (429 honoring `Retry-After`, 5xx, connection failures) are retried up to
-    `max_retries` times with exponential backoff and full jitter between `backoff_base` and
-    `backoff_cap` seconds, logging one WARNING per retry on the `podium_client` logger. Merges are
-    never repeated when their outcome is in doubt: that raises MergeOutcomeUnknown instead.
+    Configuration is explicit: ``base_url`` (``https://api.podium.com``), a static ``access_token`` or
+    ``oauth`` credentials for the refresh-token flow, the ``api_version`` sent as ``podium-version``, and
+    the tenant's Part 2 ``capabilities``. Every call has a ``timeout``. Transient failures (``rate_limit``
+    honoring ``Retry-After``, 5xx, connection failures) are retried up to ``max_retries`` times with
+    exponential backoff and full jitter, logging one WARNING per retry. A call that must not be sent
+    twice (create, merge) is never repeated when its outcome is in doubt.
 
-    `requests_per_minute` paces all threads sharing this client under Podium's budget. The client
-    is safe to share between a few threads (`pool_size` connections are kept alive).
-
-    The client offers soft delete and restore only; Podium's hard delete is deliberately absent.
+    ``rate_limiter`` paces every request; pass one shared by all clients using the same credentials
+    (``requests_per_minute`` builds a private one). ``request_counts`` counts what was sent, by route.
     """
 
     def __init__(
@@ -114,6 +144,9 @@ class PodiumClient:
         max_retries: int = 4,
         requests_per_minute: float | None = None,
         *,
+        rate_limiter: Pacer | None = None,
+        api_version: str = DEFAULT_API_VERSION,
+        capabilities: Collection[str] = (),
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         max_retry_after: float = 120.0,
@@ -122,23 +155,34 @@ class PodiumClient:
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        unknown = set(capabilities) - CAPABILITIES
+        if unknown:
+            raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_retry_after = max_retry_after
+        self.capabilities = frozenset(capabilities)
         self._rng = random.Random(seed)
         self._session = requests.Session()
-        # The adapter's own retries stay off: every retry decision is made in _request, where it
-        # knows whether the call is a merge.
+        # The adapter's own retries stay off: every retry decision is made in _request, where it knows
+        # whether the call may be repeated.
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = "podium-dedup (podium_client)"
         self._session.headers["Accept"] = "application/json"
+        self._session.headers["podium-version"] = api_version
         self._tokens = TokenManager(self._session, timeout, access_token=access_token, oauth=oauth)
-        self.rate_limiter = RateLimiter(requests_per_minute) if requests_per_minute else None
+        if rate_limiter is None and requests_per_minute:
+            rate_limiter = RateLimiter(requests_per_minute)
+        self.rate_limiter = rate_limiter
+        self._counts_lock = threading.Lock()
+        self.request_counts: collections.Counter[str] = collections.Counter()
+        self._priority = threading.local()
+        self._tags_by_label: dict[str, Tag] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -155,48 +199,91 @@ class PodiumClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"PodiumClient(base_url={self.base_url!r})"
+        return f"PodiumClient(base_url={self.base_url!r}, capabilities={sorted(self.capabilities)!r})"
 
     @property
     def token_refresh_count(self) -> int:
         """How many times an OAuth access token was fetched."""
         return self._tokens.refresh_count
 
+    @property
+    def requests_sent(self) -> int:
+        """Every request sent so far (retries included)."""
+        with self._counts_lock:
+            return sum(self.request_counts.values())
+
+    def has(self, capability: str) -> bool:
+        """True when the tenant was declared to have that Part 2 capability."""
+        return capability in self.capabilities
+
+    @contextlib.contextmanager
+    def priority(self, level: int) -> Iterator[None]:
+        """Calls made in this block (this thread) ask the rate limiter for ``level`` (higher goes first)."""
+        previous = getattr(self._priority, "level", 0)
+        self._priority.level = level
+        try:
+            yield
+        finally:
+            self._priority.level = previous
+
+    def _require(self, capability: str) -> None:
+        if capability not in self.capabilities:
+            raise CapabilityMissing(
+                f"this call needs the '{capability}' capability, which Podium's published API does not have "
+                f"(declared: {sorted(self.capabilities) or 'none'})"
+            )
+
     # --- locations --------------------------------------------------------------------------------
 
+    def list_locations_page(
+        self, *, cursor: str | None = None, limit: int = MAX_PAGE_SIZE, updated_after: datetime | None = None
+    ) -> LocationPage:
+        """One page of the organization's locations."""
+        params = self._page_params(cursor, limit)
+        if cursor is None and updated_after is not None:
+            params["updatedAfter"] = wire.format_timestamp(updated_after)
+        body, _ = self._request("GET", "/v4/locations", "GET /v4/locations", params=params)
+        return wire.parse_location_page(body)
+
     def list_locations(self) -> list[Location]:
-        """All locations of the organization."""
-        body, _ = self._request("GET", "/v4/locations")
-        return wire.parse_location_list(body)
+        """Every location of the organization, following cursors."""
+        out: list[Location] = []
+        cursor: str | None = None
+        while True:
+            page = self.list_locations_page(cursor=cursor)
+            out.extend(page)
+            if page.next_cursor is None or page.next_cursor == cursor:
+                return out
+            cursor = page.next_cursor
+
+    def get_location(self, uid: str) -> Location:
+        """One location by uid."""
+        body, _ = self._request("GET", "/v4/locations/" + _segment(uid), "GET /v4/locations/{uid}")
+        return Location.from_wire(wire.unwrap_object(body))
 
     # --- reading contacts ---------------------------------------------------------------------------
 
     def list_contacts_page(
         self,
-        location_uid: str,
         *,
-        updated_since: datetime | None = None,
-        include_deleted: bool = False,
-        page_size: int = MAX_PAGE_SIZE,
+        updated_after: datetime | None = None,
         cursor: str | None = None,
+        limit: int = MAX_PAGE_SIZE,
+        include_deleted: bool = False,
     ) -> ContactPage:
-        """One page of a location's contacts.
+        """One page of the organization's contacts (every location).
 
-        With `cursor` (from a previous page's `next_cursor`), the filters are those the cursor was
-        made with; the others are ignored by Podium. `updated_since` is an aware datetime (a naive
-        one is taken as UTC).
+        ``updated_after`` becomes Podium's ``updated_at`` filter (second precision, strictly after);
+        with ``cursor`` the filters are those the cursor was made with. ``include_deleted`` needs the
+        ``soft-delete`` capability.
         """
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-        params: dict[str, str | int] = {"locationUid": location_uid, "limit": page_size}
-        if cursor is not None:
-            params["cursor"] = cursor
-        else:
-            if updated_since is not None:
-                params["updatedSince"] = wire.format_timestamp(updated_since)
-            if include_deleted:
-                params["includeDeleted"] = "true"
-        body, request_id = self._request("GET", "/v4/contacts", params=params)
+        params = self._page_params(cursor, limit)
+        if include_deleted:
+            self._require("soft-delete")
+            params["includeDeleted"] = "true"
+        if cursor is None and updated_after is not None:
+            params["updated_at"] = wire.format_filter_timestamp(updated_after)
+        body, request_id = self._request("GET", "/v4/contacts", "GET /v4/contacts", params=params)
         page = wire.parse_contact_page(body, request_id)
         if cursor is not None and page.next_cursor == cursor:
             # Following it would loop forever.
@@ -205,124 +292,238 @@ class PodiumClient:
 
     def iter_contact_pages(
         self,
-        location_uid: str,
-        updated_since: datetime | None = None,
-        include_deleted: bool = False,
-        page_size: int = MAX_PAGE_SIZE,
+        *,
+        updated_after: datetime | None = None,
         cursor: str | None = None,
+        limit: int = MAX_PAGE_SIZE,
+        include_deleted: bool = False,
     ) -> Iterator[ContactPage]:
-        """Yield a location's contacts page by page, following cursors to the end.
+        """Yield the organization's contacts page by page, following cursors to the end.
 
-        Each page is a list of Contact with `next_cursor` set, so a caller can checkpoint after
-        processing a page and later resume with `cursor=`.
+        Each page carries ``next_cursor``, so a caller can checkpoint after a page and resume later with
+        ``cursor=``.
         """
         page = self.list_contacts_page(
-            location_uid,
-            updated_since=updated_since,
-            include_deleted=include_deleted,
-            page_size=page_size,
-            cursor=cursor,
+            updated_after=updated_after, cursor=cursor, limit=limit, include_deleted=include_deleted
         )
         while True:
             yield page
             if page.next_cursor is None:
                 return
-            page = self.list_contacts_page(location_uid, page_size=page_size, cursor=page.next_cursor)
+            page = self.list_contacts_page(
+                cursor=page.next_cursor, limit=limit, include_deleted=include_deleted
+            )
 
     def iter_contacts(
-        self,
-        location_uid: str,
-        updated_since: datetime | None = None,
-        include_deleted: bool = False,
-        page_size: int = MAX_PAGE_SIZE,
+        self, *, updated_after: datetime | None = None, limit: int = MAX_PAGE_SIZE
     ) -> Iterator[Contact]:
-        """Yield every contact of a location, following cursors."""
-        for page in self.iter_contact_pages(location_uid, updated_since, include_deleted, page_size):
+        """Yield every contact of the organization, following cursors."""
+        for page in self.iter_contact_pages(updated_after=updated_after, limit=limit):
             yield from page
 
-    def get_contact(self, uid: str) -> Contact:
-        """One contact by uid, soft-deleted ones included; NotFoundError when unknown."""
-        body, request_id = self._request("GET", self._contact_path(uid))
+    def get_contact(self, identifier: str) -> Contact:
+        """One contact by identifier (see ``podium_client.identifiers``); NotFoundError when none answers."""
+        body, request_id = self._request(
+            "GET", self._contact_path(identifier), "GET /v4/contacts/{identifier}"
+        )
         return wire.parse_contact_response(body, request_id)
 
     # --- writing contacts ---------------------------------------------------------------------------
 
     def create_contact(
         self,
-        location_uid: str,
-        name: str | None = None,
-        channels: Iterable[Channel] = (),
-        tags: Iterable[str] = (),
-        attributes: Iterable[Attribute] = (),
-        address: str | None = None,
-        marketing_opt_out: bool = False,
-        sms_opt_out: bool = False,
-        email_opt_out: bool = False,
-    ) -> Contact:
-        """Create a contact (used for seeding, demos and webhook tests).
+        name: str,
+        location_uids: Sequence[str],
+        *,
+        phone_number: str | None = None,
+        email: str | None = None,
+        address: Address | None = None,
+        attributes: Iterable[tuple[str, str]] = (),
+    ) -> str | None:
+        """``POST /v4/contacts`` — an upsert on a matching phone or email; returns the identifier Podium
+        answered (read the contact back with it).
 
-        Not repeated when the outcome is in doubt (that could create it twice): a connection lost
-        after sending surfaces as APIConnectionError.
+        Never repeated when the outcome is in doubt (that could create the contact twice): a connection
+        lost after sending surfaces as APIConnectionError.
         """
         body = wire.contact_create_body(
-            location_uid,
             name,
-            channels,
-            tags,
-            attributes,
-            address,
-            marketing_opt_out,
-            sms_opt_out,
-            email_opt_out,
+            location_uids,
+            phone_number=phone_number,
+            email=email,
+            address=address,
+            attributes=attributes,
         )
-        resp, request_id = self._request("POST", "/v4/contacts", json_body=body, repeatable=False)
-        return wire.parse_contact_response(resp, request_id)
+        resp, _ = self._request("POST", "/v4/contacts", "POST /v4/contacts", json_body=body, repeatable=False)
+        return wire.parse_write_identifier(resp)
 
-    def update_contact(self, uid: str, fields: Mapping[str, Any]) -> Contact:
-        """PATCH a contact and return it as Podium now holds it.
+    def update_contact(self, identifier: str, fields: Mapping[str, Any]) -> str | None:
+        """``PATCH /v4/contacts/{identifier}``; Podium answers 202, so read the contact back to see it.
 
-        `fields` uses the wire's names (`name`, `channels`, `tags`, `attributes`, `address`,
-        `marketingOptOut`, `smsOptOut`, `emailOptOut`); `tags` may be labels, `channels` and
-        `attributes` Channel/Attribute objects. A field that is not writable raises ValueError
-        before any call.
+        ``fields`` uses Podium's names (``name``, ``email``, ``phoneNumber``, ``address``, ``locations``,
+        ``contactStatus``, ``conversationUid``); any other raises ValueError before a call is made.
         """
-        body = wire.fields_to_wire(fields)
-        resp, request_id = self._request("PATCH", self._contact_path(uid), json_body=body)
-        return wire.parse_contact_response(resp, request_id)
+        body = wire.contact_patch_body(fields)
+        resp, _ = self._request(
+            "PATCH", self._contact_path(identifier), "PATCH /v4/contacts/{identifier}", json_body=body
+        )
+        return wire.parse_write_identifier(resp)
 
-    def delete_contact(self, uid: str) -> None:
-        """Soft-delete a contact (hidden from listings, restorable). There is no hard delete."""
-        self._request("DELETE", self._contact_path(uid))
+    def delete_contact(self, identifier: str) -> None:
+        """``DELETE /v4/contacts/{identifier}``. Podium documents that this removes the contact's data
+        (a ``soft-delete`` tenant only hides it). The caller keeps a snapshot first; there is no purge."""
+        self._request("DELETE", self._contact_path(identifier), "DELETE /v4/contacts/{identifier}")
 
-    def restore_contact(self, uid: str) -> Contact:
-        """Undo a soft delete, including a merged duplicate's (clears deletedAt and mergedIntoUid)."""
-        resp, request_id = self._request("POST", self._contact_path(uid) + "/restore")
-        return wire.parse_contact_response(resp, request_id)
+    def opt_out_phone(self, phone_e164: str) -> Contact | None:
+        """``campaigns/opt_out``: withdraw the marketing consent of that phone number."""
+        resp, request_id = self._request(
+            "POST",
+            "/v4/contacts/campaigns/opt_out",
+            "POST /v4/contacts/campaigns/opt_out",
+            json_body=wire.opt_out_body(phone_e164),
+        )
+        if resp is None:
+            return None
+        data = wire.unwrap_object(resp)
+        return None if data is None else Contact.from_wire(data, request_id)
+
+    # --- tags and attributes ---------------------------------------------------------------------------
+
+    def list_tags(self) -> list[Tag]:
+        """The organization's tags."""
+        body, _ = self._request("GET", "/v4/contact_tags", "GET /v4/contact_tags")
+        tags = wire.parse_tag_list(body)
+        self._tags_by_label = {t.label: t for t in tags}
+        return tags
+
+    def create_tag(self, label: str, description: str = "") -> Tag:
+        """Create an organization tag."""
+        body, _ = self._request(
+            "POST",
+            "/v4/contact_tags",
+            "POST /v4/contact_tags",
+            json_body={"label": label, "description": description},
+            repeatable=False,
+        )
+        tag = wire.Tag.from_wire(wire.unwrap_object(body))
+        if self._tags_by_label is not None:
+            self._tags_by_label[tag.label] = tag
+        return tag
+
+    def ensure_tag(self, label: str, description: str = "") -> Tag:
+        """The organization's tag with that label, created when it does not exist."""
+        if self._tags_by_label is None or label not in self._tags_by_label:
+            self.list_tags()
+        assert self._tags_by_label is not None
+        found = self._tags_by_label.get(label)
+        return found if found is not None else self.create_tag(label, description)
+
+    def attach_tag(self, identifier: str, tag_uid: str) -> None:
+        """Attach an organization tag to a contact (202)."""
+        self._request(
+            "POST",
+            f"{self._contact_path(identifier)}/tags/{_segment(tag_uid)}",
+            "POST /v4/contacts/{identifier}/tags/{uid}",
+        )
+
+    def list_attribute_definitions(self) -> list[AttributeDefinition]:
+        """The organization's attribute definitions."""
+        body, _ = self._request("GET", "/v4/contact_attributes", "GET /v4/contact_attributes")
+        return wire.parse_attribute_definitions(body)
+
+    def set_attribute(
+        self, identifier: str, attribute_uid: str, value: str, *, existing: bool = False
+    ) -> None:
+        """Set a contact's value of an attribute: POST adds it, PATCH (``existing=True``) changes it."""
+        method = "PATCH" if existing else "POST"
+        self._request(
+            method,
+            f"{self._contact_path(identifier)}/attributes/{_segment(attribute_uid)}",
+            f"{method} /v4/contacts/{{identifier}}/attributes/{{uid}}",
+            json_body={"value": value},
+        )
+
+    # --- webhooks ---------------------------------------------------------------------------------------
+
+    def list_webhooks(self) -> list[Webhook]:
+        """The webhooks registered with these credentials."""
+        body, _ = self._request("GET", "/v4/webhooks", "GET /v4/webhooks")
+        items = wire.unwrap_object(body)
+        if not isinstance(items, list):
+            raise MalformedResponse("webhook list 'data' is not a list", body=body)
+        return [Webhook.from_wire(item) for item in items]
+
+    def create_webhook(
+        self,
+        url: str,
+        event_types: Sequence[str],
+        secret: str,
+        *,
+        organization_uid: str | None = None,
+        location_uid: str | None = None,
+    ) -> Webhook:
+        """Register a webhook (``organization_uid`` or ``location_uid``). The secret is never logged."""
+        if (organization_uid is None) == (location_uid is None):
+            raise ValueError("a webhook belongs to an organization or a location: give exactly one")
+        body: dict[str, Any] = {"url": url, "eventTypes": list(event_types), "secret": secret}
+        if organization_uid is not None:
+            body["organizationUid"] = organization_uid
+        else:
+            body["locationUid"] = location_uid
+        resp, _ = self._request("POST", "/v4/webhooks", "POST /v4/webhooks", json_body=body, repeatable=False)
+        return Webhook.from_wire(wire.unwrap_object(resp))
+
+    def delete_webhook(self, uid: str) -> None:
+        """Remove a webhook."""
+        self._request("DELETE", "/v4/webhooks/" + _segment(uid), "DELETE /v4/webhooks/{uid}")
+
+    # --- Part 2 capabilities ------------------------------------------------------------------------------
 
     def merge(self, primary_uid: str, duplicate_uids: Sequence[str]) -> Contact:
-        """Merge duplicates into the primary; returns the primary as Podium holds it afterwards.
+        """Capability ``merge``: merge duplicates into the primary; returns the primary afterwards.
 
-        Podium keeps only the primary's own fields. Raises InvalidDuplicateError (400), NotFoundError
-        (404 primary), ConflictError (409), UnprocessableError (422), and MergeOutcomeUnknown when
-        the request may have been applied but its answer was lost.
+        The primary keeps only its own fields. Raises InvalidDuplicateError (400), NotFoundError (404),
+        ConflictError (409), UnprocessableError (422), and MergeOutcomeUnknown when the request may have
+        been applied but its answer was lost.
         """
+        self._require("merge")
         dups = list(duplicate_uids)
         if not dups:
             raise ValueError("merge needs at least one duplicate uid")
         resp, request_id = self._request(
             "POST",
             self._contact_path(primary_uid) + "/merge",
+            "POST /v4/contacts/{uid}/merge",
             json_body=wire.merge_body(dups),
             repeatable=False,
             merge=(primary_uid, dups),
         )
         return wire.parse_contact_response(resp, request_id)
 
+    def restore_contact(self, uid: str) -> Contact:
+        """Capability ``restore``: un-hide a merged or deleted contact."""
+        self._require("restore")
+        resp, request_id = self._request(
+            "POST", self._contact_path(uid) + "/restore", "POST /v4/contacts/{uid}/restore"
+        )
+        return wire.parse_contact_response(resp, request_id)
+
     # --- the one place that talks HTTP --------------------------------------------------------------
 
     @staticmethod
-    def _contact_path(uid: str) -> str:
-        return "/v4/contacts/" + quote(uid, safe="")
+    def _contact_path(identifier: str) -> str:
+        if not identifier:
+            raise ValueError("a contact identifier cannot be empty")
+        return "/v4/contacts/" + _segment(identifier)
+
+    @staticmethod
+    def _page_params(cursor: str | None, limit: int) -> dict[str, str | int]:
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+        params: dict[str, str | int] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return params
 
     def _backoff(self, retry_index: int) -> float:
         return self._rng.uniform(0, min(self.backoff_cap, self.backoff_base * (2**retry_index)))
@@ -331,6 +532,7 @@ class PodiumClient:
         self,
         method: str,
         path: str,
+        route: str,
         *,
         params: Mapping[str, str | int] | None = None,
         json_body: Any = None,
@@ -339,14 +541,16 @@ class PodiumClient:
     ) -> tuple[Any, str | None]:
         """Send one call with the retry policy; returns (decoded JSON body or None, request id).
 
-        `repeatable=False` marks calls that must not be sent twice when their outcome is unknown
+        ``repeatable=False`` marks calls that must not be sent twice when their outcome is unknown
         (create, merge): only failures that prove nothing was done are retried for them.
         """
         retries = 0
         may_refresh = True
         while True:
             if self.rate_limiter is not None:
-                self.rate_limiter.acquire()
+                self.rate_limiter.acquire(getattr(self._priority, "level", 0))
+            with self._counts_lock:
+                self.request_counts[route] += 1
             try:
                 return self._attempt(method, path, params, json_body, repeatable, merge, may_refresh)
             except _TokenRefreshed:
@@ -355,6 +559,8 @@ class PodiumClient:
                 continue
             except _Retry as retry:
                 error, retry_after = retry.error, retry.retry_after
+            if isinstance(error, RateLimitError) and self.rate_limiter is not None:
+                self.rate_limiter.penalize(retry_after)
             if retries >= self.max_retries:
                 raise error
             if retry_after is not None:
@@ -365,12 +571,11 @@ class PodiumClient:
                 delay = self._backoff(retries)
             retries += 1
             logger.warning(
-                "podium_client: retry %d/%d of %s %s after %s; sleeping %.2fs",
+                "podium_client: retry %d/%d of %s after %s; sleeping %.2fs",
                 retries,
                 self.max_retries,
-                method,
-                path,
-                error.http_status or type(error).__name__,
+                route,
+                error.code or error.http_status or type(error).__name__,
                 delay,
             )
             time.sleep(delay)
@@ -424,7 +629,7 @@ class PodiumClient:
             return self._decode_success(resp, request_id), request_id
         body = self._decode_error(resp)
         code, message, uid = wire.parse_error_body(body)
-        if status == 401 and code == "token_expired" and may_refresh and self._tokens.can_refresh:
+        if status == 401 and may_refresh and self._tokens.can_refresh:
             try:
                 self._tokens.refresh_after_rejection(token)
             except PodiumError as exc:
@@ -449,7 +654,11 @@ class PodiumClient:
             error = cls(text, **fields)
         if not isinstance(error, RateLimitError | ServerError):
             raise error
-        if not repeatable and status not in _MERGE_SAFE_STATUSES:
+        if (
+            not repeatable
+            and status not in _SAFE_TO_REPEAT_STATUSES
+            and not isinstance(error, RateLimitError)
+        ):
             if merge is not None:
                 raise MergeOutcomeUnknown(
                     merge[0], merge[1], f"HTTP {status}", http_status=status, code=code, request_id=request_id

@@ -51,15 +51,15 @@ class PodiumError(Exception):
 
 
 class AuthenticationError(PodiumError):
-    """401: the token is missing, wrong, or expired and could not be refreshed."""
+    """401 unauthenticated: the token is missing, wrong, or expired and could not be refreshed."""
 
 
 class PermissionDeniedError(AuthenticationError):
-    """403 insufficient_scope: the token is valid but lacks the scope for this call."""
+    """403 unauthorized: the token is valid but lacks the scope for this call."""
 
 
 class RateLimitError(PodiumError):
-    """429 rate_limited, still failing after the retries; `retry_after` is the server's hint in seconds."""
+    """rate_limit (429), still failing after the retries; `retry_after` is the server's hint in seconds."""
 
     def __init__(self, message: str, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -67,26 +67,30 @@ class RateLimitError(PodiumError):
 
 
 class NotFoundError(PodiumError):
-    """404 contact_not_found (for merge: the primary is unknown or soft-deleted)."""
+    """404 resource_not_found: no contact (location, tag, ...) answers to that identifier."""
 
 
 class InvalidRequestError(PodiumError):
-    """400: malformed body or parameters (`code` is invalid_request or invalid_duplicate_uid)."""
+    """400 bad_request / invalid_request_values: Podium refused the body or the parameters."""
+
+
+class InvalidCursorError(InvalidRequestError):
+    """400 invalid_cursor: a listing's cursor went stale; restart that listing from a checkpoint."""
 
 
 class InvalidDuplicateError(InvalidRequestError):
-    """400 invalid_duplicate_uid: a duplicate does not exist, is soft-deleted, or equals the primary.
+    """400 invalid_duplicate_uid (capability merge): a duplicate is gone, hidden, or the primary.
 
     `uid` names the offending duplicate when the server says which one it was.
     """
 
 
 class ConflictError(PodiumError):
-    """409 merge_in_progress: another merge touching one of these contacts is in flight."""
+    """409 merge_in_progress (capability merge): another merge touching these contacts is in flight."""
 
 
 class UnprocessableError(PodiumError):
-    """422 cross_location_merge_blocked: the organization forbids merging across locations."""
+    """422 cross_location_merge_blocked (capability merge): the tenant forbids merging across locations."""
 
 
 class ServerError(PodiumError):
@@ -102,7 +106,20 @@ class MalformedResponse(PodiumError):
 
 
 class WebhookSignatureError(PodiumError):
-    """A webhook delivery's `Podium-Signature` is missing, malformed, stale, or does not match the body."""
+    """A webhook delivery's `podium-signature`/`podium-timestamp` is missing, stale, or does not match."""
+
+
+class CapabilityMissing(PodiumError):
+    """The call needs a Part 2 capability (merge, restore, soft-delete) this client was not told of."""
+
+
+class UnaddressableContact(PodiumError):
+    """No unambiguous identifier reaches this contact through the published API.
+
+    A contact is addressed by a conversation uid, or by an email or E.164 phone that no other contact
+    holds; one with none of those cannot be read, changed or deleted by identifier without risking
+    acting on another contact.
+    """
 
 
 class MergeOutcomeUnknown(PodiumError):
@@ -133,16 +150,20 @@ class MergeOutcomeUnknown(PodiumError):
 
 
 _BY_CODE: dict[str, type[PodiumError]] = {
+    # Podium's published codes.
+    "bad_request": InvalidRequestError,
+    "invalid_request_values": InvalidRequestError,
+    "invalid_cursor": InvalidCursorError,
+    "unauthenticated": AuthenticationError,
+    "unauthorized": PermissionDeniedError,
+    "resource_not_found": NotFoundError,
+    "route_not_found": NotFoundError,
+    "rate_limit": RateLimitError,
+    "internal_server_error": ServerError,
+    # Codes of the Part 2 capabilities (merge).
     "invalid_duplicate_uid": InvalidDuplicateError,
-    "invalid_request": InvalidRequestError,
-    "token_expired": AuthenticationError,
-    "unauthorized": AuthenticationError,
-    "insufficient_scope": PermissionDeniedError,
-    "contact_not_found": NotFoundError,
     "merge_in_progress": ConflictError,
     "cross_location_merge_blocked": UnprocessableError,
-    "rate_limited": RateLimitError,
-    "server_error": ServerError,
 }
 
 _BY_STATUS: dict[int, type[PodiumError]] = {
@@ -157,11 +178,15 @@ _BY_STATUS: dict[int, type[PodiumError]] = {
 
 
 def error_class_for(http_status: int, code: str | None) -> type[PodiumError]:
-    """The error class for an HTTP status and contract error code.
+    """The error class for an HTTP status and Podium error code.
 
     The status decides the family; the code refines it only within that family, so a server that
-    pairs an odd code with a status still yields an error a caller handles by status.
+    pairs an odd code with a status still yields an error a caller handles by status. The one
+    exception is ``rate_limit``: whatever status carries it, the call was refused for pace, not for
+    what it asked, so it is retryable like a 429.
     """
+    if code == "rate_limit":
+        return RateLimitError
     if http_status >= 500:
         return ServerError
     by_status = _BY_STATUS.get(http_status, PodiumError)

@@ -34,8 +34,11 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._next_slot = 0.0
 
-    def acquire(self) -> float:
-        """Block until this caller may send a request; returns the seconds waited."""
+    def acquire(self, priority: int = 0) -> float:
+        """Block until this caller may send a request; returns the seconds waited.
+
+        A private limiter serves callers in arrival order; ``priority`` matters only to a shared budget.
+        """
         with self._lock:
             now = self._clock()
             slot = max(now, self._next_slot)
@@ -44,3 +47,9 @@ class RateLimiter:
         if wait > 0:
             self._sleep(wait)
         return max(wait, 0.0)
+
+    def penalize(self, retry_after: float | None) -> None:
+        """Podium refused a call for pace: push the next free slot past its ``Retry-After`` (or one interval)."""
+        pause = retry_after if retry_after is not None else self.interval
+        with self._lock:
+            self._next_slot = max(self._next_slot, self._clock() + pause)
