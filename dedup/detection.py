@@ -47,6 +47,7 @@ from django.utils import timezone
 
 from dedup import audit
 from dedup.clustering import ClusterGroup, build_clusters, stable_cluster_id
+from dedup.consent import ChannelConsent
 from dedup.indexing import chunked, in_chunk_size, insert_rows, update_rows
 from dedup.models import (
     Cluster,
@@ -59,7 +60,7 @@ from dedup.models import (
     ScanRun,
 )
 from dedup.phones import normalize_phone
-from dedup.records import MemberRecord
+from dedup.records import MemberRecord, normalize_email, phone_identity
 from dedup.scoring import assess_cluster
 from dedup.survivorship import choose_primary
 from podium_client.types import Address, format_timestamp
@@ -434,7 +435,7 @@ def load_member_records(
     result: dict[int, MemberRecord] = {}
     fields = (
         "pk", "uid", "location_id", "name", "channels", "tags", "attributes", "address", "field_count",
-        "marketing_opt_out", "sms_opt_out", "email_opt_out", "updated_at", "location_uids",
+        "marketing_opt_out", "sms_opt_out", "email_opt_out", "updated_at", "location_uids", "conversations",
     )  # fmt: skip
     for chunk in chunked(list(contact_ids), in_chunk_size()):
         key_of: dict[int, dict[str, str]] = defaultdict(dict)
@@ -444,11 +445,12 @@ def load_member_records(
             key_of[contact_id][raw] = key
         for row in Contact.objects.filter(pk__in=chunk).values_list(*fields):
             (pk, uid, location_id, name, channels, tags, attributes, address, field_count,
-             marketing, sms, email, updated_at, location_uids) = row  # fmt: skip
+             marketing, sms, email, updated_at, location_uids, conversations) = row  # fmt: skip
             keys = key_of.get(pk, {})
             region = region_of.get(location_id, "")
             phones: list[tuple[str, str | None]] = []
             emails: list[str] = []
+            consent: list[ChannelConsent] = []
             for channel in channels or ():
                 if not isinstance(channel, dict):
                     continue
@@ -459,8 +461,21 @@ def load_member_records(
                     if phone_key is None:
                         phone_key = normalize_phone(identifier, region).natural_key
                     phones.append((identifier, phone_key))
+                    identity = phone_identity(phone_key, identifier)
                 elif kind == ContactKey.EMAIL:
                     emails.append(identifier)
+                    identity = normalize_email(identifier)
+                else:
+                    continue
+                consent.append(
+                    ChannelConsent(
+                        kind=kind,
+                        identity=identity,
+                        identifier=identifier,
+                        opted_in=frozenset(channel.get("marketingOptedInLocationUids") or ()),
+                        transactional_opt_out=bool(channel.get("transactionalOptedOutAt")),
+                    )
+                )
             result[pk] = MemberRecord.build(
                 uid=uid,
                 location_uid=location_uid_of.get(location_id, ""),
@@ -480,6 +495,15 @@ def load_member_records(
                 email_opt_out=email,
                 field_count=field_count,
                 location_uids=location_uids or (),
+                consent=consent,
+                tag_refs=[(t.get("uid"), str(t.get("label") or "")) for t in tags or () if isinstance(t, dict)],
+                attribute_refs=[
+                    (a.get("uid"), str(a.get("label") or ""), _attribute_text(a.get("value")))
+                    for a in attributes or ()
+                    if isinstance(a, dict)
+                ],
+                address_parts=address if isinstance(address, dict) else None,
+                conversation_uids=conversations or (),
             )
     return result
 

@@ -535,9 +535,21 @@ class MergeOperation(models.Model):
         MergeBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations"
     )
     state = models.CharField(max_length=20, choices=STATE_CHOICES, default=PENDING)
+    NATIVE = "native"
+    CONSOLIDATE = "consolidate"
+    STRATEGY_CHOICES = [(NATIVE, "Podium's merge (capability)"), (CONSOLIDATE, "Consolidate (published API)")]
+
     primary_uid = models.CharField(max_length=64)
     duplicate_uids = models.JSONField(default=list)
+    strategy = models.CharField(max_length=12, choices=STRATEGY_CHOICES, default=CONSOLIDATE)
     plan = models.JSONField(default=dict, help_text="the merge plan, committed before any call")
+    accepted_losses = models.JSONField(
+        default=list, blank=True, help_text="losses a person accepted when approving, as the plan named them"
+    )
+    steps = models.JSONField(
+        default=dict, blank=True, help_text="durable progress inside a state: retirement handles, deletions"
+    )
+    request_count = models.PositiveIntegerField(default=0, help_text="requests sent to Podium for this merge")
     member_snapshot = models.JSONField(
         default=dict, blank=True, help_text="uid → updatedAt and opt-outs when planned"
     )
@@ -581,8 +593,21 @@ class MergeOperation(models.Model):
 class RestoreRecord(models.Model):
     """A contact restored after a merge; three rounds for one contact is a restore loop (ERR_DEDUP_013)."""
 
+    UNHIDDEN = "unhidden"
+    RECREATED = "recreated"
+
     contact_uid = models.CharField(max_length=64, db_index=True)
     merged_into_uid = models.CharField(max_length=64, blank=True, default="")
+    method = models.CharField(max_length=10, default=UNHIDDEN, help_text="unhidden (capability) or recreated")
+    new_uid = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="the re-created contact's uid (Podium gives a new one)",
+    )
+    not_restored = models.JSONField(
+        default=list, blank=True, help_text="values that could not be put back, why"
+    )
     operation = models.ForeignKey(
         MergeOperation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

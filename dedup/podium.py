@@ -147,15 +147,16 @@ def phone_keys_of(contact: PodiumContact, region: str) -> dict[str, str | None]:
 
 
 def identifier_of(
-    client: PodiumClient,
     contact: PodiumContact,
     region: str,
     *,
-    avoid_conversations: frozenset[str] = frozenset(),
+    uid_addressing: bool = False,
+    avoid_conversations: Iterable[str] = (),
     extra_shared: Iterable[str] = (),
 ) -> str:
     """The identifier that reaches ``contact`` and no other, judged against the whole index.
 
+    ``uid_addressing`` is for tenants with a Part 2 capability (they take contact uids).
     ``extra_shared`` names keys to treat as shared although the index does not know it yet (a value the
     product is about to write onto another contact). Raises UnaddressableContact.
     """
@@ -169,8 +170,8 @@ def identifier_of(
         is_shared=shared.__contains__,
         phone_e164=phone_keys,
         normalize_email=normalize_email,
-        avoid_conversations=avoid_conversations,
-        uid_addressing=bool(client.capabilities),
+        avoid_conversations=frozenset(avoid_conversations),
+        uid_addressing=uid_addressing,
     )
 
 
@@ -192,7 +193,9 @@ def read_indexed_contacts(
             out[uid] = None
             continue
         try:
-            identifier = identifier_of(client, indexed_contact_as_podium(row), row.location.country)
+            identifier = identifier_of(
+                indexed_contact_as_podium(row), row.location.country, uid_addressing=bool(client.capabilities)
+            )
         except UnaddressableContact as exc:
             out[uid] = Unaddressable(uid, exc.message)
             continue

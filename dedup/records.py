@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from dedup.consent import ChannelConsent
+
 # The wire names of the three opt-out flags, in the order Podium documents them.
 OPT_OUT_WIRE_FIELDS: tuple[str, str, str] = ("marketingOptOut", "smsOptOut", "emailOptOut")
 
@@ -158,6 +160,13 @@ class MemberRecord:
     updated_at: datetime
     # Every location of the contact, home (``location_uid``) first; a Podium contact may have several.
     location_uids: tuple[str, ...] = ()
+    # What a merge carries besides the above (empty where a caller only scores): each channel's consent,
+    # tags and attributes with the organization's uids, the address as Podium's parts, conversations.
+    consent: tuple[ChannelConsent, ...] = ()
+    tag_refs: tuple[tuple[str | None, str], ...] = ()
+    attribute_refs: tuple[tuple[str | None, str, str], ...] = ()
+    address_parts: tuple[tuple[str, str | None], ...] = ()
+    conversation_uids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Cheap structural checks only: a misaligned record would make a merge write back the wrong
@@ -192,6 +201,11 @@ class MemberRecord:
         email_opt_out: bool = False,
         field_count: int | None = None,
         location_uids: Iterable[str] = (),
+        consent: Iterable[ChannelConsent] = (),
+        tag_refs: Iterable[tuple[str | None, str]] = (),
+        attribute_refs: Iterable[tuple[str | None, str, str]] = (),
+        address_parts: Mapping[str, str | None] | None = None,
+        conversation_uids: Iterable[str] = (),
     ) -> MemberRecord:
         """Assemble a record from channels as the index holds them, keeping phones aligned.
 
@@ -235,6 +249,11 @@ class MemberRecord:
             field_count=field_count,
             updated_at=updated_at,
             location_uids=tuple(location_uids),
+            consent=tuple(consent),
+            tag_refs=tuple(tag_refs),
+            attribute_refs=tuple(attribute_refs),
+            address_parts=tuple(sorted((address_parts or {}).items())),
+            conversation_uids=tuple(conversation_uids),
         )
 
     @property
@@ -255,3 +274,10 @@ class MemberRecord:
         """
         source = self.raw_emails if self.raw_emails else self.emails
         return tuple((raw, normalize_email(raw)) for raw in source if raw.strip())
+
+
+def phone_identity(natural_key: str | None, identifier: str) -> str:
+    """How a phone compares across contacts: its E.164, else its digits (an unparseable number)."""
+    if natural_key:
+        return natural_key
+    return "raw:" + "".join(ch for ch in identifier if ch.isdigit() or ch == "+")

@@ -1,11 +1,24 @@
-"""Survivorship: which member survives a merge, which opt-outs it must carry, and what to write back.
+"""Survivorship: which member survives a merge, and what must be written onto it so nothing is lost.
 
-Podium's merge keeps only the primary's fields, so the product writes back, right after the merge,
-everything only the duplicates held. The plan for that write-back is computed here, before any call,
-from the indexed members alone, and stored so a crashed merge can resume with the same plan.
+The plan is computed here, before any call, from the indexed members alone (pure: no database, no
+Podium), and travels as one typed object from approval to verification; it is stored with the merge
+operation (``to_dict``) so a crashed merge resumes with the same plan.
 
-The compliance invariant: the plan's opt-outs are the union of every member's, and the write-back
-always carries all three flags with those values (PATCH forces them). Nothing here can turn one off.
+Whatever the strategy (Podium's ``merge`` capability, or consolidating through the published API), the
+survivor ends up holding only what was the primary's plus what the product writes onto it, and the
+published API can write only some things:
+
+* an empty name, address, email or phone can be **filled** (``PATCH``; a phone in E.164);
+* tags and attributes are **attached** by the organization's uid;
+* the survivor's **locations** become the union of the members';
+* a phone's marketing consent can be **withdrawn** (``campaigns/opt_out``);
+* conversations are **moved** (``PATCH conversationUid``; the ``merge`` capability moves them itself).
+
+Anything else a duplicate held — a second address, a second phone or email when the primary has one,
+an attribute whose values conflict, a number that is not valid E.164 — cannot be carried. It is a
+``Loss``, named, and a merge with losses is never automatic: a person accepts each one. Stricter
+consent that cannot be written onto the primary (``dedup.consent``) is a ``blocker``: no one can accept
+that; the merge cannot run onto this primary.
 """
 
 from __future__ import annotations
@@ -15,20 +28,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dedup.consent import ChannelConsent, Requirement, needs_for, requirements, violations
 from dedup.names import normalize_name
-from dedup.records import (
-    OPT_OUT_WIRE_FIELDS,
-    MemberRecord,
-    OptOuts,
-    attribute_key,
-    normalize_email,
-    tag_key,
-)
+from dedup.records import MemberRecord, OptOuts, attribute_key, normalize_email, phone_identity, tag_key
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 CHOSEN_BY_RULE = "rule"
 CHOSEN_BY_PERSON = "person"
+
+_UNSETTABLE_OPT_OUT = (
+    "it opted out of transactional messages, which Podium's published API cannot set on another contact"
+)
+
+_ADDRESS_PARTS = ("addressLine1", "addressLine2", "city", "state", "postalCode", "country")
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -70,114 +83,191 @@ def choose_primary(members: Sequence[MemberRecord]) -> MemberRecord:
 
 
 def opt_out_union(members: Iterable[MemberRecord]) -> OptOuts:
-    """The opt-outs the surviving contact must carry: on wherever any member has them on."""
+    """The three flags over the members: on wherever any member has them on (for audit and display)."""
     return OptOuts.union_all(m.opt_outs for m in members)
 
 
-def _blank(value: str | None) -> bool:
-    return value is None or not value.strip()
+# --- the plan ---------------------------------------------------------------------------------------------
 
 
-def _address_key(address: str) -> str:
-    return " ".join(address.split()).casefold()
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """A value a duplicate held that the merge cannot carry onto the primary; a person must accept it."""
+
+    field: str
+    value: str
+    from_uid: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"field": self.field, "value": self.value, "fromUid": self.from_uid, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Loss:
+        return cls(str(data["field"]), str(data["value"]), str(data["fromUid"]), str(data["reason"]))
+
+    def describe(self) -> str:
+        """One line for people: what is lost, from whom, why."""
+        return f"{self.field} {self.value!r} of {self.from_uid}: {self.reason}"
 
 
-def _squash_phone(identifier: str) -> str:
-    # Comparison form for identifiers read back from Podium: its formatting may differ from ours.
-    return "".join(ch for ch in identifier if ch.isdigit() or ch == "+")
+@dataclass(frozen=True, slots=True)
+class TagRef:
+    """An organization tag to attach (by uid; by label when the index had no uid)."""
+
+    uid: str | None
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeValue:
+    """An attribute value to set on the primary (the attribute's uid, its label, the value as text)."""
+
+    uid: str | None
+    label: str
+    value: str
 
 
 @dataclass(frozen=True, slots=True)
 class MergePlan:
-    """What a merge will do, computed before any call and stored with the merge operation.
+    """What a merge will do, computed before any call; see the module docstring.
 
-    ``write_back`` is the PATCH body for the primary after the merge (Podium's camelCase fields).
-    ``phone_keys`` maps each planned phone identifier to its natural key where it has one, so the
-    read-back can be verified by key. ``conflicts`` lists values that could not be kept (the primary's
-    won): ``{"field", "kept", "dropped", "fromUid"}``.
+    Fills (``name``, ``address``, ``email``, ``phone``) are None when nothing is to be filled. ``tags``,
+    ``attributes`` and ``conversations`` hold only what the duplicates have and the primary lacks.
+    ``locations`` is the survivor's full location list when it must change (empty when the primary's
+    already cover every member's). ``consent`` is the strictest consent per number
+    and address (what the survivor is verified against), ``opt_out_phones`` what it takes to get there.
     """
 
     primary_uid: str
     duplicate_uids: tuple[str, ...]
-    opt_outs: OptOuts
-    member_opt_outs: dict[str, OptOuts]
-    write_back: dict[str, Any]
-    conflicts: tuple[dict[str, str], ...] = ()
-    phone_keys: dict[str, str] = field(default_factory=dict)
     chosen_by: str = CHOSEN_BY_RULE
+    name: str | None = None
+    address: dict[str, str | None] | None = None
+    email: str | None = None
+    phone: str | None = None
+    tags: tuple[TagRef, ...] = ()
+    attributes: tuple[AttributeValue, ...] = ()
+    locations: tuple[str, ...] = ()
+    conversations: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    consent: dict[str, Requirement] = field(default_factory=dict)
+    opt_out_phones: tuple[str, ...] = ()
+    losses: tuple[Loss, ...] = ()
+    blockers: tuple[str, ...] = ()
+    member_opt_outs: dict[str, OptOuts] = field(default_factory=dict)
+    opt_outs: OptOuts = field(default_factory=OptOuts)
 
     @property
     def member_uids(self) -> tuple[str, ...]:
         """Every member of the merge, primary first, then the duplicates by uid."""
         return (self.primary_uid, *self.duplicate_uids)
 
+    @property
+    def conversation_uids(self) -> tuple[str, ...]:
+        """Every conversation to move onto the primary."""
+        return tuple(c for _uid, convs in self.conversations for c in convs)
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable form for the merge operation row and the audit event."""
+        """The JSON form stored with the operation (and shown in audit events)."""
         return {
             "primaryUid": self.primary_uid,
             "duplicateUids": list(self.duplicate_uids),
             "chosenBy": self.chosen_by,
-            "optOuts": self.opt_outs.to_wire(),
+            "name": self.name,
+            "address": self.address,
+            "email": self.email,
+            "phone": self.phone,
+            "tags": [{"uid": t.uid, "label": t.label} for t in self.tags],
+            "attributes": [{"uid": a.uid, "label": a.label, "value": a.value} for a in self.attributes],
+            "locations": list(self.locations),
+            "conversations": {uid: list(convs) for uid, convs in self.conversations},
+            "consent": {
+                key: {
+                    "kind": r.kind,
+                    "allowedOptIn": sorted(r.allowed_opt_in),
+                    "transactionalOptOut": r.transactional_opt_out,
+                    "heldBy": list(r.held_by),
+                }
+                for key, r in sorted(self.consent.items())
+            },
+            "optOutPhones": list(self.opt_out_phones),
+            "losses": [loss.to_dict() for loss in self.losses],
+            "blockers": list(self.blockers),
             "memberOptOuts": {uid: flags.to_wire() for uid, flags in sorted(self.member_opt_outs.items())},
-            "writeBack": _copy_json(self.write_back),
-            "conflicts": [dict(c) for c in self.conflicts],
-            "phoneKeys": dict(sorted(self.phone_keys.items())),
+            "optOuts": self.opt_outs.to_wire(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MergePlan:
-        """Rebuild a stored plan, refusing one whose opt-outs would turn any member's off.
-
-        A stored plan is data from the database; checking the invariant again here means a corrupted or
-        hand-edited row can never become a PATCH that drops an opt-out.
-        """
-        member_opt_outs = {uid: OptOuts.from_wire(flags) for uid, flags in data["memberOptOuts"].items()}
-        plan = cls(
+        """Inverse of ``to_dict``."""
+        consent = {
+            key: Requirement(
+                kind=str(r.get("kind") or ""),
+                identity=key,
+                allowed_opt_in=frozenset(r.get("allowedOptIn") or ()),
+                transactional_opt_out=bool(r.get("transactionalOptOut")),
+                held_by=tuple(r.get("heldBy") or ()),
+            )
+            for key, r in (data.get("consent") or {}).items()
+        }
+        return cls(
             primary_uid=str(data["primaryUid"]),
-            duplicate_uids=tuple(str(u) for u in data["duplicateUids"]),
-            opt_outs=OptOuts.from_wire(data["optOuts"]),
-            member_opt_outs=member_opt_outs,
-            write_back=_copy_json(data["writeBack"]),
-            conflicts=tuple(dict(c) for c in data.get("conflicts", ())),
-            phone_keys={str(k): str(v) for k, v in data.get("phoneKeys", {}).items()},
-            chosen_by=str(data.get("chosenBy", CHOSEN_BY_RULE)),
+            duplicate_uids=tuple(data.get("duplicateUids") or ()),
+            chosen_by=str(data.get("chosenBy") or CHOSEN_BY_RULE),
+            name=data.get("name"),
+            address=data.get("address"),
+            email=data.get("email"),
+            phone=data.get("phone"),
+            tags=tuple(TagRef(t.get("uid"), str(t.get("label") or "")) for t in data.get("tags") or ()),
+            attributes=tuple(
+                AttributeValue(a.get("uid"), str(a.get("label") or ""), str(a.get("value") or ""))
+                for a in data.get("attributes") or ()
+            ),
+            locations=tuple(data.get("locations") or ()),
+            conversations=tuple(
+                (uid, tuple(convs)) for uid, convs in (data.get("conversations") or {}).items()
+            ),
+            consent=consent,
+            opt_out_phones=tuple(data.get("optOutPhones") or ()),
+            losses=tuple(Loss.from_dict(x) for x in data.get("losses") or ()),
+            blockers=tuple(data.get("blockers") or ()),
+            member_opt_outs={
+                uid: OptOuts.from_wire(flags) for uid, flags in (data.get("memberOptOuts") or {}).items()
+            },
+            opt_outs=OptOuts.from_wire(data.get("optOuts") or {}),
         )
-        for uid, flags in member_opt_outs.items():
-            if not plan.opt_outs.covers(flags):
-                raise ValueError(f"stored plan drops an opt-out of member {uid}")
-        if not OptOuts.from_wire(plan.write_back).covers(plan.opt_outs) or not all(
-            name in plan.write_back for name in OPT_OUT_WIRE_FIELDS
-        ):
-            raise ValueError("stored plan's write-back does not carry the opt-out union")
-        return plan
 
 
-def _copy_json(value: Any) -> Any:
-    """A deep copy of plain JSON data (dicts, lists, scalars), so a plan never shares mutable state."""
-    if isinstance(value, Mapping):
-        return {str(k): _copy_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_copy_json(v) for v in value]
-    return value
+def _address(member: MemberRecord) -> dict[str, str | None] | None:
+    parts = dict(member.address_parts)
+    if not any((v or "").strip() for v in parts.values()):
+        return None
+    return {part: parts.get(part) for part in _ADDRESS_PARTS}
 
 
-def plan_merge(members: Sequence[MemberRecord], primary_uid: str | None = None) -> MergePlan:
-    """Plan a merge: the primary, the duplicates, the opt-out union and the write-back for the primary.
+def _address_key(address: Mapping[str, str | None]) -> str:
+    return "|".join(" ".join((address.get(p) or "").split()).casefold() for p in _ADDRESS_PARTS)
+
+
+def _one_line(address: Mapping[str, str | None]) -> str:
+    return ", ".join(str(address[p]) for p in _ADDRESS_PARTS if address.get(p))
+
+
+def plan_merge(
+    members: Sequence[MemberRecord],
+    primary_uid: str | None = None,
+    *,
+    moves_conversations: bool = True,
+    preferred_name: str | None = None,
+) -> MergePlan:
+    """Plan a merge of these members; see the module docstring for what can be carried.
 
     ``primary_uid`` is a person's choice in review and must name a member; without it the primary is
-    ``choose_primary``'s. The write-back holds the primary's own values plus everything a duplicate held
-    that the primary lacks, duplicates visited richest first (``primary_rank_key``):
-
-    * tags (compared trimmed and case-folded), phones (compared by natural key; an identifier without a
-      key by its exact trimmed text; the duplicate's identifier is written), emails (compared
-      normalized), attributes (compared by label; a blank value counts as missing);
-    * a blank or placeholder name, and a blank address, are filled from the richest duplicate that has one;
-    * a value that disagrees with the one kept (another attribute value, another name or address) is not
-      written; it is recorded in ``conflicts`` with the member it came from;
-    * ``marketingOptOut``, ``smsOptOut``, ``emailOptOut`` are always present and are the union.
-
-    ``name`` and ``address`` are omitted when no member has one (nothing to write, and PATCHing an empty
-    value could clear something). Deterministic: the same members in any order give the same plan.
+    ``choose_primary``'s. Duplicates are visited richest first (``primary_rank_key``), so a fill takes
+    the richest duplicate's value and the others are losses. ``moves_conversations`` is False when the
+    strategy moves them itself (Podium's ``merge``). ``preferred_name`` is the best-formed spelling of
+    the survivor's name (same person name, better typed), written when the primary's differs.
+    Deterministic: the same members in any order give the same plan.
     """
     _check_members(members)
     ranked = rank_members(members)
@@ -189,193 +279,220 @@ def plan_merge(members: Sequence[MemberRecord], primary_uid: str | None = None) 
             raise ValueError(f"the chosen primary {primary_uid!r} is not a member of this cluster")
         primary, chosen_by = matches[0], CHOSEN_BY_PERSON
     others = [m for m in ranked if m.uid != primary.uid]
-    conflicts: list[dict[str, str]] = []
-
-    def conflict(field_name: str, kept: str, dropped: str, from_uid: str) -> None:
-        conflicts.append({"field": field_name, "kept": kept, "dropped": dropped, "fromUid": from_uid})
+    losses: list[Loss] = []
 
     # Name: a placeholder ("Unknown") or blank name on the primary is no name, so it can be filled.
-    name = primary.name if normalize_name(primary.name) else ""
+    primary_name = primary.name if normalize_name(primary.name) else ""
+    survivor_name = primary_name
     for m in others:
         if not normalize_name(m.name):
             continue
-        if not name:
-            name = m.name
-        elif normalize_name(m.name) != normalize_name(name):
-            conflict("name", name, m.name, m.uid)
+        if not survivor_name:
+            survivor_name = m.name
+        elif normalize_name(m.name) != normalize_name(survivor_name):
+            losses.append(Loss("name", m.name, m.uid, "the survivor keeps its own name"))
+    if preferred_name and survivor_name and normalize_name(preferred_name) == normalize_name(survivor_name):
+        survivor_name = preferred_name
+    name = survivor_name if survivor_name and survivor_name != primary.name else None
 
-    address = primary.address if not _blank(primary.address) else None
+    address = None
+    survivor_address = _address(primary)
     for m in others:
-        if _blank(m.address):
+        theirs = _address(m)
+        if theirs is None:
             continue
-        assert m.address is not None
-        if address is None:
-            address = m.address
-        elif _address_key(m.address) != _address_key(address):
-            conflict("address", address, m.address, m.uid)
+        if survivor_address is None:
+            survivor_address = address = theirs
+        elif _address_key(theirs) != _address_key(survivor_address):
+            losses.append(
+                Loss(
+                    "address",
+                    _one_line(theirs),
+                    m.uid,
+                    "the survivor keeps one address; Podium holds only one",
+                )
+            )
 
-    tags: list[str] = []
-    seen_tags: set[str] = set()
-    for m in (primary, *others):
-        for label in m.tags:
-            key = tag_key(label)
-            if key and key not in seen_tags:
-                seen_tags.add(key)
-                tags.append(label)
+    # A channel written onto the primary starts with no consent given and none withdrawn; one whose
+    # transactional opt-out would be lost that way is not written (nobody is messaged at a number or
+    # address the survivor does not hold), and says so.
+    required = requirements({m.uid: m.consent for m in members})
 
-    phones: list[str] = []
-    phone_keys: dict[str, str] = {}
-    seen_phones: set[str] = set()
-    for m in (primary, *others):
-        for raw, natural_key in m.phone_channels():
-            # Keyed phones compare by E.164; unkeyed ones by their text, in a separate namespace.
-            key = f"key:{natural_key}" if natural_key else f"raw:{raw.strip()}"
-            if not raw.strip() or key in seen_phones:
-                continue
-            seen_phones.add(key)
-            phones.append(raw)
-            if natural_key:
-                phone_keys[raw] = natural_key
+    def keeps_consent(identity: str) -> bool:
+        need = required.get(identity)
+        return need is None or not need.transactional_opt_out
 
-    emails: list[str] = []
-    seen_emails: set[str] = set()
-    for m in (primary, *others):
+    # Emails: the same address in any case is one; a primary without any gets the richest duplicate's.
+    emails = {key for _raw, key in primary.email_channels()}
+    email = None
+    for m in others:
         for raw, key in m.email_channels():
-            if key and key not in seen_emails:
-                seen_emails.add(key)
-                emails.append(raw)
+            if not key or key in emails:
+                continue
+            if not emails and not keeps_consent(key):
+                losses.append(Loss("email", raw, m.uid, _UNSETTABLE_OPT_OUT))
+                emails.add(key)
+            elif not emails:
+                email = raw.strip()
+                emails.add(key)
+            else:
+                losses.append(
+                    Loss(
+                        "email",
+                        raw,
+                        m.uid,
+                        "the survivor already has an email; Podium's API cannot add a second",
+                    )
+                )
+                emails.add(key)
 
-    attributes: list[dict[str, str]] = []
-    attribute_index: dict[str, int] = {}
-    for m in (primary, *others):
-        for label, value in m.attributes:
+    # Phones compare by number (E.164); the PATCH takes E.164 only.
+    phones = {phone_identity(key, raw) for raw, key in primary.phone_channels()}
+    phone: str | None = None
+    for m in others:
+        for raw, phone_key in m.phone_channels():
+            identity = phone_identity(phone_key, raw)
+            if identity in phones or not raw.strip():
+                continue
+            phones.add(identity)
+            if phone_key is None:
+                losses.append(Loss("phone", raw, m.uid, "not a valid phone number, so Podium cannot take it"))
+            elif phone is None and len(phones) == 1 and not keeps_consent(identity):
+                losses.append(Loss("phone", raw, m.uid, _UNSETTABLE_OPT_OUT))
+            elif phone is None and len(phones) == 1:
+                phone = phone_key
+            else:
+                losses.append(
+                    Loss(
+                        "phone",
+                        raw,
+                        m.uid,
+                        "the survivor already has a phone; Podium's API cannot add a second",
+                    )
+                )
+
+    tags: list[TagRef] = []
+    held_tags = {tag_key(label) for _uid, label in _tag_refs(primary)}
+    for m in others:
+        for uid, label in _tag_refs(m):
+            key = tag_key(label)
+            if key and key not in held_tags:
+                held_tags.add(key)
+                tags.append(TagRef(uid, label))
+
+    attributes: list[AttributeValue] = []
+    held_attributes = {
+        attribute_key(label): value for _uid, label, value in _attribute_refs(primary) if value.strip()
+    }
+    for m in others:
+        for uid, label, value in _attribute_refs(m):
             key = attribute_key(label)
             if not key or not value.strip():
                 continue
-            if key not in attribute_index:
-                attribute_index[key] = len(attributes)
-                attributes.append({"label": label, "value": value})
-            elif attributes[attribute_index[key]]["value"].strip() != value.strip():
-                kept = attributes[attribute_index[key]]["value"]
-                conflict(f"attribute:{attributes[attribute_index[key]]['label']}", kept, value, m.uid)
+            if key not in held_attributes:
+                held_attributes[key] = value
+                attributes.append(AttributeValue(uid, label, value))
+            elif held_attributes[key].strip() != value.strip():
+                losses.append(
+                    Loss(f"attribute:{label}", value, m.uid, f"the survivor keeps {held_attributes[key]!r}")
+                )
 
-    union = opt_out_union(members)
-    write_back: dict[str, Any] = {}
-    if name:
-        write_back["name"] = name
-    if address is not None:
-        write_back["address"] = address
-    write_back["tags"] = [{"label": t} for t in tags]
-    write_back["channels"] = [{"type": "PHONE", "identifier": p} for p in phones] + [
-        {"type": "EMAIL", "identifier": e} for e in emails
-    ]
-    write_back["attributes"] = attributes
-    write_back.update(union.to_wire())
+    locations = list(primary.location_uids)
+    for m in others:
+        locations.extend(loc for loc in m.location_uids if loc not in locations)
+
+    conversations = tuple(
+        (m.uid, tuple(c for c in m.conversation_uids if c not in primary.conversation_uids))
+        for m in sorted(others, key=lambda m: m.uid)
+        if moves_conversations and m.conversation_uids
+    )
+
+    added = []
+    if email is not None:
+        added.append(("EMAIL", normalize_email(email)))
+    if phone is not None:
+        added.append(("PHONE", phone))
+    needs = needs_for(required, primary.consent, added)
 
     return MergePlan(
         primary_uid=primary.uid,
         duplicate_uids=tuple(sorted(m.uid for m in others)),
-        opt_outs=union,
-        member_opt_outs={m.uid: m.opt_outs for m in sorted(members, key=lambda m: m.uid)},
-        write_back=write_back,
-        conflicts=tuple(conflicts),
-        phone_keys=phone_keys,
         chosen_by=chosen_by,
+        name=name,
+        address=address,
+        email=email,
+        phone=phone,
+        tags=tuple(tags),
+        attributes=tuple(attributes),
+        locations=tuple(locations) if set(locations) != set(primary.location_uids) else (),
+        conversations=tuple((uid, convs) for uid, convs in conversations if convs),
+        consent=required,
+        opt_out_phones=needs.opt_out_phones,
+        losses=tuple(losses),
+        blockers=needs.uncarriable,
+        member_opt_outs={m.uid: m.opt_outs for m in sorted(members, key=lambda m: m.uid)},
+        opt_outs=opt_out_union(members),
     )
+
+
+def _tag_refs(member: MemberRecord) -> tuple[tuple[str | None, str], ...]:
+    return member.tag_refs or tuple((None, label) for label in member.tags)
+
+
+def _attribute_refs(member: MemberRecord) -> tuple[tuple[str | None, str, str], ...]:
+    return member.attribute_refs or tuple((None, label, value) for label, value in member.attributes)
+
+
+# --- verification ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class _Observed:
-    """The primary as read back after the write-back, in comparison form."""
+class SurvivorView:
+    """The survivor as read back from Podium, in comparison form (see ``dedup.merge.views``)."""
 
-    opt_outs: OptOuts
     name: str
-    address: str
-    tags: frozenset[str]
-    phone_keys: frozenset[str]
-    phone_texts: frozenset[str]
+    has_address: bool
     emails: frozenset[str]
-    attributes: dict[str, str]
+    phones: frozenset[str]
+    tag_uids: frozenset[str]
+    tag_labels: frozenset[str]
+    attribute_uids: dict[str, str]
+    attribute_labels: dict[str, str]
+    locations: frozenset[str]
+    conversations: frozenset[str]
+    consent: tuple[ChannelConsent, ...]
 
 
-def _observe(primary_after: MemberRecord | Mapping[str, Any]) -> _Observed:
-    if isinstance(primary_after, MemberRecord):
-        return _Observed(
-            opt_outs=primary_after.opt_outs,
-            name=primary_after.name,
-            address=primary_after.address or "",
-            tags=frozenset(tag_key(t) for t in primary_after.tags),
-            phone_keys=frozenset(primary_after.phones),
-            phone_texts=frozenset(_squash_phone(raw) for raw in primary_after.raw_phones),
-            emails=frozenset(key for _raw, key in primary_after.email_channels()),
-            attributes={attribute_key(label): value.strip() for label, value in primary_after.attributes},
-        )
-    channels = [c for c in primary_after.get("channels") or [] if isinstance(c, Mapping)]
+def verify_survivor(plan: MergePlan, survivor: SurvivorView, *, conversations: bool) -> list[str]:
+    """What the plan promised that the survivor, read back, does not hold; empty when verified.
 
-    def identifiers(kind: str) -> list[str]:
-        return [str(c.get("identifier") or "") for c in channels if str(c.get("type", "")).upper() == kind]
-
-    phone_ids, email_ids = identifiers("PHONE"), identifiers("EMAIL")
-    tags = []
-    for t in primary_after.get("tags") or []:
-        tags.append(str(t.get("label", "")) if isinstance(t, Mapping) else str(t))
-    attributes = {}
-    for a in primary_after.get("attributes") or []:
-        if isinstance(a, Mapping):
-            attributes[attribute_key(str(a.get("label", "")))] = str(a.get("value") or "").strip()
-    address = primary_after.get("address")
-    return _Observed(
-        opt_outs=OptOuts.from_wire(primary_after),
-        name=str(primary_after.get("name") or ""),
-        address=address if isinstance(address, str) else ("" if address is None else str(address)),
-        tags=frozenset(tag_key(t) for t in tags),
-        phone_keys=frozenset(),
-        phone_texts=frozenset(_squash_phone(p) for p in phone_ids),
-        emails=frozenset(normalize_email(e) for e in email_ids),
-        attributes=attributes,
-    )
-
-
-def verify_primary(plan: MergePlan, primary_after: MemberRecord | Mapping[str, Any]) -> list[str]:
-    """What the plan promised that the primary, read back after the write-back, does not hold.
-
-    ``primary_after`` is a re-indexed ``MemberRecord`` or Podium's contact JSON. Checked: each opt-out in
-    the union is on; every planned tag, phone (by natural key when both sides know it, else by its
-    digits), email (normalized) and attribute (label with the planned value) is present; a planned
-    name or address is not blank. An empty list means verified; anything else is a compliance failure
-    (opt-outs) or an incomplete write-back, to be retried.
+    Checks presence, not equality with a stale picture: the survivor may hold more (an edit made in
+    Podium meanwhile). The consent invariant is checked against every member's consent.
     """
-    seen = _observe(primary_after)
     problems: list[str] = []
-    for wire_name, wanted, actual in zip(
-        OPT_OUT_WIRE_FIELDS,
-        (plan.opt_outs.marketing, plan.opt_outs.sms, plan.opt_outs.email),
-        (seen.opt_outs.marketing, seen.opt_outs.sms, seen.opt_outs.email),
-        strict=True,
-    ):
-        if wanted and not actual:
-            problems.append(f"{wire_name} is off but the merge requires it on")
-    for tag in plan.write_back.get("tags", []):
-        if tag_key(tag["label"]) not in seen.tags:
-            problems.append(f"tag {tag['label']!r} is missing")
-    for channel in plan.write_back.get("channels", []):
-        identifier = channel["identifier"]
-        if channel["type"] == "PHONE":
-            key = plan.phone_keys.get(identifier)
-            if not (key and key in seen.phone_keys) and _squash_phone(identifier) not in seen.phone_texts:
-                problems.append(f"phone {identifier!r} is missing")
-        elif normalize_email(identifier) not in seen.emails:
-            problems.append(f"email {identifier!r} is missing")
-    for attribute in plan.write_back.get("attributes", []):
-        actual_value = seen.attributes.get(attribute_key(attribute["label"]))
-        if actual_value is None:
-            problems.append(f"attribute {attribute['label']!r} is missing")
-        elif actual_value != attribute["value"].strip():
-            problems.append(
-                f"attribute {attribute['label']!r} is {actual_value!r}, expected {attribute['value']!r}"
-            )
-    if plan.write_back.get("name") and not seen.name.strip():
-        problems.append("name is blank")
-    if plan.write_back.get("address") and not seen.address.strip():
-        problems.append("address is blank")
+    if plan.name is not None and not normalize_name(survivor.name):
+        problems.append("the name was not written")
+    if plan.address is not None and not survivor.has_address:
+        problems.append("the address was not written")
+    if plan.email is not None and normalize_email(plan.email) not in survivor.emails:
+        problems.append("the email was not added")
+    if plan.phone is not None and plan.phone not in survivor.phones:
+        problems.append("the phone was not added")
+    for tag in plan.tags:
+        if not ((tag.uid and tag.uid in survivor.tag_uids) or tag_key(tag.label) in survivor.tag_labels):
+            problems.append(f"tag {tag.label!r} is missing")
+    for attribute in plan.attributes:
+        # Present is enough: a value someone set in Podium meanwhile is theirs to keep.
+        if (attribute.uid or "") not in survivor.attribute_uids and (
+            attribute_key(attribute.label) not in survivor.attribute_labels
+        ):
+            problems.append(f"attribute {attribute.label!r} is missing")
+    missing_locations = set(plan.locations) - survivor.locations
+    if missing_locations:
+        problems.append(f"locations {sorted(missing_locations)} are missing")
+    if conversations:
+        missing = [c for c in plan.conversation_uids if c not in survivor.conversations]
+        if missing:
+            problems.append(f"conversations {missing} did not move onto the survivor")
+    problems.extend(violations(plan.consent, survivor.consent))
     return problems

@@ -30,7 +30,7 @@ def ensure_merge_schedule() -> None:
     Schedule.objects.get_or_create(
         name=RETRY_SCHEDULE_NAME,
         defaults={
-            "func": "dedup.merging.run_due_operations",
+            "func": "dedup.merge.run_due_operations",
             "schedule_type": Schedule.MINUTES,
             "minutes": 1,
             "repeats": -1,
@@ -51,7 +51,7 @@ def resume_merges_at_worker_start(sender: Any, proc_name: str = "", **kwargs: An
 
     try:
         ensure_merge_schedule()
-        async_task("dedup.merging.resume_at_worker_start", task_name=f"merge-resume-{proc_name}"[:100])
+        async_task("dedup.merge.resume_at_worker_start", task_name=f"merge-resume-{proc_name}"[:100])
     except Exception:  # noqa: BLE001 - a worker must start even if this fails; the schedule catches up
         logger.exception("could not enqueue the merge resume at the start of worker %s", proc_name)
     finally:

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from dedup import access
 from dedup.detection import member_records
 from dedup.forms import CLUSTER_SORTS, BulkApproveForm, ChangePrimaryForm, ClusterFilterForm, RejectForm
-from dedup.merging import (
+from dedup.merge import (
     ClusterBusyError,
     MergeRefused,
     approve_cluster,
@@ -24,6 +24,7 @@ from dedup.merging import (
     change_primary,
     reject_cluster,
 )
+from dedup.merge.planning import current_strategy, plan_for
 from dedup.models import Cluster, ClusterMember, MergeOperation, Policy
 from dedup.records import MemberRecord
 from dedup.scoring import (
@@ -37,7 +38,7 @@ from dedup.scoring import (
     TAGS_POINTS,
     reason_text,
 )
-from dedup.survivorship import MergePlan, plan_merge
+from dedup.survivorship import MergePlan
 from dedup.views.common import login_required, paginate, query_without_page
 
 # What each piece of evidence adds to a pair's score (the spec's weights), shown next to the reason.
@@ -216,7 +217,9 @@ class _Preview:
     tags: list[str]
     attributes: list[tuple[str, str]]
     opt_outs: list[tuple[str, bool, list[str], str]]
-    conflicts: list[dict[str, str]] = field(default_factory=list)
+    losses: list[dict[str, str]] = field(default_factory=list)
+    blockers: list[str] = field(default_factory=list)
+    strategy: str = ""
 
 
 OPT_OUT_LABELS = [("marketingOptOut", "Marketing"), ("smsOptOut", "SMS"), ("emailOptOut", "Email")]
@@ -235,7 +238,7 @@ def cluster_detail(request: HttpRequest, cluster_id: int) -> HttpResponse:
     # Only a reviewer's choice is passed on: without one the rule picks, as the merge itself will.
     primary_uid = cluster.chosen_primary_uid if cluster.chosen_primary_uid and not cluster.auto_merge else None
     names = {r.uid: r.name or r.uid for r in records}
-    preview = _preview(records, primary_uid)
+    preview = _preview(cluster, records)
     ordered = _primary_first(records, preview.plan.primary_uid if preview else primary_uid)
     can_approve = access.can_act_on_cluster(request.user, cluster, "dedup.approve_cluster")
     can_reject = access.can_act_on_cluster(request.user, cluster, "dedup.reject_cluster")
@@ -272,31 +275,36 @@ def cluster_detail(request: HttpRequest, cluster_id: int) -> HttpResponse:
     )
 
 
-def _preview(records: Sequence[MemberRecord], primary_uid: str | None) -> _Preview | None:
+def _preview(cluster: Cluster, records: Sequence[MemberRecord]) -> _Preview | None:
+    """The record that will survive, and what the merge cannot carry (losses) or cannot do (blockers)."""
     if not records:
         return None
-    uids = {r.uid for r in records}
-    plan = plan_merge(records, primary_uid=primary_uid if primary_uid in uids else None)
-    wb = plan.write_back
-    channels = wb.get("channels", [])
+    try:
+        plan = plan_for(cluster, records)
+    except MergeRefused:
+        return None
+    primary = next(r for r in records if r.uid == plan.primary_uid)
     sources: dict[str, list[str]] = {}
     for uid, flags in plan.member_opt_outs.items():
         for wire, _label in OPT_OUT_LABELS:
             if flags.to_wire()[wire]:
                 sources.setdefault(wire, []).append(uid)
     union = plan.opt_outs.to_wire()
+    address = ", ".join(v for v in (plan.address or {}).values() if v) if plan.address else (primary.address or "")
     return _Preview(
         plan=plan,
-        name=str(wb.get("name", "")),
-        address=str(wb.get("address", "") or ""),
-        phones=[c["identifier"] for c in channels if c.get("type") == "PHONE"],
-        emails=[c["identifier"] for c in channels if c.get("type") == "EMAIL"],
-        tags=[t.get("label", "") for t in wb.get("tags", [])],
-        attributes=[(a.get("label", ""), a.get("value", "")) for a in wb.get("attributes", [])],
+        name=plan.name or primary.name,
+        address=address,
+        phones=[*primary.raw_phones, *([plan.phone] if plan.phone else [])],
+        emails=[*(primary.raw_emails or primary.emails), *([plan.email] if plan.email else [])],
+        tags=[*primary.tags, *(t.label for t in plan.tags)],
+        attributes=[*primary.attributes, *((a.label, a.value) for a in plan.attributes)],
         opt_outs=[
             (label, union[wire], sources.get(wire, []), OPT_OUT_MEANING[wire]) for wire, label in OPT_OUT_LABELS
         ],
-        conflicts=list(plan.conflicts),
+        losses=[loss.to_dict() for loss in plan.losses],
+        blockers=list(plan.blockers),
+        strategy=current_strategy(),
     )
 
 
@@ -374,7 +382,7 @@ def _pairs(cluster: Cluster, names: dict[str, str]) -> list[_PairRow]:
 def approve(request: HttpRequest, cluster_id: int) -> HttpResponse:
     cluster = access.get_cluster_for_user(request, cluster_id, write=True, perm="dedup.approve_cluster")
     try:
-        op = approve_cluster(cluster, user=request.user)
+        op = approve_cluster(cluster, user=request.user, accept_losses=request.POST.get("accept_losses") == "1")
     except (ClusterBusyError, MergeRefused) as exc:
         messages.error(request, str(exc))
         return redirect(reverse("cluster_detail", args=[cluster.pk]))

@@ -11,10 +11,10 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from dedup import access
 from dedup.forms import ContactSearchForm, RestoreForm
-from dedup.merging import MergeRefused
+from dedup.merge import MergeRefused
+from dedup.merge.restoring import RestoreError, restore_contact
 from dedup.models import ContactKey, Policy, RestoreRecord
 from dedup.phones import normalize_phone
-from dedup.restoring import RestoreError, restore_contact
 from dedup.views.common import login_required, paginate, query_without_page
 from podium_client import PodiumError
 

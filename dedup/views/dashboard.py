@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET
 from dedup import access, charts
 from dedup.access import AnyUser
 from dedup.forms import ScanForm
-from dedup.merging import batch_progress
+from dedup.merge import batch_progress
 from dedup.models import Cluster, MergeBatch, MergeOperation, ScanRun
 from dedup.views.common import INCIDENT_STATES, login_required
 

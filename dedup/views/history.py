@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from dedup import access
 from dedup.forms import HistoryFilterForm, ResolveForm
-from dedup.merging import ClusterBusyError, MergeRefused, resolve_operation, retry_operation
+from dedup.merge import ClusterBusyError, MergeRefused, resolve_operation, retry_operation
 from dedup.models import AuditEvent, MergeOperation
 from dedup.views.clusters import OPT_OUT_LABELS
 from dedup.views.common import INCIDENT_STATES, login_required, paginate, query_without_page

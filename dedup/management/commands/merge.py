@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from dedup.merging import (
+from dedup.merge import (
     ClusterBusyError,
     MergeRefused,
     approve_cluster,
