@@ -26,13 +26,14 @@ from collections.abc import Iterable
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, PermissionsMixin
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404, HttpRequest
 
 from dedup.models import (
     AuditEvent,
     Cluster,
     Contact,
+    ContactLocation,
     Location,
     LocationGrant,
     MergeOperation,
@@ -226,10 +227,13 @@ def get_cluster_for_user(
 # --- contacts ------------------------------------------------------------------------------------
 
 def contacts_visible_to(user: AnyUser) -> QuerySet[Contact]:
+    """Contacts in at least one of the user's locations (a Podium contact may belong to several)."""
     ids = visible_location_ids(user)
     if ids is None:
         return Contact.objects.all()
-    return Contact.objects.filter(location_id__in=ids)
+    return Contact.objects.filter(
+        Exists(ContactLocation.objects.filter(contact_id=OuterRef("pk"), location_id__in=list(ids)))
+    )
 
 
 def get_contact_for_user(

@@ -9,7 +9,7 @@ approved at all onto that primary.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -466,21 +466,36 @@ def change_primary(cluster: Cluster, *, user: User, primary_uid: str, actor: str
 _RUN_LOCK_ID = 1
 
 
+Progress = Callable[[int, int, MergeOperation], None]
+
+
 def merge_all_auto(
-    *, actor: str = "cli", dry_run: bool = False, client: PodiumClient | None = None
+    *,
+    actor: str = "cli",
+    dry_run: bool = False,
+    client: PodiumClient | None = None,
+    user: User = None,
+    progress: Progress | None = None,
 ) -> list[MergeOperation | dict[str, Any]]:
     """Merge every open auto-mergeable cluster, inline, as one batch; or with ``dry_run`` only plan them.
 
-    Returns the operations (as they ended) or, for a dry run, each cluster's plan (``describe_plan``).
-    Clusters that cannot start (busy, stale, restore loop, a loss or a blocker) are audited and skipped;
-    the ones with a loss or a blocker go to review. A second run while one is in progress is refused
+    ``user`` is the person who decided it (the audit names them); only clusters they may act on are
+    merged. ``progress(done, total, operation)`` is called as each operation ends. Returns the
+    operations (as they ended) or, for a dry run, each cluster's plan (``describe_plan``). Clusters that
+    cannot start (busy, stale, restore loop, a loss or a blocker) are audited and skipped; the ones
+    with a loss or a blocker go to review. A second run while one is in progress is refused
     (``MergeRefused``, ``ERR_DEDUP_014``) naming it.
     """
     clusters = list(Cluster.objects.filter(status=Cluster.OPEN, auto_merge=True).order_by("pk"))
     if dry_run:
         return [describe_plan(c) for c in clusters]
+    person = person_of(user)
+    if person is not None:
+        from dedup import access
+
+        clusters = [c for c in clusters if access.can_act_on_cluster(person, c, "dedup.approve_cluster")]
     with one_run(actor):
-        return _merge_all_auto(clusters, actor=actor, client=client)
+        return _merge_all_auto(clusters, actor=actor, client=client, user=user, progress=progress)
 
 
 @contextmanager
@@ -512,9 +527,12 @@ def one_run(actor: str) -> Iterator[None]:
 
 
 def _merge_all_auto(
-    clusters: list[Cluster], *, actor: str, client: PodiumClient | None
+    clusters: list[Cluster], *, actor: str, client: PodiumClient | None, user: User, progress: Progress | None
 ) -> list[MergeOperation | dict[str, Any]]:
-    batch = MergeBatch.objects.create(label=f"merge --all-auto {timezone.now():%Y-%m-%d %H:%M}")
+    actor_name, actor_user_id = _actor(user) if person_of(user) is not None else (f"worker:{actor}", None)
+    batch = MergeBatch.objects.create(
+        label=f"merge --all-auto {timezone.now():%Y-%m-%d %H:%M}", requested_by=person_of(user)
+    )
     operations: list[MergeOperation] = []
     refused: list[dict[str, str]] = []
     for cluster in clusters:
@@ -523,34 +541,36 @@ def _merge_all_auto(
                 operations.append(
                     start_operation(
                         cluster,
-                        user=None,
-                        actor=f"worker:{actor}",
-                        actor_user_id=None,
+                        user=user,
+                        actor=actor_name,
+                        actor_user_id=actor_user_id,
                         primary_uid=None,
                         batch=batch,
                         automatic=True,
-                    )  # fmt: skip
+                    )
                 )
         except ClusterBusyError as exc:
-            record_conflict(exc.cluster, exc.message, actor=f"worker:{actor}", actor_user_id=None)
+            record_conflict(exc.cluster, exc.message, actor=actor_name, actor_user_id=actor_user_id)
             refused.append({"clusterId": cluster.cluster_id, "message": exc.message})
         except MergeRefused as exc:
             settle_refusal(exc)
             refused.append({"clusterId": cluster.cluster_id, "message": exc.message})
     audit.record(
         "merge.batch",
-        actor=f"worker:{actor}",
+        actor=actor_name,
+        actor_user_id=actor_user_id,
         payload={"batch": batch.pk, "label": batch.label, "clusters": len(clusters), "refused": refused},
     )
     own = client is None
     shared = client or new_client()
     try:
         results: list[MergeOperation | dict[str, Any]] = []
-        for operation in operations:
+        for done, operation in enumerate(operations, 1):
             if operation.state == MergeOperation.PENDING:
-                results.append(run_operation(operation.pk, worker=actor, client=shared))
-            else:
-                results.append(operation)
+                operation = run_operation(operation.pk, worker=actor, client=shared)
+            results.append(operation)
+            if progress is not None:
+                progress(done, len(operations), operation)
         return results
     finally:
         if own:
