@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from dedup import audit
 from dedup.models import AuditEvent
-from dedup.views.audit import neutralize_cell
+from dedup.spreadsheet import neutralize_cell
 from tests.dashboard_base import BURLEIGH, SYDNEY, DashboardTestCase
 
 
@@ -77,6 +77,16 @@ class AuditViewTestCase(DashboardTestCase):
         # The payload cell is JSON starting with "{", not a formula; the note inside is inert text.
         assert rows[1][8].startswith("{")
         assert AuditEvent.objects.filter(event_type="audit.exported").count() == 1
+
+    def test_the_csv_export_neutralizes_formulas_behind_blanks(self) -> None:
+        for actor in (" =HYPERLINK(1)", "\t=1+1", "\n@SUM(A1)", "\u00a0-2", "\u200b+1"):
+            audit.record("test.padded", actor=actor)
+        self.login(self.auditor)
+        response = self.client.get("/audit/", {"event_type": "test.padded", "format": "csv"})
+        rows = list(csv.reader(io.StringIO(streamed(response))))
+        assert [row[3] for row in rows[1:]] == [
+            "' =HYPERLINK(1)", "'\t=1+1", "'\n@SUM(A1)", "'\u00a0-2", "'\u200b+1"
+        ]
 
     def test_ndjson_export(self) -> None:
         self.login(self.auditor)

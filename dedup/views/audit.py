@@ -20,6 +20,7 @@ from dedup import access, audit
 from dedup.forms import AuditFilterForm
 from dedup.models import AuditEvent, Policy
 from dedup.phones import normalize_phone
+from dedup.spreadsheet import neutralize_row
 from dedup.views.common import login_required, paginate, query_without_page
 
 CHAIN_CACHE_KEY = "dedup:audit-chain-status"
@@ -29,17 +30,6 @@ EXPORT_COLUMNS = [
     "id", "created_at", "event_type", "actor", "cluster_ref", "operation_ref",
     "location_uids", "subjects", "payload", "prev_hash", "hash",
 ]
-# A spreadsheet treats a cell starting with one of these as a formula (CSV injection).
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutralize_cell(value: str) -> str:
-    """Prefix an apostrophe to a cell a spreadsheet would read as a formula."""
-    if value.startswith(_FORMULA_PREFIXES):
-        return "'" + value
-    return value
-
-
 def subject_term(raw: str, region: str) -> str:
     """What a typed subject matches in ``subjects``: a phone becomes its E.164, anything else stays as typed."""
     text = raw.strip()
@@ -157,7 +147,7 @@ def _csv_lines(events: QuerySet[AuditEvent]) -> Iterator[str]:
             row["prev_hash"],
             row["hash"],
         ]
-        yield writer.writerow([neutralize_cell(c) for c in cells])
+        yield writer.writerow(neutralize_row(cells))
 
 
 def _ndjson_lines(events: QuerySet[AuditEvent]) -> Iterator[str]:
