@@ -9,12 +9,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from django.core.exceptions import ImproperlyConfigured
+
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 
 
 class ConfigError(ValueError):
     """A configuration value from the environment is unusable; the message names the variable."""
+
+
+class SettingsError(ImproperlyConfigured):
+    """The deployment cannot start with this environment.
+
+    ``manage.py`` and the WSGI entry point print its message as one line and exit non-zero: the
+    message says what to set, and a traceback through Django's settings loader would only bury it.
+    """
 
 
 def env_bool(environ: dict[str, str], name: str, default: bool) -> bool:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from django.core.exceptions import ImproperlyConfigured
-
-from dedup.envconfig import ConfigError, env_bool, env_list, parse_database_url
+from dedup.envconfig import ConfigError, SettingsError, env_bool, env_list, parse_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("DEDUP_VAR_DIR", BASE_DIR / "var"))
@@ -29,12 +27,12 @@ try:
         )
     }
 except ConfigError as exc:
-    raise ImproperlyConfigured(str(exc)) from exc
+    raise SettingsError(str(exc)) from None
 
 SECRET_KEY = ENV.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured(
+        raise SettingsError(
             "SECRET_KEY is not set. Set it to a long random value in production, "
             "or set DEBUG=1 for local development."
         )
@@ -158,7 +156,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"client_errors_on_one_line": {"()": "dedup.logfilters.ClientErrorsOnOneLine"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["client_errors_on_one_line"],
+        }
+    },
     "root": {"handlers": ["console"], "level": ENV.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

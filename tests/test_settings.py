@@ -33,6 +33,20 @@ def test_production_refuses_to_start_without_a_secret_key() -> None:
     result = run_manage("check", env=env)
     assert result.returncode != 0
     assert "SECRET_KEY is not set" in result.stderr
+    # One clear line, not a traceback through Django's settings loader.
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+
+
+def test_the_wsgi_entry_point_refuses_without_a_secret_key_in_one_line() -> None:
+    env = {k: v for k, v in PROD_ENV.items() if k != "SECRET_KEY"}
+    base = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "DATABASE_URL", "REDIS_URL"}}
+    base["DJANGO_SETTINGS_MODULE"] = "dedup.settings"
+    result = subprocess.run([sys.executable, "-c", "import dedup.wsgi"], cwd=ROOT, env={**base, **env},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "SECRET_KEY is not set" in result.stderr
 
 
 def test_check_deploy_passes_with_production_values() -> None:
@@ -62,6 +76,7 @@ def test_a_bad_database_url_is_a_clear_error() -> None:
     result = run_manage("check", env={"DEBUG": "1", "DATABASE_URL": "mysql://x/y"})
     assert result.returncode != 0
     assert "DATABASE_URL scheme 'mysql' is not supported" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_parse_postgres_url() -> None:
