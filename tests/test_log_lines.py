@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from django.http import HttpRequest, HttpResponse
 from django.test import override_settings
 from django.urls import path
 
@@ -14,7 +15,7 @@ from dedup.logfilters import ClientErrorsOnOneLine
 from tests.dashboard_base import DashboardTestCase
 
 
-def _boom(request: object) -> None:
+def _boom(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("a real bug")
 
 
