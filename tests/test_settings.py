@@ -108,3 +108,27 @@ def test_env_bool_refuses_ambiguous_words() -> None:
 
 def test_env_list_splits_and_trims() -> None:
     assert env_list({"H": " a.com, ,b.com "}, "H", []) == ["a.com", "b.com"]
+
+
+def test_a_malformed_database_url_is_a_clear_error_that_hides_the_password() -> None:
+    with pytest.raises(ConfigError, match="not a valid URL") as raised:
+        parse_database_url("postgres://dedup:s3cret@db:notaport/dedup", ROOT)
+    assert "s3cret" not in str(raised.value)
+
+
+def test_postgres_url_forms_and_connection_age() -> None:
+    for scheme in ("postgres", "postgresql", "pgsql"):
+        entry = parse_database_url(f"{scheme}://db/name", ROOT)
+        assert entry["ENGINE"] == "django.db.backends.postgresql" and entry["NAME"] == "name"
+        assert entry["CONN_MAX_AGE"] == 60 and entry["CONN_HEALTH_CHECKS"] is True
+        assert "OPTIONS" not in entry
+    tuned = parse_database_url("postgres://db/name?conn_max_age=0&connect_timeout=5", ROOT)
+    assert tuned["CONN_MAX_AGE"] == 0 and tuned["OPTIONS"] == {"connect_timeout": 5}
+    with pytest.raises(ConfigError, match="conn_max_age"):
+        parse_database_url("postgres://db/name?conn_max_age=soon", ROOT)
+
+
+def test_sqlite_waits_for_the_write_lock() -> None:
+    entry = parse_database_url("sqlite:////abs/x.db", ROOT)
+    assert entry["OPTIONS"] == {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+    assert parse_database_url("sqlite:///:memory:", ROOT)["NAME"] == ":memory:"
