@@ -594,14 +594,3 @@ class Policy(models.Model):
         """The single policy row, created with the defaults on first use."""
         policy, _ = cls.objects.get_or_create(pk=1, defaults={"default_region": settings.PODIUM_DEFAULT_REGION})
         return policy
-
-
-class LoginAttempt(models.Model):
-    """Failed sign-ins, for rate limiting by username and by address."""
-
-    username = models.CharField(max_length=150, db_index=True)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
-    attempted_at = models.DateTimeField(default=timezone.now, db_index=True)
-
-    def __str__(self) -> str:
-        return f"failed login {self.username}"

@@ -7,6 +7,7 @@ without ``SECRET_KEY`` and passes ``manage.py check --deploy`` with no warnings.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from dedup.envconfig import ConfigError, SettingsError, env_bool, env_list, parse_database_url
@@ -46,6 +47,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_q",
+    "axes",
     "dedup",
 ]
 
@@ -58,6 +60,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into the 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dedup.urls"
@@ -84,7 +88,27 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out username or address before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "/accounts/login/"
+
+# --- Sign-in lockout (django-axes; the product's policy is in dedup.lockout) --------------------
+AXES_FAILURE_LIMIT = 5  # failures for one username (any spelling of it) within the cool-off
+LOGIN_ADDRESS_FAILURE_LIMIT = 20  # failures from one address: higher, an office shares one
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_USERNAME_CALLABLE = "dedup.lockout.lockout_username"
+AXES_CLIENT_IP_CALLABLE = "dedup.lockout.client_address"
+AXES_HANDLER = "dedup.lockout.LoginLimitHandler"
+AXES_LOCKOUT_CALLABLE = "dedup.views.accounts.locked_out"
+AXES_RESET_ON_SUCCESS = True
+# Refused attempts during a lockout are not counted, so the lockout ends on time for the real person.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Successful sign-ins are not logged to a table: only failures are kept, and only within the cool-off.
+AXES_DISABLE_ACCESS_LOG = True
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
@@ -168,5 +192,7 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "django-q": {"level": "WARNING"},
+        # Axes logs every sign-in at INFO; its failure and lockout lines (usernames masked) are WARNING.
+        "axes": {"level": "WARNING"},
     },
 }
