@@ -56,6 +56,30 @@ class AuditViewTestCase(DashboardTestCase):
         assert len(self.types(self.client.get("/audit/", {"date_from": day, "date_to": day}))) == 3
         assert self.types(self.client.get("/audit/", {"date_to": (today - timedelta(days=1)).isoformat()})) == []
 
+    def test_a_date_out_of_range_is_a_form_error_not_a_500(self) -> None:
+        self.login(self.auditor)
+        for value in ("9999-12-31", "0001-01-01", "31/12/9999"):
+            response = self.client.get("/audit/", {"date_to": value, "user": "burleigh_manager"})
+            assert response.status_code == 200, value
+            assert "Enter a date between 01 Jan 1900 and 31 Dec 2999." in response.content.decode()
+            # The valid filters still apply.
+            assert self.types(response) == ["cluster.rejected"]
+
+    def test_an_export_with_an_invalid_filter_is_refused_with_the_reason(self) -> None:
+        self.login(self.auditor)
+        for fmt in ("csv", "ndjson"):
+            response = self.client.get("/audit/", {"date_to": "9999-12-31", "format": fmt})
+            assert response.status_code == 400
+            assert "No export was made" in response.content.decode() and "To: Enter a date" in response.content.decode()
+        assert not AuditEvent.objects.filter(event_type="audit.exported").exists()
+
+    def test_an_export_records_the_filters_it_applied(self) -> None:
+        self.login(self.auditor)
+        streamed(self.client.get("/audit/", {"location": SYDNEY, "date_from": "2025-01-01", "format": "csv",
+                                             "page": "3", "junk": "x"}))
+        event = AuditEvent.objects.get(event_type="audit.exported")
+        assert event.payload["filters"] == {"location": SYDNEY, "date_from": "2025-01-01"}
+
     def test_filter_by_contact_uid_or_a_phone_as_typed(self) -> None:
         self.login(self.auditor)
         assert self.types(self.client.get("/audit/", {"subject": "ct_3000001_aaaaaa"})) == ["cluster.rejected"]
