@@ -177,7 +177,7 @@ def _export(request: HttpRequest, form: AuditFilterForm, fmt: str) -> HttpRespon
     if not form.is_valid():
         # An export is a record an auditor keeps: never silently wider than the filters asked for.
         problems = [
-            f"{form.fields[name].label or name if name in form.fields else 'filters'}: {' '.join(errors)}"
+            f"{form.fields[name].label or name if name in form.fields else 'filters'}: {' '.join(str(e) for e in errors)}"
             for name, errors in form.errors.items()
         ]
         return HttpResponse("No export was made. Fix the filters: " + "; ".join(problems), status=400,
