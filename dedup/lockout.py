@@ -92,6 +92,14 @@ class LoginLimitHandler(AxesDatabaseHandler):
         count, _ = by_username.delete()
         return count
 
+    def reset_attempts(
+        self, *, ip_address: str | None = None, username: str | None = None, ip_or_username: bool = False
+    ) -> int:
+        # ``axes_reset_username mgrB`` (and the other reset tools) name a person as they spell it.
+        return super().reset_attempts(
+            ip_address=ip_address, username=lockout_key(username), ip_or_username=ip_or_username
+        )
+
     def retry_after_seconds(self, request: HttpRequest, credentials: dict[str, Any] | None) -> int:
         """How long until this sign-in is allowed again: when enough failures leave the window."""
         now: datetime = getattr(request, "axes_attempt_time", None) or timezone.now()

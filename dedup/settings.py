@@ -31,13 +31,30 @@ except ConfigError as exc:
     raise SettingsError(str(exc)) from None
 
 SECRET_KEY = ENV.get("SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise SettingsError(
-            "SECRET_KEY is not set. Set it to a long random value in production, "
-            "or set DEBUG=1 for local development."
+# The audit chain's HMAC key (dedup.auditchain). Kept in the environment, never in the database, so
+# someone who can write to the database cannot recompute the hashes of an edited or forged event.
+AUDIT_HMAC_KEY = ENV.get("AUDIT_HMAC_KEY", "")
+AUDIT_HMAC_KEY_MIN_LENGTH = 32
+_missing: list[str] = []
+if not DEBUG:
+    if not SECRET_KEY:
+        _missing.append(
+            "SECRET_KEY is not set. Set it to a long random value in production, or set DEBUG=1 for local development."
         )
-    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production-0123456789abcdef"
+    if not AUDIT_HMAC_KEY:
+        _missing.append(
+            "AUDIT_HMAC_KEY is not set. Set it to a long random value kept outside the database (for example "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'`), the same for every process of the "
+            "deployment, or set DEBUG=1 for local development."
+        )
+    elif len(AUDIT_HMAC_KEY) < AUDIT_HMAC_KEY_MIN_LENGTH:
+        _missing.append(f"AUDIT_HMAC_KEY is too short: use at least {AUDIT_HMAC_KEY_MIN_LENGTH} random characters.")
+    elif AUDIT_HMAC_KEY == SECRET_KEY:
+        _missing.append("AUDIT_HMAC_KEY must differ from SECRET_KEY, so a leaked SECRET_KEY cannot forge the audit log.")
+if _missing:
+    raise SettingsError(" ".join(_missing))
+SECRET_KEY = SECRET_KEY or "dev-only-insecure-key-do-not-use-in-production-0123456789abcdef"
+AUDIT_HMAC_KEY = AUDIT_HMAC_KEY or "dev-only-audit-key-do-not-use-in-production-0123456789abcdef"
 
 INSTALLED_APPS = [
     "django.contrib.admin",

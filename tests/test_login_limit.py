@@ -3,6 +3,7 @@ twenty from one address. The lockout is django-axes with the product's key and l
 
 from __future__ import annotations
 
+import io
 import unicodedata
 from datetime import datetime, timedelta
 from typing import Any
@@ -149,6 +150,13 @@ class LoginTestCase(DashboardTestCase):
             self.client.post("/accounts/login/", {"username": f"guess{i}", "password": "wrong"},
                              REMOTE_ADDR="198.51.100.9", HTTP_X_FORWARDED_FOR=f"10.0.0.{i}")
         self.assert_locked(self.post_login("admin", PASSWORD, address="198.51.100.9", client=Client()))
+
+    def test_an_admin_lifts_a_lockout_by_the_name_as_spelled(self) -> None:
+        from django.core.management import call_command
+
+        self.fail_until_locked(["sydney_manager"])
+        call_command("axes_reset_username", "Sydney_Manager", stdout=io.StringIO())
+        assert self.post_login("sydney_manager", PASSWORD).status_code == 302
 
     def test_login_without_csrf_is_refused(self) -> None:
         client = Client(enforce_csrf_checks=True)

@@ -17,11 +17,14 @@ PROD_ENV = {
     "DEBUG": "0",
     "ALLOWED_HOSTS": "dedup.example.com",
     "DATABASE_URL": "postgres://dedup:pw@db.internal:5432/dedup",
+    "AUDIT_HMAC_KEY": "a" * 16 + "-prod-audit-hmac-key-with-enough-entropy-0123456789",
 }
+
+CONFIG_VARIABLES = {"DEBUG", "SECRET_KEY", "DATABASE_URL", "REDIS_URL", "AUDIT_HMAC_KEY"}
 
 
 def run_manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "DATABASE_URL", "REDIS_URL"}}
+    base = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
     base["DJANGO_SETTINGS_MODULE"] = "dedup.settings"
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120
@@ -40,13 +43,36 @@ def test_production_refuses_to_start_without_a_secret_key() -> None:
 
 def test_the_wsgi_entry_point_refuses_without_a_secret_key_in_one_line() -> None:
     env = {k: v for k, v in PROD_ENV.items() if k != "SECRET_KEY"}
-    base = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "DATABASE_URL", "REDIS_URL"}}
+    base = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
     base["DJANGO_SETTINGS_MODULE"] = "dedup.settings"
     result = subprocess.run([sys.executable, "-c", "import dedup.wsgi"], cwd=ROOT, env={**base, **env},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_production_refuses_to_start_without_a_usable_audit_key() -> None:
+    for value, expected in (
+        (None, "AUDIT_HMAC_KEY is not set"),
+        ("short", "AUDIT_HMAC_KEY is too short"),
+        (PROD_ENV["SECRET_KEY"], "AUDIT_HMAC_KEY must differ from SECRET_KEY"),
+    ):
+        env = {k: v for k, v in PROD_ENV.items() if k != "AUDIT_HMAC_KEY"}
+        if value is not None:
+            env["AUDIT_HMAC_KEY"] = value
+        result = run_manage("check", env=env)
+        assert result.returncode != 0, expected
+        assert expected in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_both_missing_keys_are_named_on_one_line() -> None:
+    env = {k: v for k, v in PROD_ENV.items() if k not in {"SECRET_KEY", "AUDIT_HMAC_KEY"}}
+    result = run_manage("check", env=env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "SECRET_KEY is not set" in lines[0] and "AUDIT_HMAC_KEY is not set" in lines[0]
 
 
 def test_check_deploy_passes_with_production_values() -> None:

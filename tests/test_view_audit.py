@@ -147,6 +147,19 @@ class AuditViewTestCase(DashboardTestCase):
                 cursor.execute("UPDATE dedup_auditevent SET actor = 'user:mallory' WHERE event_type = 'merge.patched'")
             assert b"audit chain BROKEN" in self.client.get("/audit/chain/").content
 
+    def test_an_emptied_log_is_shown_broken_not_intact(self) -> None:
+        from django.db import connection
+
+        self.login(self.auditor)
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET session_replication_role = replica")
+            cursor.execute("DELETE FROM dedup_auditevent")
+            if connection.vendor == "postgresql":
+                cursor.execute("SET session_replication_role = DEFAULT")
+        body = self.client.get("/audit/chain/").content.decode()
+        assert "audit chain BROKEN: the log is empty" in body and "intact" not in body
+
     def test_anonymous_is_sent_to_sign_in(self) -> None:
         self.assert_login_redirect(self.client.get("/audit/"), "/audit/")
         self.assert_login_redirect(Client().get("/audit/?format=csv"), "/audit/")
