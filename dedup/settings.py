@@ -207,6 +207,9 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": ENV.get("LOG_LEVEL", "INFO")},
     "loggers": {
+        # Named so that Django's own DEBUG-only console handler is dropped: its records reach the root's
+        # console once, through the one-line filter (otherwise a 403 printed a traceback in development).
+        "django": {"level": "INFO"},
         "django.db.backends": {"level": "WARNING"},
         "django-q": {"level": "WARNING"},
         # Axes logs every sign-in at INFO; its failure and lockout lines (usernames masked) are WARNING.

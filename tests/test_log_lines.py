@@ -6,6 +6,7 @@ import io
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.test import override_settings
@@ -22,22 +23,34 @@ def _boom(request: HttpRequest) -> HttpResponse:
 urlpatterns = [path("boom/", _boom)]
 
 
+def _stream_handlers(logger_name: str) -> list[logging.StreamHandler[Any]]:
+    """Every plain stream handler a record of ``logger_name`` reaches (pytest's capture handlers aside)."""
+    found: list[logging.StreamHandler[Any]] = []
+    logger: logging.Logger | None = logging.getLogger(logger_name)
+    while logger is not None:
+        found += [h for h in logger.handlers if type(h) is logging.StreamHandler]
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return found
+
+
 @contextmanager
-def console_output() -> Iterator[io.StringIO]:
-    """What the configured console handler writes, captured (the handler's own filters and format apply)."""
-    handlers = [h for h in logging.getLogger().handlers if h.name == "console"]
-    assert handlers, "settings.LOGGING gives the root logger a console handler"
-    handler = handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
+def console_output(logger_name: str = "django.request") -> Iterator[io.StringIO]:
+    """What the configured stream handlers write for ``logger_name``, captured (their filters and format apply)."""
+    handlers = _stream_handlers(logger_name)
+    assert any(h.name == "console" for h in handlers), "settings.LOGGING gives the root logger a console handler"
     buffer = io.StringIO()
-    previous = handler.setStream(buffer)
+    previous = [h.setStream(buffer) for h in handlers]
     try:
         yield buffer
     finally:
-        handler.setStream(previous)
+        for handler, stream in zip(handlers, previous, strict=True):
+            handler.setStream(stream)
 
 
 class LogLinesTestCase(DashboardTestCase):
+    @override_settings(DEBUG=True)  # as under `make run`, where Django's own console handler is active too
     def test_a_403_is_one_line_naming_the_path_and_the_reason(self) -> None:
         self.login(self.sydney_manager)
         with console_output() as out:
