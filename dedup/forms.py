@@ -1,11 +1,14 @@
 """Forms: the filters of the list pages, the review actions, the policy editor.
 
 Filter forms are bound to ``request.GET`` and never raise: an invalid value is dropped and the page
-shows the field's error next to it, so a mangled URL still shows a page.
+shows the field's error next to it, so a mangled URL still shows a page. Every value a filter passes on
+is one the database and Python's date arithmetic can hold (``tests/test_hostile_filters.py`` walks every
+filter of every list page with hostile values).
 """
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -33,6 +36,24 @@ CLUSTER_SORT_CHOICES = [
     ("created", "Oldest first"),
     ("-members", "Most members first"),
 ]
+
+
+# The dates a filter accepts. The bounds keep "the day after" and a time zone's offset inside what Python's
+# datetime and every database can represent (year 9999 + 1 day overflows), with room to spare.
+FILTER_DATE_MIN = date(1900, 1, 1)
+FILTER_DATE_MAX = date(2999, 12, 31)
+
+
+class FilterDateField(forms.DateField):
+    """A date filter that refuses dates outside ``FILTER_DATE_MIN``..``FILTER_DATE_MAX`` with a form error."""
+
+    def validate(self, value: Any) -> None:
+        super().validate(value)
+        if value is not None and not FILTER_DATE_MIN <= value <= FILTER_DATE_MAX:
+            raise forms.ValidationError(
+                f"Enter a date between {FILTER_DATE_MIN:%d %b %Y} and {FILTER_DATE_MAX:%d %b %Y}.",
+                code="out_of_range",
+            )
 
 
 class _LocationChoiceMixin:
@@ -142,8 +163,8 @@ class HistoryFilterForm(forms.Form):
 
 
 class AuditFilterForm(_LocationChoiceMixin, forms.Form):
-    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    date_from = FilterDateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = FilterDateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
     user = forms.CharField(required=False, max_length=150, label="User",
                            help_text="Username, or a worker name")
     location = forms.ModelChoiceField(

@@ -6,9 +6,6 @@ truth and every merge re-reads it first. Audit events are append-only and hash-c
 
 from __future__ import annotations
 
-import hashlib
-import json
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -16,6 +13,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+from dedup import auditchain
 
 
 class Location(models.Model):
@@ -639,9 +638,11 @@ class AuditImmutableError(Exception):
 class AuditEvent(models.Model):
     """One append-only, hash-chained record of something the product or a person did.
 
-    ``hash`` covers ``prev_hash`` and the event's content, so editing or removing any event breaks
-    every link after it; ``manage.py verify_audit`` names the first broken one. On PostgreSQL a
-    trigger refuses UPDATE and DELETE as well.
+    ``hash`` covers ``prev_hash`` and the event's content, keyed with ``AUDIT_HMAC_KEY`` (see
+    ``dedup.auditchain``), so editing, forging or removing an event breaks the chain and cannot be
+    hidden by recomputing hashes without the key; ``manage.py verify_audit`` names the first broken
+    link, and against an exported checkpoint also detects a truncated or rewritten log. On PostgreSQL
+    a trigger refuses UPDATE, DELETE and TRUNCATE as well.
     """
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -657,10 +658,13 @@ class AuditEvent(models.Model):
     payload = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    chain_version = models.PositiveSmallIntegerField(
+        default=auditchain.CURRENT_VERSION, help_text="1: unkeyed SHA-256 (before keying); 2: HMAC-SHA-256"
+    )
 
     objects: ClassVar[models.Manager[AuditEvent]] = AppendOnlyQuerySet.as_manager()
 
-    GENESIS = "0" * 64
+    GENESIS = auditchain.GENESIS
 
     class Meta:
         ordering = ["id"]
@@ -679,27 +683,11 @@ class AuditEvent(models.Model):
 
     def content(self) -> dict[str, Any]:
         """The fields the hash covers, in a canonical JSON-ready form."""
-        return {
-            "created_at": _iso(self.created_at),
-            "event_type": self.event_type,
-            "actor": self.actor,
-            "actor_user_id": self.actor_user_id,
-            "cluster_ref": self.cluster_ref,
-            "operation_ref": self.operation_ref,
-            "location_uids": self.location_uids,
-            "subjects": self.subjects,
-            "payload": self.payload,
-        }
+        return auditchain.content_of(self)
 
     def compute_hash(self) -> str:
-        body = json.dumps(self.content(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(f"{self.prev_hash}|{body}".encode()).hexdigest()
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+        """The hash this event must carry: keyed (HMAC) for version 2, SHA-256 for the legacy version 1."""
+        return auditchain.event_hash(self)
 
 
 class Policy(models.Model):
@@ -737,14 +725,3 @@ class Policy(models.Model):
             pk=1, defaults={"default_region": settings.PODIUM_DEFAULT_REGION}
         )
         return policy
-
-
-class LoginAttempt(models.Model):
-    """Failed sign-ins, for rate limiting by username and by address."""
-
-    username = models.CharField(max_length=150, db_index=True)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
-    attempted_at = models.DateTimeField(default=timezone.now, db_index=True)
-
-    def __str__(self) -> str:
-        return f"failed login {self.username}"

@@ -7,11 +7,10 @@ without ``SECRET_KEY`` and passes ``manage.py check --deploy`` with no warnings.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
-from django.core.exceptions import ImproperlyConfigured
-
-from dedup.envconfig import ConfigError, env_bool, env_list, parse_database_url
+from dedup.envconfig import ConfigError, SettingsError, env_bool, env_list, parse_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("DEDUP_VAR_DIR", BASE_DIR / "var"))
@@ -29,16 +28,33 @@ try:
         )
     }
 except ConfigError as exc:
-    raise ImproperlyConfigured(str(exc)) from exc
+    raise SettingsError(str(exc)) from None
 
 SECRET_KEY = ENV.get("SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured(
-            "SECRET_KEY is not set. Set it to a long random value in production, "
-            "or set DEBUG=1 for local development."
+# The audit chain's HMAC key (dedup.auditchain). Kept in the environment, never in the database, so
+# someone who can write to the database cannot recompute the hashes of an edited or forged event.
+AUDIT_HMAC_KEY = ENV.get("AUDIT_HMAC_KEY", "")
+AUDIT_HMAC_KEY_MIN_LENGTH = 32
+_missing: list[str] = []
+if not DEBUG:
+    if not SECRET_KEY:
+        _missing.append(
+            "SECRET_KEY is not set. Set it to a long random value in production, or set DEBUG=1 for local development."
         )
-    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production-0123456789abcdef"
+    if not AUDIT_HMAC_KEY:
+        _missing.append(
+            "AUDIT_HMAC_KEY is not set. Set it to a long random value kept outside the database (for example "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'`), the same for every process of the "
+            "deployment, or set DEBUG=1 for local development."
+        )
+    elif len(AUDIT_HMAC_KEY) < AUDIT_HMAC_KEY_MIN_LENGTH:
+        _missing.append(f"AUDIT_HMAC_KEY is too short: use at least {AUDIT_HMAC_KEY_MIN_LENGTH} random characters.")
+    elif AUDIT_HMAC_KEY == SECRET_KEY:
+        _missing.append("AUDIT_HMAC_KEY must differ from SECRET_KEY, so a leaked SECRET_KEY cannot forge the audit log.")
+if _missing:
+    raise SettingsError(" ".join(_missing))
+SECRET_KEY = SECRET_KEY or "dev-only-insecure-key-do-not-use-in-production-0123456789abcdef"
+AUDIT_HMAC_KEY = AUDIT_HMAC_KEY or "dev-only-audit-key-do-not-use-in-production-0123456789abcdef"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -48,6 +64,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_q",
+    "axes",
     "dedup",
 ]
 
@@ -60,6 +77,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into the 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dedup.urls"
@@ -86,7 +105,27 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out username or address before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "/accounts/login/"
+
+# --- Sign-in lockout (django-axes; the product's policy is in dedup.lockout) --------------------
+AXES_FAILURE_LIMIT = 5  # failures for one username (any spelling of it) within the cool-off
+LOGIN_ADDRESS_FAILURE_LIMIT = 20  # failures from one address: higher, an office shares one
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_USERNAME_CALLABLE = "dedup.lockout.lockout_username"
+AXES_CLIENT_IP_CALLABLE = "dedup.lockout.client_address"
+AXES_HANDLER = "dedup.lockout.LoginLimitHandler"
+AXES_LOCKOUT_CALLABLE = "dedup.views.accounts.locked_out"
+AXES_RESET_ON_SUCCESS = True
+# Refused attempts during a lockout are not counted, so the lockout ends on time for the real person.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Successful sign-ins are not logged to a table: only failures are kept, and only within the cool-off.
+AXES_DISABLE_ACCESS_LOG = True
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
@@ -174,10 +213,22 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"client_errors_on_one_line": {"()": "dedup.logfilters.ClientErrorsOnOneLine"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["client_errors_on_one_line"],
+        }
+    },
     "root": {"handlers": ["console"], "level": ENV.get("LOG_LEVEL", "INFO")},
     "loggers": {
+        # Named so that Django's own DEBUG-only console handler is dropped: its records reach the root's
+        # console once, through the one-line filter (otherwise a 403 printed a traceback in development).
+        "django": {"level": "INFO"},
         "django.db.backends": {"level": "WARNING"},
         "django-q": {"level": "WARNING"},
+        # Axes logs every sign-in at INFO; its failure and lockout lines (usernames masked) are WARNING.
+        "axes": {"level": "WARNING"},
     },
 }

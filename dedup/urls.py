@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import path, register_converter
 
 from dedup.health import healthz
 from dedup.views import (
@@ -17,6 +17,21 @@ from dedup.views import (
     settings,
     uncategorized,
 )
+
+
+class PodiumUidConverter:
+    """A Podium uid in a path: any text but a slash or a control character (a NUL cannot reach a query)."""
+
+    regex = r"[^/\x00-\x1f\x7f]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(PodiumUidConverter, "uid")
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
@@ -38,7 +53,7 @@ urlpatterns = [
     path("audit/", audit.audit_list, name="audit"),
     path("audit/chain/", audit.chain_status, name="audit_chain"),
     path("contacts/deleted/", contacts.deleted_list, name="deleted_contacts"),
-    path("contacts/<str:uid>/restore/", contacts.restore, name="contact_restore"),
+    path("contacts/<uid:uid>/restore/", contacts.restore, name="contact_restore"),
     path("uncategorized/", uncategorized.uncategorized_list, name="uncategorized"),
     path("scans/", scans.scan_list, name="scan_list"),
     path("scans/start/", scans.scan_now, name="scan_now"),

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from dedup import audit
 from dedup.models import AuditEvent
-from dedup.views.audit import neutralize_cell
+from dedup.spreadsheet import neutralize_cell
 from tests.dashboard_base import BURLEIGH, SYDNEY, DashboardTestCase
 
 
@@ -56,6 +56,30 @@ class AuditViewTestCase(DashboardTestCase):
         assert len(self.types(self.client.get("/audit/", {"date_from": day, "date_to": day}))) == 3
         assert self.types(self.client.get("/audit/", {"date_to": (today - timedelta(days=1)).isoformat()})) == []
 
+    def test_a_date_out_of_range_is_a_form_error_not_a_500(self) -> None:
+        self.login(self.auditor)
+        for value in ("9999-12-31", "0001-01-01", "31/12/9999"):
+            response = self.client.get("/audit/", {"date_to": value, "user": "burleigh_manager"})
+            assert response.status_code == 200, value
+            assert "Enter a date between 01 Jan 1900 and 31 Dec 2999." in response.content.decode()
+            # The valid filters still apply.
+            assert self.types(response) == ["cluster.rejected"]
+
+    def test_an_export_with_an_invalid_filter_is_refused_with_the_reason(self) -> None:
+        self.login(self.auditor)
+        for fmt in ("csv", "ndjson"):
+            response = self.client.get("/audit/", {"date_to": "9999-12-31", "format": fmt})
+            assert response.status_code == 400
+            assert "No export was made" in response.content.decode() and "To: Enter a date" in response.content.decode()
+        assert not AuditEvent.objects.filter(event_type="audit.exported").exists()
+
+    def test_an_export_records_the_filters_it_applied(self) -> None:
+        self.login(self.auditor)
+        streamed(self.client.get("/audit/", {"location": SYDNEY, "date_from": "2025-01-01", "format": "csv",
+                                             "page": "3", "junk": "x"}))
+        event = AuditEvent.objects.get(event_type="audit.exported")
+        assert event.payload["filters"] == {"location": SYDNEY, "date_from": "2025-01-01"}
+
     def test_filter_by_contact_uid_or_a_phone_as_typed(self) -> None:
         self.login(self.auditor)
         assert self.types(self.client.get("/audit/", {"subject": "ct_3000001_aaaaaa"})) == ["cluster.rejected"]
@@ -77,6 +101,16 @@ class AuditViewTestCase(DashboardTestCase):
         # The payload cell is JSON starting with "{", not a formula; the note inside is inert text.
         assert rows[1][8].startswith("{")
         assert AuditEvent.objects.filter(event_type="audit.exported").count() == 1
+
+    def test_the_csv_export_neutralizes_formulas_behind_blanks(self) -> None:
+        for actor in (" =HYPERLINK(1)", "\t=1+1", "\n@SUM(A1)", "\u00a0-2", "\u200b+1"):
+            audit.record("test.padded", actor=actor)
+        self.login(self.auditor)
+        response = self.client.get("/audit/", {"event_type": "test.padded", "format": "csv"})
+        rows = list(csv.reader(io.StringIO(streamed(response))))
+        assert [row[3] for row in rows[1:]] == [
+            "' =HYPERLINK(1)", "'\t=1+1", "'\n@SUM(A1)", "'\u00a0-2", "'\u200b+1"
+        ]
 
     def test_ndjson_export(self) -> None:
         self.login(self.auditor)
@@ -112,6 +146,19 @@ class AuditViewTestCase(DashboardTestCase):
             with connection.cursor() as cursor:
                 cursor.execute("UPDATE dedup_auditevent SET actor = 'user:mallory' WHERE event_type = 'merge.patched'")
             assert b"audit chain BROKEN" in self.client.get("/audit/chain/").content
+
+    def test_an_emptied_log_is_shown_broken_not_intact(self) -> None:
+        from django.db import connection
+
+        self.login(self.auditor)
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET session_replication_role = replica")
+            cursor.execute("DELETE FROM dedup_auditevent")
+            if connection.vendor == "postgresql":
+                cursor.execute("SET session_replication_role = DEFAULT")
+        body = self.client.get("/audit/chain/").content.decode()
+        assert "audit chain BROKEN: the log is empty" in body and "intact" not in body
 
     def test_anonymous_is_sent_to_sign_in(self) -> None:
         self.assert_login_redirect(self.client.get("/audit/"), "/audit/")

@@ -1,7 +1,10 @@
-"""Sign in (rate limited) and sign out (POST only)."""
+"""Sign in (locked out after repeated failures, through django-axes) and sign out (POST only)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from axes.handlers.proxy import AxesProxyHandler
 from django.contrib.auth import login as auth_login
 from django.contrib.auth import logout as auth_logout
 from django.contrib.auth.forms import AuthenticationForm
@@ -13,7 +16,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
-from dedup import loginlimit
+from dedup.lockout import LoginLimitHandler
 
 
 def _safe_next(request: HttpRequest) -> str:
@@ -28,35 +31,38 @@ def _safe_next(request: HttpRequest) -> str:
 @never_cache
 @require_http_methods(["GET", "POST"])
 def login(request: HttpRequest) -> HttpResponse:
+    # A locked-out username or address never reaches the password check: axes' backend refuses it inside
+    # form validation, and its middleware answers with ``locked_out`` below.
     if request.user.is_authenticated and request.method == "GET":
         return redirect(_safe_next(request))
     form = AuthenticationForm(request, data=request.POST if request.method == "POST" else None)
-    status = 200
-    locked_message = ""
-    if request.method == "POST":
-        username = request.POST.get("username", "")
-        address = loginlimit.client_address(request)
-        verdict = loginlimit.check(username, address)
-        if not verdict.allowed:
-            # Refused before the password is even checked, so a correct guess during the lockout is useless.
-            locked_message = verdict.message
-            status = 429
-            form = AuthenticationForm(request)
-            form.initial["username"] = username[:150]
-        elif form.is_valid():
-            loginlimit.record_success(username)
-            auth_login(request, form.get_user())
-            return redirect(_safe_next(request))
-        else:
-            loginlimit.record_failure(username, address)
+    if request.method == "POST" and form.is_valid():
+        auth_login(request, form.get_user())
+        return redirect(_safe_next(request))
+    return render(request, "accounts/login.html", {"form": form, "next": _safe_next(request)})
+
+
+def locked_out(request: HttpRequest, original_response: HttpResponse | None, credentials: dict[str, Any] | None) -> HttpResponse:
+    """``AXES_LOCKOUT_CALLABLE``: the sign-in page again, saying why and for how long, with 429 and Retry-After.
+
+    Used for the admin's sign-in too, so both say the same thing.
+    """
+    handler = AxesProxyHandler.get_implementation()
+    seconds = handler.retry_after_seconds(request, credentials) if isinstance(handler, LoginLimitHandler) else 900
+    minutes = max(1, (seconds + 59) // 60)
+    message = (
+        "Too many failed sign-in attempts. For your security, sign-in is paused for this account or address. "
+        f"Try again in about {minutes} minute{'s' if minutes != 1 else ''}, or ask an admin."
+    )
+    form = AuthenticationForm(request)
+    form.initial["username"] = str(request.POST.get("username", ""))[:150]
     response = render(
         request,
         "accounts/login.html",
-        {"form": form, "next": _safe_next(request), "locked_message": locked_message},
-        status=status,
+        {"form": form, "next": _safe_next(request), "locked_message": message},
+        status=429,
     )
-    if status == 429:
-        response["Retry-After"] = str(verdict.retry_after_seconds)
+    response["Retry-After"] = str(seconds)
     return response
 
 

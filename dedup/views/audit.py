@@ -18,8 +18,9 @@ from django.views.decorators.http import require_GET
 
 from dedup import access, audit
 from dedup.forms import AuditFilterForm
-from dedup.models import AuditEvent, Policy
+from dedup.models import AuditEvent, Location, Policy
 from dedup.phones import normalize_phone
+from dedup.spreadsheet import neutralize_row
 from dedup.views.common import login_required, paginate, query_without_page
 
 CHAIN_CACHE_KEY = "dedup:audit-chain-status"
@@ -29,17 +30,6 @@ EXPORT_COLUMNS = [
     "id", "created_at", "event_type", "actor", "cluster_ref", "operation_ref",
     "location_uids", "subjects", "payload", "prev_hash", "hash",
 ]
-# A spreadsheet treats a cell starting with one of these as a formula (CSV injection).
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutralize_cell(value: str) -> str:
-    """Prefix an apostrophe to a cell a spreadsheet would read as a formula."""
-    if value.startswith(_FORMULA_PREFIXES):
-        return "'" + value
-    return value
-
-
 def subject_term(raw: str, region: str) -> str:
     """What a typed subject matches in ``subjects``: a phone becomes its E.164, anything else stays as typed."""
     text = raw.strip()
@@ -50,9 +40,13 @@ def subject_term(raw: str, region: str) -> str:
 
 
 def filtered_events(request: HttpRequest, form: AuditFilterForm) -> QuerySet[AuditEvent]:
+    """The events this person may see, narrowed by every filter whose value is valid.
+
+    An invalid value is left out (the page shows its error next to the field) rather than dropping the
+    other filters with it.
+    """
     events = access.audit_events_visible_to(request.user)
-    if not form.is_valid():
-        return events
+    form.is_valid()
     data = form.cleaned_data
     tz = timezone.get_current_timezone()
     if data.get("date_from"):
@@ -157,7 +151,7 @@ def _csv_lines(events: QuerySet[AuditEvent]) -> Iterator[str]:
             row["prev_hash"],
             row["hash"],
         ]
-        yield writer.writerow([neutralize_cell(c) for c in cells])
+        yield writer.writerow(neutralize_row(cells))
 
 
 def _ndjson_lines(events: QuerySet[AuditEvent]) -> Iterator[str]:
@@ -165,10 +159,28 @@ def _ndjson_lines(events: QuerySet[AuditEvent]) -> Iterator[str]:
         yield json.dumps(_row(event), sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def _recorded_filters(form: AuditFilterForm) -> dict[str, str]:
+    """The export's filters as validated (what was applied), not the raw query string."""
+    recorded = {}
+    for name, value in form.cleaned_data.items():
+        if value in (None, ""):
+            continue
+        recorded[name] = value.uid if isinstance(value, Location) else str(value)
+    return recorded
+
+
 def _export(request: HttpRequest, form: AuditFilterForm, fmt: str) -> HttpResponseBase:
     access.require_perm(request, "dedup.export_audit")
     if fmt not in {"csv", "ndjson"}:
         return HttpResponse("Unknown export format: use format=csv or format=ndjson.", status=400,
+                            content_type="text/plain; charset=utf-8")
+    if not form.is_valid():
+        # An export is a record an auditor keeps: never silently wider than the filters asked for.
+        problems = [
+            f"{form.fields[name].label or name if name in form.fields else 'filters'}: {' '.join(str(e) for e in errors)}"
+            for name, errors in form.errors.items()
+        ]
+        return HttpResponse("No export was made. Fix the filters: " + "; ".join(problems), status=400,
                             content_type="text/plain; charset=utf-8")
     # The export is of the log as it stood when asked for: not the export's own event, nor later ones.
     last_id = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -178,7 +190,7 @@ def _export(request: HttpRequest, form: AuditFilterForm, fmt: str) -> HttpRespon
         "audit.exported",
         actor=actor,
         actor_user_id=actor_id,
-        payload={"format": fmt, "filters": {k: v for k, v in request.GET.items() if k not in {"format", "page"}}},
+        payload={"format": fmt, "filters": _recorded_filters(form)},
     )
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     if fmt == "csv":
