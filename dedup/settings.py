@@ -166,7 +166,7 @@ PODIUM_SCOPES = [s for s in ENV.get("PODIUM_SCOPES", "read_contacts,write_contac
 PODIUM_CAPABILITIES = [c.strip() for c in ENV.get("PODIUM_CAPABILITIES", "").split(",") if c.strip()]
 _unknown_capabilities = set(PODIUM_CAPABILITIES) - {"merge", "restore", "soft-delete"}
 if _unknown_capabilities:
-    raise ImproperlyConfigured(
+    raise SettingsError(
         f"PODIUM_CAPABILITIES has {sorted(_unknown_capabilities)}; known: merge, restore, soft-delete"
     )
 PODIUM_CLIENT_ID = ENV.get("PODIUM_CLIENT_ID", "")

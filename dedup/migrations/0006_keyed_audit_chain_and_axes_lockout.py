@@ -26,7 +26,7 @@ def seal(apps: Any, schema_editor: Any) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("dedup", "0003_cluster_queue_index"),
+        ("dedup", "0005_merge_strategies"),
     ]
 
     operations = [
