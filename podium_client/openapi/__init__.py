@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -33,7 +33,7 @@ CAPABILITY_CONTACT_PROPERTIES: dict[str, Any] = {
 _CURSOR = {"type": "string", "nullable": True}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _document(name: str) -> dict[str, Any]:
     if name not in DOCUMENTS:
         raise KeyError(f"no vendored OpenAPI document {name!r}; have {', '.join(DOCUMENTS)}")
