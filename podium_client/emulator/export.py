@@ -70,7 +70,7 @@ def load_lines(state: EmulatorState, lines: Iterable[str | bytes]) -> int:
                         "v4 locations carry it as addressDetails.country and are marked \"object\": \"location\""
                     )
                 else:
-                    state.add_contact(obj)
+                    state.load_contact(obj, text)
                     count += 1
             except ValueError as exc:  # ShapeError, or a duplicate uid
                 raise ExportFileError(f"line {lineno}: {exc}") from None

@@ -156,6 +156,80 @@ _CONTACT_DEFAULTS: dict[str, Any] = {
 _CHANNEL_DEFAULTS: dict[str, Any] = {"marketingOptedInLocationUids": []}
 
 
+_TAG_KEYS = list(CONTACT_TAG_FIELDS)
+_ATTRIBUTE_KEYS = list(CONTACT_ATTRIBUTE_FIELDS)
+_CHANNEL_KEYS = list(CHANNEL_FIELDS)
+_CONTACT_KEYS = list(CONTACT_FIELDS)
+_ADDRESS_KEYS = list(ADDRESS_FIELDS)
+_UID_KEYS = ["uid"]
+_OWNER_KEYS = ["type", "uid"]
+
+
+def is_canonical_contact(obj: Any) -> bool:
+    """Whether `obj` is already a canonical v4 contact (every field, in order, of the right types).
+
+    The common case when loading an export this emulator or the demo corpus wrote: such a line can
+    be stored as written, skipping a rebuild and a re-serialization (a million-contact load
+    depends on it). False sends the object through `canonical_contact`, which explains any problem.
+    """
+    if type(obj) is not dict or list(obj) != _CONTACT_KEYS:
+        return False
+    s, n = str, type(None)
+    if type(obj["uid"]) is not s or not obj["uid"] or type(obj["name"]) not in (s, n):
+        return False
+    if type(obj["createdAt"]) is not s or type(obj["updatedAt"]) is not s:
+        return False
+    for key in ("locations", "conversations"):
+        items = obj[key]
+        if type(items) is not list:
+            return False
+        for item in items:
+            if type(item) is not dict or list(item) != _UID_KEYS or type(item["uid"]) is not s:
+                return False
+    org = obj["organization"]
+    if type(org) is not dict or list(org) != _UID_KEYS or type(org["uid"]) is not s:
+        return False
+    for key in ("phoneNumbers", "emails"):
+        items = obj[key]
+        if type(items) is not list or any(type(v) is not s for v in items):
+            return False
+    channels = obj["channels"]
+    if type(channels) is not list:
+        return False
+    for ch in channels:
+        if type(ch) is not dict or list(ch) != _CHANNEL_KEYS or ch["type"] not in (PHONE, EMAIL):
+            return False
+        if type(ch["identifier"]) is not s or type(ch["label"]) not in (s, n):
+            return False
+        opted = ch["marketingOptedInLocationUids"]
+        if type(opted) is not list or any(type(u) is not s for u in opted):
+            return False
+        if not (type(ch["transactionalOptedOutAt"]) in (s, n) and type(ch["createdAt"]) in (s, n)
+                and type(ch["updatedAt"]) in (s, n)):  # fmt: skip
+            return False
+    tags = obj["tags"]
+    if type(tags) is not list:
+        return False
+    for tag in tags:
+        if type(tag) is not dict or list(tag) != _TAG_KEYS or type(tag["uid"]) is not s:
+            return False
+        if type(tag["label"]) is not s or type(tag["description"]) not in (s, n):
+            return False
+    attributes = obj["attributes"]
+    if type(attributes) is not list:
+        return False
+    for a in attributes:
+        if type(a) is not dict or list(a) != _ATTRIBUTE_KEYS or type(a["uid"]) is not s or type(a["label"]) is not s:
+            return False
+        owner = a["ownerResource"]
+        if type(owner) is not dict or list(owner) != _OWNER_KEYS:
+            return False
+    address = obj["address"]
+    if address is not None and (type(address) is not dict or list(address) != _ADDRESS_KEYS):
+        return False
+    return address is None or all(type(v) in (s, n) for v in address.values())
+
+
 def canonical_contact(obj: Any, organization_uid: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """`(contact, capability extras)` of a v4 contact object, in canonical order, missing fields filled.
 
