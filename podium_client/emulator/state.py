@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -290,9 +291,7 @@ class EmulatorState:
     # --- listing --------------------------------------------------------------------------------------
 
     def _cursor(self, kind: str, after: int, since: int | None, hidden: bool, limit: int) -> str:
-        import time
-
-        return Cursor(kind, after, since, hidden, limit, self.cursor_epoch, int(time.time())).encode()
+        return Cursor(kind, after, since, hidden, limit, self.cursor_epoch, time.time_ns() // 1_000_000).encode()
 
     def list_contacts_page(
         self, limit: int | None, cursor: str | None, updated_after_us: int | None, include_hidden: bool

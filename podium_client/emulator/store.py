@@ -131,7 +131,7 @@ def _held(index: dict[str, Any], key: str) -> list[Rec]:
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """Where a listing stands; encoded opaque, carrying the listing's filters and an issue time."""
+    """Where a listing stands; encoded opaque, carrying the listing's filters and its issue time (ms)."""
 
     kind: str
     after: int
@@ -168,7 +168,7 @@ class Cursor:
             raise invalid_cursor("the cursor is not one this listing issued")
         if ep != epoch:
             raise invalid_cursor("the cursor is stale; restart the listing")
-        if ttl_s is not None and time.time() - issued > ttl_s:
+        if ttl_s is not None and time.time() - issued / 1000 > ttl_s:
             raise invalid_cursor("the cursor has expired; restart the listing")
         return cls(k, after, since, hidden, limit, ep, issued)
 
