@@ -239,12 +239,14 @@ class Delivery:
 
 
 class WebhookReceiver:
-    """A tiny HTTP server that records every POST; answers `status` (200 unless changed)."""
+    """A tiny HTTP server that records every POST; answers `status` (200 unless changed), or 500 to
+    the first `fail_first` POSTs."""
 
-    def __init__(self, delay: float = 0.0, status: int = 200) -> None:
+    def __init__(self, delay: float = 0.0, status: int = 200, fail_first: int = 0) -> None:
         self.deliveries: list[Delivery] = []
         self.delay = delay
         self.status = status
+        self.fail_first = fail_first
         self._cond = threading.Condition()
         receiver = self
 
@@ -259,11 +261,12 @@ class WebhookReceiver:
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 with receiver._cond:
+                    failing = len(receiver.deliveries) < receiver.fail_first
                     receiver.deliveries.append(
                         Delivery(self.path, body, {k: v for k, v in self.headers.items()}, time.monotonic())
                     )
                     receiver._cond.notify_all()
-                self.send_response(receiver.status)
+                self.send_response(500 if failing else receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
