@@ -75,7 +75,8 @@ def test_merge_refusals(emulator_factory: Callable[..., EmulatorServer]) -> None
     ]:
         resp = _merge(server, primary["uid"], dups)
         assert (resp.status_code, resp.json()["code"]) == (status, code), dups
-    for body in ({}, {"duplicateUids": []}, {"duplicateUids": "x"}, {"dups": ["x"]}):
+    bodies: list[dict[str, Any]] = [{}, {"duplicateUids": []}, {"duplicateUids": "x"}, {"dups": ["x"]}]
+    for body in bodies:
         resp = _send(server, "POST", f"/v4/contacts/{primary['uid']}/merge", body)
         assert resp.status_code == 400 and resp.json()["code"] == "invalid_request_values", body
     assert _merge(server, "00000000-0000-4000-8000-0000000000fe", [same["uid"]]).status_code == 404

@@ -289,25 +289,23 @@ class Api:
 
     def add_attribute(self, req: Request) -> tuple[int, bytes]:
         body = validated_body(req)
-        return self._accepted(req, self.state.set_attribute(*req.params, body["value"], must_exist=False))
+        identifier, uid = req.params
+        return self._accepted(req, self.state.set_attribute(identifier, uid, body["value"], must_exist=False))
 
     def update_attribute(self, req: Request) -> tuple[int, bytes]:
         body = validated_body(req)
-        return self._accepted(req, self.state.set_attribute(*req.params, body["value"], must_exist=True))
+        identifier, uid = req.params
+        return self._accepted(req, self.state.set_attribute(identifier, uid, body["value"], must_exist=True))
 
     def remove_attribute(self, req: Request) -> tuple[int, bytes]:
         return self._accepted(req, self.state.remove_attribute(*req.params))
 
     def opt_out(self, req: Request) -> tuple[int, bytes]:
         body = validated_body(req)
-        if "channel" not in body:
-            raise invalid_values("channel", "is a required property")
         return self._one(req, self.state.opt_out(body["channel"]["identifier"]))
 
     def opt_in(self, req: Request) -> tuple[int, bytes]:
         body = validated_body(req)
-        if "channel" not in body:
-            raise invalid_values("channel", "is a required property")
         return self._one(req, self.state.opt_in(body["channel"]["identifier"], body["locationUid"]))
 
     # --- Part 2 capabilities ----------------------------------------------------------------------------------

@@ -80,17 +80,18 @@ class WebhookHub:
             if org != self._organization_uid():
                 raise invalid_values("organizationUid", "not this organization")
             location = None
-        elif not self._location_exists(location):
+        elif not isinstance(location, str) or not self._location_exists(location):
             raise invalid_values("locationUid", f"unknown location {location}")
         stamp = fmt_us(now_us())
-        webhook = {
-            "uid": self._new_uid(), "url": url, "eventTypes": list(dict.fromkeys(body["eventTypes"])),
+        uid = self._new_uid()
+        webhook: dict[str, Any] = {
+            "uid": uid, "url": url, "eventTypes": list(dict.fromkeys(body["eventTypes"])),
             "secret": body.get("secret"), "locationUid": location, "organizationUid": org,
             "disabled": False, "createdAt": stamp, "updatedAt": stamp,
         }  # fmt: skip
         with self._cond:
-            self._webhooks[webhook["uid"]] = webhook
-            self._runtime[webhook["uid"]] = _Runtime()
+            self._webhooks[uid] = webhook
+            self._runtime[uid] = _Runtime()
             return dict(webhook)
 
     def get(self, uid: str) -> dict[str, Any]:

@@ -221,8 +221,9 @@ class EmulatorState:
         """Insert a parsed v4 contact; `text`, the line it was parsed from, is stored as is when the
         object is already canonical (loading a big export then costs one parse per line)."""
         with self.lock:
+            extras: dict[str, Any] = {}
             if text is not None and shapes.is_canonical_contact(obj):
-                parsed, extras, raw = obj, {}, text.encode()
+                parsed, raw = obj, text.encode()
             else:
                 parsed, extras = shapes.canonical_contact(obj, self.organization["uid"])
                 raw = dumps(parsed).encode()
