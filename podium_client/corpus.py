@@ -381,7 +381,9 @@ class _Generator:
             address["addressLine1"] = f"{rng.randint(1, 400)} {rng.choice(STREETS)}"
         elif roll < 0.4:
             self.kinds["partial_address"] += 1
-            address.update({"addressLine2": None, "city": None, "state": None, "postalCode": None, "country": None})
+            address.update(
+                {"addressLine2": None, "city": None, "state": None, "postalCode": None, "country": None}
+            )
         return address
 
     def _contact(self, p: _Person, locations: list[str], created_from: int, created_to: int) -> _Spec:
@@ -555,11 +557,15 @@ class _Generator:
             "emails": [i for k, i in spec.channels if k == "EMAIL"],
             "channels": channels,
             "tags": [
-                {"uid": self.tag_uids[t], "label": t, "description": TAG_DESCRIPTIONS.get(t)} for t in spec.tags
+                {"uid": self.tag_uids[t], "label": t, "description": TAG_DESCRIPTIONS.get(t)}
+                for t in spec.tags
             ],
             "attributes": [
                 {
-                    "uid": self.birthday_uid, "label": label, "value": value, "dataType": "STRING",
+                    "uid": self.birthday_uid,
+                    "label": label,
+                    "value": value,
+                    "dataType": "STRING",
                     "ownerResource": {"type": "ORGANIZATION", "uid": ORGANIZATION_UID},
                 }  # fmt: skip
                 for label, value in spec.attributes

@@ -144,7 +144,10 @@ def make_contact(
         "tags": [{"uid": stable_uid("tag", t), "label": t, "description": None} for t in tags],
         "attributes": [
             {
-                "uid": stable_uid("attribute", label), "label": label, "value": value, "dataType": "STRING",
+                "uid": stable_uid("attribute", label),
+                "label": label,
+                "value": value,
+                "dataType": "STRING",
                 "ownerResource": {"type": "ORGANIZATION", "uid": ORGANIZATION_UID},
             }  # fmt: skip
             for label, value in attributes

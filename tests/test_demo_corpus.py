@@ -52,7 +52,11 @@ def _e164(raw: str, region: str) -> str | None:
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException:
         return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) if phonenumbers.is_valid_number(number) else None
+    return (
+        phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        if phonenumbers.is_valid_number(number)
+        else None
+    )
 
 
 def _locations(c: Contact) -> list[str]:
@@ -116,7 +120,11 @@ def test_every_line_is_podiums_v4_shape_exactly() -> None:
 
 def test_locations_and_the_one_without_a_country(parsed: tuple[list[dict[str, Any]], list[Contact]]) -> None:
     locations, contacts = parsed
-    assert [loc["uid"] for loc in locations] == [SYDNEY, BURLEIGH, AUCKLAND, POPUP] == [loc["uid"] for loc in LOCATIONS]
+    assert (
+        [loc["uid"] for loc in locations]
+        == [SYDNEY, BURLEIGH, AUCKLAND, POPUP]
+        == [loc["uid"] for loc in LOCATIONS]
+    )
     assert [loc["addressDetails"]["country"] for loc in locations] == ["AU", "AU", "NZ", None]
     popup = [c for c in contacts if _locations(c)[0] == POPUP]
     assert 50 <= len(popup) <= 0.1 * len(contacts)
@@ -124,7 +132,9 @@ def test_locations_and_the_one_without_a_country(parsed: tuple[list[dict[str, An
     assert any(re.fullmatch(r"04\d\d \d{3} \d{3}", p) for c in popup for p in c["phoneNumbers"])
 
 
-def test_uids_are_uuids_and_org_wide_for_tags_and_attributes(parsed: tuple[list[dict[str, Any]], list[Contact]]) -> None:
+def test_uids_are_uuids_and_org_wide_for_tags_and_attributes(
+    parsed: tuple[list[dict[str, Any]], list[Contact]],
+) -> None:
     contacts = parsed[1]
     uids = [c["uid"] for c in contacts]
     assert len(set(uids)) == len(uids) and all(uuid.UUID(u).version == 4 for u in uids)
@@ -141,10 +151,14 @@ def test_uids_are_uuids_and_org_wide_for_tags_and_attributes(parsed: tuple[list[
     assert all(c["updatedAt"] >= c["createdAt"] for c in contacts)
 
 
-def test_most_contacts_have_one_to_three_conversations(parsed: tuple[list[dict[str, Any]], list[Contact]]) -> None:
+def test_most_contacts_have_one_to_three_conversations(
+    parsed: tuple[list[dict[str, Any]], list[Contact]],
+) -> None:
     counts = Counter(len(c["conversations"]) for c in parsed[1])
     assert set(counts) == {0, 1, 2, 3}
-    assert counts[0] / sum(counts.values()) < 0.25 < (counts[1] + counts[2] + counts[3]) / sum(counts.values())
+    assert (
+        counts[0] / sum(counts.values()) < 0.25 < (counts[1] + counts[2] + counts[3]) / sum(counts.values())
+    )
 
 
 def test_truth_covers_every_contact_and_every_person(
@@ -192,13 +206,17 @@ def test_a_person_typed_several_ways_parses_to_one_number(
     assert len({p for m in widest for p in m["phoneNumbers"]}) >= 3
 
 
-def test_nz_numbers_in_national_format_at_auckland(parsed: tuple[list[dict[str, Any]], list[Contact]]) -> None:
+def test_nz_numbers_in_national_format_at_auckland(
+    parsed: tuple[list[dict[str, Any]], list[Contact]],
+) -> None:
     phones = [p for c in parsed[1] if _locations(c)[0] == AUCKLAND for p in c["phoneNumbers"]]
     assert any(re.fullmatch(r"02[127] \d{3} \d{4}", p) for p in phones)
     assert all(_e164(p, "NZ") is None or not p.strip().startswith("04") for p in phones)
 
 
-def _people_sharing(keyed: dict[tuple[str, str], list[Contact]], truth: dict[str, str]) -> list[list[Contact]]:
+def _people_sharing(
+    keyed: dict[tuple[str, str], list[Contact]], truth: dict[str, str]
+) -> list[list[Contact]]:
     return [m for m in keyed.values() if len({truth[c["uid"]] for c in m}) > 1]
 
 
@@ -248,10 +266,19 @@ def test_same_customer_at_two_locations_as_two_contacts_and_as_one(
     shared = [c for c in parsed[1] if len(c["locations"]) == 2]
     assert len(shared) >= 50, "one contact belonging to two locations"
     # Opted in at both of its locations unless it carries an opt-out.
-    assert sum(set(_locations(c)) <= set(c["channels"][0]["marketingOptedInLocationUids"]) for c in shared if c["channels"]) > 30
+    assert (
+        sum(
+            set(_locations(c)) <= set(c["channels"][0]["marketingOptedInLocationUids"])
+            for c in shared
+            if c["channels"]
+        )
+        > 30
+    )
 
 
-def test_two_phones_junk_email_only_and_empty_contacts(parsed: tuple[list[dict[str, Any]], list[Contact]]) -> None:
+def test_two_phones_junk_email_only_and_empty_contacts(
+    parsed: tuple[list[dict[str, Any]], list[Contact]],
+) -> None:
     contacts = parsed[1]
 
     def valid(c: Contact) -> set[str | None]:
@@ -263,7 +290,10 @@ def test_two_phones_junk_email_only_and_empty_contacts(parsed: tuple[list[dict[s
     email_only = [c for c in contacts if not c["phoneNumbers"] and c["emails"]]
     assert len(email_only) >= 20
     assert any(not c["channels"] for c in contacts)
-    assert all(c["phoneNumbers"] == [ch["identifier"] for ch in c["channels"] if ch["type"] == "PHONE"] for c in contacts)
+    assert all(
+        c["phoneNumbers"] == [ch["identifier"] for ch in c["channels"] if ch["type"] == "PHONE"]
+        for c in contacts
+    )
     assert any(e != e.lower() for c in contacts for e in c["emails"]), "emails typed in varied case"
 
 
@@ -277,8 +307,12 @@ def test_opt_outs_sit_on_one_duplicate_only_in_podiums_consent_model(
     groups = [[_opt_outs(c) for c in cs] for cs in by_person.values() if len(cs) > 1]
     lone_marketing = [g for g in groups if sum(m for m, _, _ in g) == 1]
     assert len(lone_marketing) >= 50
-    assert any(sum(s for _, s, _ in g) == 1 for g in groups), "an SMS (transactional) opt-out on one duplicate"
-    assert any(sum(e for _, _, e in g) == 1 for g in groups), "an email transactional opt-out on one duplicate"
+    assert any(sum(s for _, s, _ in g) == 1 for g in groups), (
+        "an SMS (transactional) opt-out on one duplicate"
+    )
+    assert any(sum(e for _, _, e in g) == 1 for g in groups), (
+        "an email transactional opt-out on one duplicate"
+    )
     flagged = sum(any(_opt_outs(c)) for c in parsed[1])
     assert flagged < 0.2 * len(parsed[1]), "most contacts are opted in: an opt-out is the exception"
 
@@ -297,7 +331,11 @@ def test_names_vary_in_case_order_titles_and_accents(
         if c["name"]:
             by_person[truth[c["uid"]]].add(c["name"])
     assert any(
-        any(a != b and unicodedata.normalize("NFKD", a) != a and _name_key(a) == _name_key(b) for a in ns for b in ns)
+        any(
+            a != b and unicodedata.normalize("NFKD", a) != a and _name_key(a) == _name_key(b)
+            for a in ns
+            for b in ns
+        )
         for ns in by_person.values()
     ), "José and Jose for one person"
 
@@ -309,7 +347,14 @@ def test_duplicates_disagree_on_address_objects(
     addresses: dict[str, set[str]] = defaultdict(set)
     for c in parsed[1]:
         if c["address"]:
-            assert set(c["address"]) == {"addressLine1", "addressLine2", "city", "state", "postalCode", "country"}
+            assert set(c["address"]) == {
+                "addressLine1",
+                "addressLine2",
+                "city",
+                "state",
+                "postalCode",
+                "country",
+            }
             addresses[truth[c["uid"]]].add(c["address"]["addressLine1"])
     assert sum(len(a) > 1 for a in addresses.values()) >= 10
     assert any(c["address"] and c["address"]["city"] is None for c in parsed[1]), "partial addresses"
@@ -331,7 +376,9 @@ def test_most_same_location_duplicates_could_merge_automatically(
             if one_person and _name_key(a["name"]) and _name_key(a["name"]) == _name_key(b["name"]):
                 automatic.add(pair)
     assert len(pairs) > 500
-    assert 0.60 <= len(automatic) / len(pairs) <= 0.90  # ...and a minority not, for lack of a name or a nickname
+    assert (
+        0.60 <= len(automatic) / len(pairs) <= 0.90
+    )  # ...and a minority not, for lack of a name or a nickname
 
 
 def test_make_demo_corpus_command(tmp_path: Path) -> None:

@@ -66,7 +66,9 @@ def test_dump_and_load_round_trip(tmp_path: Path, demo_corpus: tuple[list[str], 
     again = EmulatorState.from_file(target)
     assert again.contacts() == state.contacts()
     assert again.locations() == state.locations()
-    assert {t["label"] for t in again.catalog.tags.values()} == {t["label"] for t in state.catalog.tags.values()}
+    assert {t["label"] for t in again.catalog.tags.values()} == {
+        t["label"] for t in state.catalog.tags.values()
+    }
     assert "changed" in {t["label"] for t in again.catalog.tags.values()}
     assert again.get(uid)["channels"][0]["transactionalOptedOutAt"]
     assert not list(tmp_path.glob(".*.tmp"))
@@ -85,7 +87,10 @@ OLD_LOCATION = {"object": "location", "uid": "loc_sydney", "name": "Sydney CBD",
     ("lines", "match"),
     [
         ([json.dumps(OLD_LOCATION)], r"line 1: .*old export shape.*addressDetails\.country"),
-        ([json.dumps(make_contact()), json.dumps(OLD_CONTACT)], r"line 2: .*old export shape.*locationUid.*expected a v4 contact"),
+        (
+            [json.dumps(make_contact()), json.dumps(OLD_CONTACT)],
+            r"line 2: .*old export shape.*locationUid.*expected a v4 contact",
+        ),
         ([json.dumps(make_contact()), "", "{not json"], r"line 3: not JSON.*expected Podium v4 NDJSON"),
         (["[1, 2]"], r"line 1: not a JSON object"),
         ([json.dumps({**make_contact(), "address": "78 James St"})], r"line 1: .*address string"),
@@ -93,7 +98,16 @@ OLD_LOCATION = {"object": "location", "uid": "loc_sydney", "name": "Sydney CBD",
         ([json.dumps({**make_contact(), "createdAt": "yesterday"})], r"line 1: .*createdAt"),
         (["", "  "], r"empty"),
     ],
-    ids=["old-location", "old-contact", "not-json", "not-object", "address-string", "undocumented", "bad-time", "empty"],
+    ids=[
+        "old-location",
+        "old-contact",
+        "not-json",
+        "not-object",
+        "address-string",
+        "undocumented",
+        "bad-time",
+        "empty",
+    ],
 )
 def test_load_refuses_files_that_are_not_v4(tmp_path: Path, lines: list[str], match: str) -> None:
     path = tmp_path / "bad.ndjson"
@@ -201,7 +215,9 @@ def test_a_contact_created_without_phone_or_email_is_addressed_by_the_uid_answer
 # --- writes -----------------------------------------------------------------------------------------------
 
 
-def test_patch_adds_channels_and_replaces_locations_and_address(emulator_factory: Callable[..., EmulatorServer]) -> None:
+def test_patch_adds_channels_and_replaces_locations_and_address(
+    emulator_factory: Callable[..., EmulatorServer],
+) -> None:
     state = empty_state()
     contact = state.add_contact(make_contact(phones=["0412 345 678"]))
     server = emulator_factory(state)
@@ -212,7 +228,10 @@ def test_patch_adds_channels_and_replaces_locations_and_address(emulator_factory
     assert resp.status_code == 202 and resp.json()["data"] == {"identifier": "+61412345678"}
     after = state.get(contact["uid"])
     # The same number in another spelling is not a new channel; the email is, with no marketing opt-in.
-    assert [(c["type"], c["identifier"]) for c in after["channels"]] == [("PHONE", "0412 345 678"), ("EMAIL", "maria@example.com")]
+    assert [(c["type"], c["identifier"]) for c in after["channels"]] == [
+        ("PHONE", "0412 345 678"),
+        ("EMAIL", "maria@example.com"),
+    ]
     assert after["channels"][1]["marketingOptedInLocationUids"] == []
     assert after["emails"] == ["maria@example.com"]
     assert after["locations"] == [{"uid": SYDNEY}, {"uid": BURLEIGH}]
@@ -222,7 +241,9 @@ def test_patch_adds_channels_and_replaces_locations_and_address(emulator_factory
     # A second number of a kind is added beside the first (our reading; the product avoids relying on it).
     _send(server, "PATCH", path, {"phoneNumber": "+61499000111", "locations": [BURLEIGH]})
     again = state.get(contact["uid"])
-    assert again["phoneNumbers"] == ["0412 345 678", "+61499000111"] and again["locations"] == [{"uid": BURLEIGH}]
+    assert again["phoneNumbers"] == ["0412 345 678", "+61499000111"] and again["locations"] == [
+        {"uid": BURLEIGH}
+    ]
     for bad, field in [({}, "body"), ({"locations": []}, "locations"), ({"locations": [fresh_uid()]}, "locations"),
                        ({"email": "not-an-email"}, "email"), ({"name": "x", "uid": "y"}, "uid")]:  # fmt: skip
         resp = _send(server, "PATCH", path, bad)
@@ -230,7 +251,9 @@ def test_patch_adds_channels_and_replaces_locations_and_address(emulator_factory
         assert resp.json()["message"].startswith(field), resp.json()
 
 
-def test_patch_conversation_uid_moves_that_conversation(emulator_factory: Callable[..., EmulatorServer]) -> None:
+def test_patch_conversation_uid_moves_that_conversation(
+    emulator_factory: Callable[..., EmulatorServer],
+) -> None:
     state = empty_state()
     primary = state.add_contact(make_contact(phones=["0412 345 678"], conversations=1))
     dup = state.add_contact(make_contact(phones=["0499 000 111"], conversations=2))
@@ -245,7 +268,9 @@ def test_patch_conversation_uid_moves_that_conversation(emulator_factory: Callab
     assert resp.status_code == 404 and resp.json()["code"] == "resource_not_found"
 
 
-def test_post_contacts_is_an_upsert_on_phone_or_email(emulator_factory: Callable[..., EmulatorServer]) -> None:
+def test_post_contacts_is_an_upsert_on_phone_or_email(
+    emulator_factory: Callable[..., EmulatorServer],
+) -> None:
     state = empty_state()
     held = state.add_contact(make_contact(phones=["0412 345 678"], tags=["vip"]))
     server = emulator_factory(state)
@@ -257,9 +282,14 @@ def test_post_contacts_is_an_upsert_on_phone_or_email(emulator_factory: Callable
     after = state.get(held["uid"])
     assert after["name"] == "Maria G" and after["locations"] == [{"uid": SYDNEY}, {"uid": BURLEIGH}]
     assert [t["label"] for t in after["tags"]] == ["vip", "walk-in"] and len(after["channels"]) == 1
-    resp = _send(server, "POST", "/v4/contacts", {"name": "New", "locations": [SYDNEY], "email": "new@example.com"})
+    resp = _send(
+        server, "POST", "/v4/contacts", {"name": "New", "locations": [SYDNEY], "email": "new@example.com"}
+    )
     assert resp.json()["data"] == {"identifier": "new@example.com"} and len(state) == 2
-    for bad in ({"name": "x", "locations": [fresh_uid()]}, {"name": "x", "locations": [SYDNEY], "tags": [fresh_uid()]}):
+    for bad in (
+        {"name": "x", "locations": [fresh_uid()]},
+        {"name": "x", "locations": [SYDNEY], "tags": [fresh_uid()]},
+    ):
         assert _send(server, "POST", "/v4/contacts", bad).json()["code"] == "invalid_request_values"
 
 
@@ -292,7 +322,9 @@ def test_opt_out_withdraws_marketing_consent_of_the_number_everywhere(
     emulator_factory: Callable[..., EmulatorServer],
 ) -> None:
     state = empty_state()
-    a = state.add_contact(make_contact(phones=["0412 345 678"], emails=["a@example.com"], locations=[SYDNEY, BURLEIGH]))
+    a = state.add_contact(
+        make_contact(phones=["0412 345 678"], emails=["a@example.com"], locations=[SYDNEY, BURLEIGH])
+    )
     b = state.add_contact(make_contact(phones=["+61 412 345 678"], locations=[AUCKLAND]))
     other = state.add_contact(make_contact(phones=["0499 000 111"]))
     server = emulator_factory(state)
@@ -309,14 +341,21 @@ def test_opt_out_withdraws_marketing_consent_of_the_number_everywhere(
     resp = _send(server, "POST", "/v4/contacts/campaigns/opt_in", {**body, "locationUid": AUCKLAND})
     assert resp.status_code == 200
     assert [c["marketingOptedInLocationUids"] for c in state.get(b["uid"])["channels"]] == [[AUCKLAND]]
-    assert _send(server, "POST", "/v4/contacts/campaigns/opt_in", body).json()["code"] == "invalid_request_values"
+    assert (
+        _send(server, "POST", "/v4/contacts/campaigns/opt_in", body).json()["code"]
+        == "invalid_request_values"
+    )
     unknown = {"channel": {"type": "PHONE", "identifier": "+61400000000"}}
     assert _send(server, "POST", "/v4/contacts/campaigns/opt_out", unknown).status_code == 404
 
 
-def test_tags_and_attributes_of_the_organization_and_of_contacts(emulator_factory: Callable[..., EmulatorServer]) -> None:
+def test_tags_and_attributes_of_the_organization_and_of_contacts(
+    emulator_factory: Callable[..., EmulatorServer],
+) -> None:
     state = empty_state()
-    contact = state.add_contact(make_contact(phones=["0412 345 678"], tags=["vip"], attributes=[("birthday", "1990-01-01")]))
+    contact = state.add_contact(
+        make_contact(phones=["0412 345 678"], tags=["vip"], attributes=[("birthday", "1990-01-01")])
+    )
     server = emulator_factory(state)
     vip = contact["tags"][0]["uid"]
     dup = _send(server, "POST", "/v4/contact_tags", {"label": "VIP", "description": "again"})
@@ -341,7 +380,9 @@ def test_tags_and_attributes_of_the_organization_and_of_contacts(emulator_factor
 
 
 def test_control_endpoints_steer_and_report(emulator: EmulatorServer) -> None:
-    resp = requests.post(emulator.url + "/_emulator/config", json={"fail_rate": 1.0, "fault_statuses": [503]}, timeout=5)
+    resp = requests.post(
+        emulator.url + "/_emulator/config", json={"fail_rate": 1.0, "fault_statuses": [503]}, timeout=5
+    )
     assert resp.status_code == 200 and resp.json()["fail_rate"] == 1.0
     assert emulator.fail_rate == 1.0 and emulator.fault_statuses == (503,)
     headers = {**auth(emulator), "podium-version": "2021.04.01"}
@@ -352,7 +393,10 @@ def test_control_endpoints_steer_and_report(emulator: EmulatorServer) -> None:
     stats = requests.get(emulator.url + "/_emulator/stats", timeout=5).json()
     assert stats["requests"] == 2 and stats["by_status"] == {"503": 1, "200": 1}
     assert stats["podium_versions"] == {"2021.04.01": 2} and stats["faults_injected"] == 1
-    assert requests.post(emulator.url + "/_emulator/config", json={"no_such_knob": 1}, timeout=5).status_code == 400
+    assert (
+        requests.post(emulator.url + "/_emulator/config", json={"no_such_knob": 1}, timeout=5).status_code
+        == 400
+    )
     requests.post(emulator.url + "/_emulator/stats/reset", timeout=5)
     assert emulator.stats()["requests"] == 0
     dump = requests.get(emulator.url + "/_emulator/dump", timeout=5).text.splitlines()
@@ -367,16 +411,24 @@ def test_control_api_adds_contacts_as_is_and_edits_them_as_podium_would(
     added = requests.post(server.url + "/_emulator/contacts", json=contact, timeout=5)
     assert added.status_code == 201 and added.json()["data"] == contact
     edit = {"add_tag": "vip", "add_phone": "0499 000 111", "name": "Maria Podium"}
-    edited = requests.post(f"{server.url}/_emulator/contacts/{contact['uid']}/edit", json=edit, timeout=5).json()["data"]
+    edited = requests.post(
+        f"{server.url}/_emulator/contacts/{contact['uid']}/edit", json=edit, timeout=5
+    ).json()["data"]
     assert edited["name"] == "Maria Podium" and [t["label"] for t in edited["tags"]] == ["vip"]
-    assert edited["phoneNumbers"] == ["0412 345 678", "0499 000 111"] and parse_us(edited["updatedAt"]) > parse_us(contact["updatedAt"])
-    assert requests.get(f"{server.url}/_emulator/contacts/{contact['uid']}", timeout=5).json()["data"] == edited
+    assert edited["phoneNumbers"] == ["0412 345 678", "0499 000 111"] and parse_us(
+        edited["updatedAt"]
+    ) > parse_us(contact["updatedAt"])
+    assert (
+        requests.get(f"{server.url}/_emulator/contacts/{contact['uid']}", timeout=5).json()["data"] == edited
+    )
     bad = requests.post(f"{server.url}/_emulator/contacts/{contact['uid']}/edit", json={"fly": 1}, timeout=5)
     assert bad.status_code == 400
     assert requests.post(server.url + "/_emulator/contacts", json={"uid": "x"}, timeout=5).status_code == 400
 
 
-def test_oauth_refresh_with_a_json_body_and_token_expiry(emulator_factory: Callable[..., EmulatorServer]) -> None:
+def test_oauth_refresh_with_a_json_body_and_token_expiry(
+    emulator_factory: Callable[..., EmulatorServer],
+) -> None:
     server = emulator_factory(empty_state(), scopes=["read_locations"])
     grant = {"client_id": "dev-client", "client_secret": "dev-secret", "grant_type": "refresh_token",
              "refresh_token": "dev-refresh"}  # fmt: skip
@@ -389,8 +441,13 @@ def test_oauth_refresh_with_a_json_body_and_token_expiry(emulator_factory: Calla
     assert requests.post(server.url + "/_emulator/expire-tokens", timeout=5).status_code == 200
     expired = requests.get(server.url + "/v4/locations", headers=bearer, timeout=5)
     assert expired.status_code == 401 and expired.json()["code"] == "unauthenticated"
-    assert requests.post(server.token_url, json={**grant, "client_secret": "no"}, timeout=5).status_code == 401
-    assert requests.post(server.token_url, json={**grant, "grant_type": "password"}, timeout=5).status_code == 400
+    assert (
+        requests.post(server.token_url, json={**grant, "client_secret": "no"}, timeout=5).status_code == 401
+    )
+    assert (
+        requests.post(server.token_url, json={**grant, "grant_type": "password"}, timeout=5).status_code
+        == 400
+    )
     assert requests.post(server.token_url, data=grant, timeout=5).status_code == 400  # form-encoded
     assert server.stats()["token_refreshes"] == 1
 
@@ -403,7 +460,9 @@ def test_rate_limit_answers_429_with_retry_after(emulator_factory: Callable[...,
     assert server.stats()["rate_limited"] == 1
 
 
-def test_a_dropped_write_is_applied_although_the_connection_resets(emulator_factory: Callable[..., EmulatorServer]) -> None:
+def test_a_dropped_write_is_applied_although_the_connection_resets(
+    emulator_factory: Callable[..., EmulatorServer],
+) -> None:
     state = empty_state()
     contact = state.add_contact(make_contact(phones=["0412 345 678"]))
     server = emulator_factory(state, drop_after_commit_rate=1.0)
@@ -445,10 +504,14 @@ def test_command_line_serves_and_dumps_on_signal(tmp_path: Path, sig: signal.Sig
                             "--dump", str(dump), "--token", "t0k"])  # fmt: skip
     try:
         headers = {"Authorization": "Bearer t0k"}
-        resp = requests.patch(url + "/v4/contacts/+61412345678", json={"name": "Dumped"}, headers=headers, timeout=5)
+        resp = requests.patch(
+            url + "/v4/contacts/+61412345678", json={"name": "Dumped"}, headers=headers, timeout=5
+        )
         assert resp.status_code == 202
         # Published API only by default.
-        merge = requests.post(f"{url}/v4/contacts/{uid}/merge", json={"duplicateUids": [uid]}, headers=headers, timeout=5)
+        merge = requests.post(
+            f"{url}/v4/contacts/{uid}/merge", json={"duplicateUids": [uid]}, headers=headers, timeout=5
+        )
         assert merge.status_code == 404
     finally:
         proc.send_signal(sig)
@@ -476,7 +539,9 @@ def test_django_command_wraps_the_same_emulator(tmp_path: Path) -> None:
     proc, url = _start_cli([sys.executable, "manage.py", "podium_emulator", "--load", str(corpus), "--port", "0",
                             "--seed", "3", "--capabilities", "restore"], env={"DEBUG": "1"})  # fmt: skip
     try:
-        resp = requests.get(url + f"/v4/contacts/{uid}", headers={"Authorization": "Bearer dev-token"}, timeout=5)
+        resp = requests.get(
+            url + f"/v4/contacts/{uid}", headers={"Authorization": "Bearer dev-token"}, timeout=5
+        )
         assert resp.status_code == 200 and resp.json()["data"]["uid"] == uid
         config = requests.get(url + "/_emulator/config", timeout=5).json()
         assert config["seed"] == 3 and config["capabilities"] == ["restore"]
@@ -491,5 +556,7 @@ def test_started_emulator_answers_quickly() -> None:
         session = requests.Session()
         started = time.perf_counter()
         for _ in range(100):
-            assert session.get(server.url + "/v4/locations", headers=auth(server), timeout=5).status_code == 200
+            assert (
+                session.get(server.url + "/v4/locations", headers=auth(server), timeout=5).status_code == 200
+            )
         assert time.perf_counter() - started < 5

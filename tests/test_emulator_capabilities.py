@@ -14,8 +14,12 @@ from podium_client.emulator import EmulatorError, EmulatorServer
 from tests.fixtures_emulator import auth, empty_state, make_contact
 
 
-def _send(server: EmulatorServer, method: str, path: str, body: Any = None, **params: Any) -> requests.Response:
-    return requests.request(method, server.url + path, headers=auth(server), json=body, params=params, timeout=10)
+def _send(
+    server: EmulatorServer, method: str, path: str, body: Any = None, **params: Any
+) -> requests.Response:
+    return requests.request(
+        method, server.url + path, headers=auth(server), json=body, params=params, timeout=10
+    )
 
 
 def _merge(server: EmulatorServer, primary: str, dups: list[str]) -> requests.Response:
@@ -39,7 +43,9 @@ def test_merge_keeps_the_primary_and_hides_duplicates_moving_their_conversations
 ) -> None:
     state = empty_state(capabilities="merge")
     primary = state.add_contact(make_contact(name="Maria", phones=["0412 345 678"], conversations=1))
-    dup = state.add_contact(make_contact(name="MARIA GARCIA", phones=["0499 000 111"], tags=["vip"], conversations=2))
+    dup = state.add_contact(
+        make_contact(name="MARIA GARCIA", phones=["0499 000 111"], tags=["vip"], conversations=2)
+    )
     server = emulator_factory(state)
     resp = _merge(server, primary["uid"], [dup["uid"]])
     assert resp.status_code == 200
@@ -52,7 +58,9 @@ def test_merge_keeps_the_primary_and_hides_duplicates_moving_their_conversations
     assert hidden["mergedIntoUid"] == primary["uid"] and hidden["deletedAt"] and hidden["conversations"] == []
     # Hidden from the published ways of finding it, visible by uid on a capability tenant.
     assert _send(server, "GET", "/v4/contacts/+61499000111").status_code == 404
-    assert _send(server, "GET", f"/v4/contacts/{dup['uid']}").json()["data"]["mergedIntoUid"] == primary["uid"]
+    assert (
+        _send(server, "GET", f"/v4/contacts/{dup['uid']}").json()["data"]["mergedIntoUid"] == primary["uid"]
+    )
     conv = dup["conversations"][0]["uid"]
     assert _send(server, "GET", f"/v4/contacts/{conv}").json()["data"]["uid"] == primary["uid"]
     listed = _send(server, "GET", "/v4/contacts", limit=100).json()["data"]
@@ -121,13 +129,18 @@ def test_soft_delete_hides_and_include_deleted_lists(emulator_factory: Callable[
     default = _send(server, "GET", "/v4/contacts").json()["data"]
     assert [c["uid"] for c in default] == [kept["uid"]] and default[0]["deletedAt"] is None
     everything = _send(server, "GET", "/v4/contacts", includeDeleted="true").json()["data"]
-    assert [(c["uid"], bool(c["deletedAt"])) for c in everything] == [(kept["uid"], False), (gone["uid"], True)]
+    assert [(c["uid"], bool(c["deletedAt"])) for c in everything] == [
+        (kept["uid"], False),
+        (gone["uid"], True),
+    ]
     assert state.deleted()[0]["soft"] is True and state.deleted()[0]["contact"]["deletedAt"] is None
     # Writes never reach a hidden contact, even by uid.
     assert _send(server, "PATCH", f"/v4/contacts/{gone['uid']}", {"name": "x"}).status_code == 404
 
 
-def test_without_soft_delete_include_deleted_changes_nothing(emulator_factory: Callable[..., EmulatorServer]) -> None:
+def test_without_soft_delete_include_deleted_changes_nothing(
+    emulator_factory: Callable[..., EmulatorServer],
+) -> None:
     state = empty_state()
     state.add_contact(make_contact())
     server = emulator_factory(state)
@@ -137,7 +150,9 @@ def test_without_soft_delete_include_deleted_changes_nothing(emulator_factory: C
 
 def test_restore_unhides_merged_and_deleted_contacts(emulator_factory: Callable[..., EmulatorServer]) -> None:
     state = empty_state(capabilities="merge,restore,soft-delete")
-    primary, dup, deleted = (state.add_contact(make_contact(phones=[p])) for p in ("0411 000 001", "0411 000 002", "0411 000 003"))
+    primary, dup, deleted = (
+        state.add_contact(make_contact(phones=[p])) for p in ("0411 000 001", "0411 000 002", "0411 000 003")
+    )
     state.merge(primary["uid"], [dup["uid"]])
     server = emulator_factory(state)
     _send(server, "DELETE", "/v4/contacts/+61411000003")
@@ -146,7 +161,9 @@ def test_restore_unhides_merged_and_deleted_contacts(emulator_factory: Callable[
         assert resp.status_code == 200
         assert resp.json()["data"]["deletedAt"] is None and resp.json()["data"]["mergedIntoUid"] is None
     assert _send(server, "GET", "/v4/contacts/+61411000002").json()["data"]["uid"] == dup["uid"]
-    assert _send(server, "POST", "/v4/contacts/00000000-0000-4000-8000-0000000000fd/restore").status_code == 404
+    assert (
+        _send(server, "POST", "/v4/contacts/00000000-0000-4000-8000-0000000000fd/restore").status_code == 404
+    )
     assert server.stats()["restores"] == 2
 
 

@@ -47,7 +47,10 @@ def _pages(server: EmulatorServer, **params: Any) -> list[list[dict[str, Any]]]:
         pages.append(body["data"])
         if not body["metadata"]["nextCursor"]:
             return pages
-        query = {"cursor": body["metadata"]["nextCursor"], **({"limit": params["limit"]} if "limit" in params else {})}
+        query = {
+            "cursor": body["metadata"]["nextCursor"],
+            **({"limit": params["limit"]} if "limit" in params else {}),
+        }
 
 
 def test_every_contact_is_listed_exactly_once(big: EmulatorServer) -> None:
@@ -61,7 +64,10 @@ def test_page_size_defaults_to_10_and_is_at_most_100(big: EmulatorServer) -> Non
     assert len(first["data"]) == 10 and first["metadata"]["nextCursor"]
     # The cursor remembers the page size; an explicit limit beside it wins.
     assert len(_get(big, "/v4/contacts", cursor=first["metadata"]["nextCursor"]).json()["data"]) == 10
-    assert len(_get(big, "/v4/contacts", cursor=first["metadata"]["nextCursor"], limit=100).json()["data"]) == 100
+    assert (
+        len(_get(big, "/v4/contacts", cursor=first["metadata"]["nextCursor"], limit=100).json()["data"])
+        == 100
+    )
     for limit in ("101", "0", "-1", "ten"):
         resp = _get(big, "/v4/contacts", limit=limit)
         assert resp.status_code == 400 and resp.json()["code"] == "invalid_request_values", limit
@@ -97,7 +103,9 @@ def test_paging_is_stable_while_contacts_change(big: EmulatorServer) -> None:
     assert set(created) <= set(seen)
 
 
-def test_updated_at_gives_contacts_changed_strictly_after_it_and_travels_in_the_cursor(big: EmulatorServer) -> None:
+def test_updated_at_gives_contacts_changed_strictly_after_it_and_travels_in_the_cursor(
+    big: EmulatorServer,
+) -> None:
     since = START + timedelta(minutes=N - 250)
     text = since.strftime("%Y-%m-%dT%H:%M:%SZ")
     pages = _pages(big, limit=100, updated_at=text)
@@ -109,7 +117,9 @@ def test_updated_at_gives_contacts_changed_strictly_after_it_and_travels_in_the_
     resp = requests.patch(f"{big.url}/v4/contacts/{old['conversations'][0]['uid']}", json={"name": "Touched"},
                           headers=auth(big), timeout=10)  # fmt: skip
     assert resp.status_code == 202
-    changed = [c["uid"] for page in _pages(big, updated_at=before.strftime("%Y-%m-%dT%H:%M:%SZ")) for c in page]
+    changed = [
+        c["uid"] for page in _pages(big, updated_at=before.strftime("%Y-%m-%dT%H:%M:%SZ")) for c in page
+    ]
     assert changed == [old["uid"]]
     for bad in ("2024-01-01", "2024-01-01T00:00:00+00:00", "2024-01-01T00:00:00.5Z", "last tuesday"):
         resp = _get(big, "/v4/contacts", updated_at=bad)
@@ -150,7 +160,9 @@ def test_locations_page_and_filter_by_updated_after(emulator_factory: Callable[.
     state.add_location({**LOCATIONS[1], "updatedAt": "2026-01-01T00:00:00Z"})
     server = emulator_factory(state)
     first = _get(server, "/v4/locations", limit=3).json()
-    second = _get(server, "/v4/locations", cursor=first["metadata"]["nextCursor"], updatedAfter="2099-01-01T00:00:00Z").json()
+    second = _get(
+        server, "/v4/locations", cursor=first["metadata"]["nextCursor"], updatedAfter="2099-01-01T00:00:00Z"
+    ).json()
     assert len(first["data"]) == 3 and len(second["data"]) == 1 and second["metadata"]["nextCursor"] is None
     assert first["metadata"]["totalItems"] == 4
     recent = _get(server, "/v4/locations", updatedAfter="2025-01-01T00:00:00Z").json()

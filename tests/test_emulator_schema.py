@@ -69,7 +69,10 @@ def delivery_schema(capabilities: bool) -> dict[str, Any]:
         {
             "type": "object",
             "properties": {
-                "eventType": {"type": "string", "enum": list(openapi.schema_for("webhook")["properties"]["eventTypes"]["items"]["enum"])},
+                "eventType": {
+                    "type": "string",
+                    "enum": list(openapi.schema_for("webhook")["properties"]["eventTypes"]["items"]["enum"]),
+                },
                 "eventUid": {"type": "string", "format": "uuid"},
                 "timestamp": {"type": "string", "format": "date-time"},
                 "organizationUid": {"type": "string", "format": "uuid"},
@@ -118,7 +121,9 @@ class Strict:
         assert resp.status_code == status, f"{method} {url}: {resp.status_code} {resp.text[:500]}"
         body = resp.json()
         errors = openapi.validate(body, self.schema(method, template, status))
-        assert not errors, f"{method} {template} ({status}) breaks the documented schema:\n" + "\n".join(errors[:20])
+        assert not errors, f"{method} {template} ({status}) breaks the documented schema:\n" + "\n".join(
+            errors[:20]
+        )
         if status < 400:
             self.covered.add(f"{method} {template}")
         return body
@@ -138,7 +143,9 @@ def org(
                                    tags=["vip"], attributes=[("birthday", "1990-01-01")],
                                    address={"addressLine1": "1 George St", "city": "Sydney"}))  # fmt: skip
     state.add_contact(make_contact(name="Second", phones=["0499 000 222"], conversations=2))
-    state.add_contact(make_contact(name="Pop-up", locations=[POPUP], phones=["0499 000 333"], conversations=0))
+    state.add_contact(
+        make_contact(name="Pop-up", locations=[POPUP], phones=["0499 000 333"], conversations=0)
+    )
     return emulator_factory(state)
 
 
@@ -176,15 +183,24 @@ def test_every_endpoint_answers_exactly_the_documented_shapes(
     # Tags and attribute definitions of the organization.
     tags = s.call("GET", "/v4/contact_tags")["data"]
     assert {"vip", "newsletter"} <= {t["label"] for t in tags}
-    tag = s.call("POST", "/v4/contact_tags", json={"label": "schema-test", "description": "made by a test"})["data"]
+    tag = s.call("POST", "/v4/contact_tags", json={"label": "schema-test", "description": "made by a test"})[
+        "data"
+    ]
     s.call("GET", "/v4/contact_tags/{uid}", f"/v4/contact_tags/{tag['uid']}")
-    s.call("PATCH", "/v4/contact_tags/{uid}", f"/v4/contact_tags/{tag['uid']}", json={"description": "changed"})
+    s.call(
+        "PATCH", "/v4/contact_tags/{uid}", f"/v4/contact_tags/{tag['uid']}", json={"description": "changed"}
+    )
     attrs = s.call("GET", "/v4/contact_attributes")["data"]
     assert "birthday" in {a["label"] for a in attrs}
     attr = s.call("POST", "/v4/contact_attributes",
                   json={"label": "member number", "dataType": "STRING", "ownerResourceType": "ORGANIZATION"})["data"]  # fmt: skip
     s.call("GET", "/v4/contact_attributes/{uid}", f"/v4/contact_attributes/{attr['uid']}")
-    s.call("PATCH", "/v4/contact_attributes/{uid}", f"/v4/contact_attributes/{attr['uid']}", json={"isEncrypted": False})
+    s.call(
+        "PATCH",
+        "/v4/contact_attributes/{uid}",
+        f"/v4/contact_attributes/{attr['uid']}",
+        json={"isEncrypted": False},
+    )
 
     # Webhooks, registered before the writes so deliveries follow them.
     hook = s.call("POST", "/v4/webhooks", json={"url": webhook_receiver.url, "eventTypes": ["contact.updated", "contact.created"],
@@ -207,13 +223,35 @@ def test_every_endpoint_answers_exactly_the_documented_shapes(
                            "address": {"addressLine1": "9 Queen St", "country": "NZ"}})  # fmt: skip
     assert created["data"] == {"identifier": "+64211234567"}
     ident = "/v4/contacts/+61499000111"
-    s.call("PATCH", "/v4/contacts/{identifier}", ident, 202, json={"name": "Known Person", "email": "second@example.com"})
+    s.call(
+        "PATCH",
+        "/v4/contacts/{identifier}",
+        ident,
+        202,
+        json={"name": "Known Person", "email": "second@example.com"},
+    )
     s.call("POST", "/v4/contacts/{identifier}/tags/{uid}", f"{ident}/tags/{tag['uid']}", 202)
     s.call("DELETE", "/v4/contacts/{identifier}/tags/{uid}", f"{ident}/tags/{tag['uid']}", 202)
-    s.call("POST", "/v4/contacts/{identifier}/attributes/{uid}", f"{ident}/attributes/{attr['uid']}", 202, json={"value": "M-2"})
-    s.call("PATCH", "/v4/contacts/{identifier}/attributes/{uid}", f"{ident}/attributes/{attr['uid']}", 202, json={"value": "M-3"})
+    s.call(
+        "POST",
+        "/v4/contacts/{identifier}/attributes/{uid}",
+        f"{ident}/attributes/{attr['uid']}",
+        202,
+        json={"value": "M-2"},
+    )
+    s.call(
+        "PATCH",
+        "/v4/contacts/{identifier}/attributes/{uid}",
+        f"{ident}/attributes/{attr['uid']}",
+        202,
+        json={"value": "M-3"},
+    )
     s.call("DELETE", "/v4/contacts/{identifier}/attributes/{uid}", f"{ident}/attributes/{attr['uid']}", 202)
-    out = s.call("POST", "/v4/contacts/campaigns/opt_out", json={"channel": {"type": "PHONE", "identifier": "+61499000111"}})
+    out = s.call(
+        "POST",
+        "/v4/contacts/campaigns/opt_out",
+        json={"channel": {"type": "PHONE", "identifier": "+61499000111"}},
+    )
     assert all(not c["marketingOptedInLocationUids"] for c in out["data"]["channels"] if c["type"] == "PHONE")
     s.call("POST", "/v4/contacts/campaigns/opt_in", json={"channel": {"type": "PHONE", "identifier": "+61499000111"},
                                                            "locationUid": SYDNEY})  # fmt: skip
@@ -266,7 +304,13 @@ def test_error_answers_are_podiums_envelope(org: EmulatorServer, caps: bool) -> 
         ("GET", "/v4/contacts", 400, "invalid_request_values", {"params": {"limit": 101}}),
         ("GET", "/v4/contacts", 400, "invalid_request_values", {"params": {"updated_at": "2025-01-01"}}),
         ("GET", "/v4/contacts", 400, "invalid_cursor", {"params": {"cursor": "bm90LWEtY3Vyc29y"}}),
-        ("PATCH", "/v4/contacts/+61499000111", 400, "invalid_request_values", {"json": {"phoneNumber": "0499"}}),
+        (
+            "PATCH",
+            "/v4/contacts/+61499000111",
+            400,
+            "invalid_request_values",
+            {"json": {"phoneNumber": "0499"}},
+        ),
         ("PATCH", "/v4/contacts/+61499000111", 400, "bad_request", {"data": b"{not json"}),
         ("POST", "/v4/contacts", 400, "invalid_request_values", {"json": {"name": "No Locations"}}),
         ("GET", "/v4/contacts/nobody@example.com", 404, "resource_not_found", {}),
@@ -280,7 +324,12 @@ def test_error_answers_are_podiums_envelope(org: EmulatorServer, caps: bool) -> 
         assert body["code"] == code, (method, path, body)
     org.configure(scopes=["read_contacts"])
     assert s.call("GET", "/v4/locations", status=403)["code"] == "unauthorized"
-    assert s.call("PATCH", "/v4/contacts/{identifier}", "/v4/contacts/+61499000111", 403, json={"name": "x"})["code"] == "unauthorized"
+    assert (
+        s.call("PATCH", "/v4/contacts/{identifier}", "/v4/contacts/+61499000111", 403, json={"name": "x"})[
+            "code"
+        ]
+        == "unauthorized"
+    )
     org.configure(scopes=["read_locations"], rate_limit=1, rate_window_s=60)
     s.call("GET", "/v4/locations")
     resp = requests.get(org.url + "/v4/locations", headers=auth(org), timeout=5)
@@ -289,7 +338,9 @@ def test_error_answers_are_podiums_envelope(org: EmulatorServer, caps: bool) -> 
     assert resp.json()["code"] == "rate_limit"
 
 
-def test_strict_schema_catches_missing_and_undocumented_fields(demo_corpus: tuple[list[str], dict[str, str]]) -> None:
+def test_strict_schema_catches_missing_and_undocumented_fields(
+    demo_corpus: tuple[list[str], dict[str, str]],
+) -> None:
     """The strict check is not vacuous: a contact missing a field or carrying an old one fails it."""
     contact = json.loads(demo_corpus[0][5])
     check = openapi.validator(contact_schema(False))

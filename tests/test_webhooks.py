@@ -21,7 +21,13 @@ from tests.fixtures_emulator import WebhookReceiver, auth, empty_state, make_con
 SECRET = "whsec_test"
 BODY = b'{"data":{"after":{}},"metadata":{"eventType":"contact.updated"}}'
 NOW = 1_700_000_000.0
-CONTACT_EVENTS = ["contact.created", "contact.updated", "contact.deleted", "contact.merged", "contact.unchanged"]
+CONTACT_EVENTS = [
+    "contact.created",
+    "contact.updated",
+    "contact.deleted",
+    "contact.merged",
+    "contact.unchanged",
+]
 
 
 # --- signing -------------------------------------------------------------------------------------------
@@ -94,7 +100,12 @@ def test_emulator_delivers_signed_events_for_every_change(
     state = empty_state()
     server = emulator_factory(state)
     _register(server, webhook_receiver.url, secret=SECRET)
-    _send(server, "POST", "/v4/contacts", {"name": "Maria", "locations": [SYDNEY], "phoneNumber": "+61412345678"})
+    _send(
+        server,
+        "POST",
+        "/v4/contacts",
+        {"name": "Maria", "locations": [SYDNEY], "phoneNumber": "+61412345678"},
+    )
     _send(server, "PATCH", "/v4/contacts/+61412345678", {"name": "Maria Garcia"})
     _send(server, "PATCH", "/v4/contacts/+61412345678", {"name": "Maria Garcia"})
     _send(server, "DELETE", "/v4/contacts/+61412345678")
@@ -152,10 +163,17 @@ def test_a_failing_delivery_is_retried_and_later_events_wait_behind_it(
         assert server.flush_webhooks(5)
         names = [json.loads(d.body)["data"]["after"]["name"] for d in receiver.deliveries]
         assert names == ["First", "First", "First", "Second"]
-        gaps = [b.received_at - a.received_at for a, b in zip(receiver.deliveries, receiver.deliveries[1:], strict=False)]
+        gaps = [
+            b.received_at - a.received_at
+            for a, b in zip(receiver.deliveries, receiver.deliveries[1:], strict=False)
+        ]
         assert gaps[0] >= 0.04 and gaps[1] >= 0.09  # backoff doubles
         stats = server.stats()
-        assert stats["webhook_attempts_failed"] == 2 and stats["webhooks_sent"] == 2 and stats["webhooks_failed"] == 0
+        assert (
+            stats["webhook_attempts_failed"] == 2
+            and stats["webhooks_sent"] == 2
+            and stats["webhooks_failed"] == 0
+        )
     finally:
         receiver.stop()
 
@@ -173,7 +191,9 @@ def test_a_webhook_failing_every_attempt_is_disabled(emulator_factory: Callable[
         assert len(receiver.deliveries) == 3  # the first event three times; the second never went out
         assert _send(server, "GET", f"/v4/webhooks/{webhook['uid']}").json()["data"]["disabled"] is True
         stats = server.stats()
-        assert stats["webhooks_disabled"] == 1 and stats["webhooks_failed"] == 2 and stats["webhooks_sent"] == 0
+        assert (
+            stats["webhooks_disabled"] == 1 and stats["webhooks_failed"] == 2 and stats["webhooks_sent"] == 0
+        )
         # Disabled: later events are not queued; re-enabling resumes with new events.
         _send(server, "PATCH", "/v4/contacts/+61411000001", {"name": "Third"})
         receiver.status = 200
@@ -234,7 +254,14 @@ def test_webhook_registration_is_validated(emulator_factory: Callable[..., Emula
         ({"eventTypes": ["contact.updated"], "organizationUid": ORGANIZATION_UID}, "url"),
         ({"url": "ftp://x", "eventTypes": ["contact.updated"], "organizationUid": ORGANIZATION_UID}, "url"),
         ({"url": "http://x", "eventTypes": ["contact.updated"]}, "organizationUid"),
-        ({"url": "http://x", "eventTypes": ["contact.updated"], "locationUid": "00000000-0000-4000-8000-0000000000aa"}, "locationUid"),
+        (
+            {
+                "url": "http://x",
+                "eventTypes": ["contact.updated"],
+                "locationUid": "00000000-0000-4000-8000-0000000000aa",
+            },
+            "locationUid",
+        ),
     ]:
         resp = _send(server, "POST", "/v4/webhooks", body)
         assert resp.status_code == 400 and resp.json()["message"].startswith(field), (body, resp.json())

@@ -173,7 +173,9 @@ def validated_body(req: Request) -> Any:
     else:
         data = parse_json(req.body)
     if checker is not None:
-        errors = sorted(checker[0].iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+        errors = sorted(
+            checker[0].iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message)
+        )
         if errors:
             error = errors[0]
             if error.validator == "additionalProperties":
@@ -208,7 +210,9 @@ class Api:
     def _accepted(self, req: Request, identifier: str) -> tuple[int, bytes]:
         return self._one(req, {"identifier": identifier}, 202)
 
-    def _many(self, req: Request, items: list[bytes], extra: Mapping[str, Any] | None = None) -> tuple[int, bytes]:
+    def _many(
+        self, req: Request, items: list[bytes], extra: Mapping[str, Any] | None = None
+    ) -> tuple[int, bytes]:
         meta = b'{"url":' + self._url(req)
         for key, value in (extra or {}).items():
             meta += b',"' + key.encode() + b'":' + dumps(value).encode()
@@ -264,7 +268,9 @@ class Api:
             except ValueError:
                 raise invalid_values("updated_at", "is not a valid date and time") from None
         include = (req.arg("includeDeleted") or "false").lower() == "true"
-        items, next_cursor = self.state.list_contacts_page(self._limit(req), req.arg("cursor"), since, include)
+        items, next_cursor = self.state.list_contacts_page(
+            self._limit(req), req.arg("cursor"), since, include
+        )
         return self._many(req, items, {"nextCursor": next_cursor})
 
     def get_contact(self, req: Request) -> tuple[int, bytes]:

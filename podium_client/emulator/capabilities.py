@@ -61,7 +61,9 @@ def merge_begin(state: EmulatorState, primary_uid: str, dups: list[str], block_c
         state._in_flight.update(members)
 
 
-def merge_commit(state: EmulatorState, primary_uid: str, dups: list[str], block_cross_location: bool) -> bytes:
+def merge_commit(
+    state: EmulatorState, primary_uid: str, dups: list[str], block_cross_location: bool
+) -> bytes:
     """Re-validate and apply a reserved merge, then release it; returns the primary as served."""
     with state.lock:
         try:

@@ -47,7 +47,11 @@ class Catalog:
                 }  # fmt: skip
         for attribute in contact["attributes"]:
             if attribute["uid"] not in self.attributes:
-                data_type = attribute["dataType"] if attribute["dataType"] in shapes.ATTRIBUTE_DATA_TYPES else "STRING"
+                data_type = (
+                    attribute["dataType"]
+                    if attribute["dataType"] in shapes.ATTRIBUTE_DATA_TYPES
+                    else "STRING"
+                )
                 owner = attribute["ownerResource"]
                 self.attributes[attribute["uid"]] = {
                     "uid": attribute["uid"], "label": attribute["label"], "dataType": data_type,
@@ -156,7 +160,10 @@ class Catalog:
         return dict(attribute)
 
     def _owner(self, kind: str) -> dict[str, str]:
-        return {"type": kind, "uid": APPLICATION_UID if kind == "PRODUCT" else self._state.organization["uid"]}
+        return {
+            "type": kind,
+            "uid": APPLICATION_UID if kind == "PRODUCT" else self._state.organization["uid"],
+        }
 
     def update_attribute(self, uid: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """`PATCH /v4/contact_attributes/{uid}`; contacts show the new label and data type (their

@@ -36,9 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drop-after-commit-rate", type=float, default=0.0, help="share of writes applied then hung up on"
     )
     parser.add_argument(
-        "--block-cross-location", action="store_true", help="answer 422 to cross-location merges (capability merge)"
+        "--block-cross-location",
+        action="store_true",
+        help="answer 422 to cross-location merges (capability merge)",
     )
-    parser.add_argument("--webhook-url", default=None, help="register one organization webhook for contact events")
+    parser.add_argument(
+        "--webhook-url", default=None, help="register one organization webhook for contact events"
+    )
     parser.add_argument("--webhook-secret", default=None, help="its signing secret")
     parser.add_argument("--seed", type=int, default=None, help="seed for fault injection and new uids")
     parser.add_argument("--token-ttl", type=float, default=None, help="lifetime in seconds of OAuth tokens")

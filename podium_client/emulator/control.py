@@ -54,7 +54,9 @@ def handle_control(
         return json_response(404, dumps(error_body("resource_not_found", f"{exc.args[0]} not found")))
 
 
-def _route(server: EmulatorServer, method: str, path: str, query: dict[str, list[str]], body: bytes) -> Response:
+def _route(
+    server: EmulatorServer, method: str, path: str, query: dict[str, list[str]], body: bytes
+) -> Response:
     state = server.state
     if path == "/_emulator/config":
         if method == "POST":

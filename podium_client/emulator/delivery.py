@@ -27,7 +27,13 @@ from podium_client.webhooks import sign
 
 logger = logging.getLogger("podium_client.emulator")
 
-CONTACT_EVENTS = ("contact.created", "contact.updated", "contact.deleted", "contact.merged", "contact.unchanged")
+CONTACT_EVENTS = (
+    "contact.created",
+    "contact.updated",
+    "contact.deleted",
+    "contact.merged",
+    "contact.unchanged",
+)
 DEFAULT_MAX_ATTEMPTS = 15
 # 15 attempts spaced 1.76 s * 2^n span about 8 hours, like Podium's schedule.
 DEFAULT_RETRY_BASE_S = 1.76
@@ -109,7 +115,9 @@ class WebhookHub:
 
     def update(self, uid: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """`PUT /v4/webhooks/{uid}`: fields given change, others stay; `disabled: false` re-enables."""
-        if "url" in body and not (isinstance(body["url"], str) and body["url"].startswith(("http://", "https://"))):
+        if "url" in body and not (
+            isinstance(body["url"], str) and body["url"].startswith(("http://", "https://"))
+        ):
             raise invalid_values("url", "a webhook needs an http(s) URL")
         with self._cond:
             webhook = self._webhooks.get(uid)
@@ -138,7 +146,13 @@ class WebhookHub:
     # --- events ----------------------------------------------------------------------------------------
 
     def on_event(
-        self, event: str, before: bytes | None, after: bytes | None, at_us: int, locations: tuple[str, ...], event_uid: str
+        self,
+        event: str,
+        before: bytes | None,
+        after: bytes | None,
+        at_us: int,
+        locations: tuple[str, ...],
+        event_uid: str,
     ) -> None:
         """Queue one contact event for every enabled webhook subscribed to it (called in commit order)."""
         parts = []

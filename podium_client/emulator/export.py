@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from podium_client.emulator.state import EmulatorState
 
 EXPECTED = (
-    "expected Podium v4 NDJSON: one JSON object per line, a location object with \"object\": "
-    "\"location\" or a contact object as GET /v4/contacts returns it"
+    'expected Podium v4 NDJSON: one JSON object per line, a location object with "object": '
+    '"location" or a contact object as GET /v4/contacts returns it'
 )
 
 
@@ -66,8 +66,8 @@ def load_lines(state: EmulatorState, lines: Iterable[str | bytes]) -> int:
                     state.add_location(obj)
                 elif "country" in obj and "locations" not in obj:
                     raise ShapeError(
-                        "this looks like a location in the old export shape (a top-level \"country\"); "
-                        "v4 locations carry it as addressDetails.country and are marked \"object\": \"location\""
+                        'this looks like a location in the old export shape (a top-level "country"); '
+                        'v4 locations carry it as addressDetails.country and are marked "object": "location"'
                     )
                 else:
                     state.load_contact(obj, text)

@@ -249,7 +249,10 @@ class EmulatorServer:
         self.state.add_listener(self._on_event)
         self._register_shortcut()
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="podium-emulator", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="podium-emulator",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -360,7 +363,9 @@ class EmulatorServer:
         resp.headers["X-Request-Id"] = "req_" + secrets.token_hex(8)
         return resp
 
-    def _api(self, method: str, path: str, query: dict[str, list[str]], headers: Headers, body: bytes) -> Response:
+    def _api(
+        self, method: str, path: str, query: dict[str, list[str]], headers: Headers, body: bytes
+    ) -> Response:
         stats = self._stats
         stats.add("requests")
         route = route_name(method, path, self.capabilities)
@@ -440,8 +445,12 @@ class EmulatorServer:
             return error_response(err, {"Retry-After": _format_seconds(self.fault_retry_after)})
         if status == 502:
             # What a gateway in front of an API really sends: HTML, not Podium's JSON.
-            return Response(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", {"Content-Type": "text/html"})
-        return error_response(EmulatorError(status, "internal_server_error", "transient server error (injected)"))
+            return Response(
+                502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", {"Content-Type": "text/html"}
+            )
+        return error_response(
+            EmulatorError(status, "internal_server_error", "transient server error (injected)")
+        )
 
     def _authenticate(self, headers: Headers) -> frozenset[str]:
         scheme, _, tok = (headers.get("Authorization") or "").partition(" ")

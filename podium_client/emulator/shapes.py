@@ -135,7 +135,9 @@ def _list_of_dicts(value: Any, where: str) -> list[dict[str, Any]]:
     return value
 
 
-def _ordered(obj: Mapping[str, Any], fields: tuple[str, ...], where: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+def _ordered(
+    obj: Mapping[str, Any], fields: tuple[str, ...], where: str, defaults: Mapping[str, Any]
+) -> dict[str, Any]:
     unknown = set(obj) - set(fields)
     if unknown:
         raise ShapeError(f"{where} has fields v4 does not document: {', '.join(sorted(unknown))}")
@@ -219,7 +221,12 @@ def is_canonical_contact(obj: Any) -> bool:
     if type(attributes) is not list:
         return False
     for a in attributes:
-        if type(a) is not dict or list(a) != _ATTRIBUTE_KEYS or type(a["uid"]) is not s or type(a["label"]) is not s:
+        if (
+            type(a) is not dict
+            or list(a) != _ATTRIBUTE_KEYS
+            or type(a["uid"]) is not s
+            or type(a["label"]) is not s
+        ):
             return False
         owner = a["ownerResource"]
         if type(owner) is not dict or list(owner) != _OWNER_KEYS:
@@ -312,7 +319,8 @@ def canonical_contact(obj: Any, organization_uid: str) -> tuple[dict[str, Any], 
             raise ShapeError(f"address has fields v4 does not document: {', '.join(sorted(unknown))}")
         contact["address"] = address(contact["address"])
     contact["conversations"] = [
-        {"uid": _uid_field(c, "conversations[]")} for c in _list_of_dicts(contact["conversations"], "conversations")
+        {"uid": _uid_field(c, "conversations[]")}
+        for c in _list_of_dicts(contact["conversations"], "conversations")
     ]
     return contact, extras
 
@@ -334,7 +342,7 @@ def canonical_location(obj: Any, organization_uid: str) -> dict[str, Any]:
     fields = {k: v for k, v in obj.items() if k != "object"}
     if "country" in fields and "addressDetails" not in fields:
         raise ShapeError(
-            "this location is in the old export shape (a top-level \"country\"); v4 locations carry "
+            'this location is in the old export shape (a top-level "country"); v4 locations carry '
             "it as addressDetails.country (null when Podium has none)"
         )
     location = _ordered(fields, LOCATION_FIELDS, "location", {})
@@ -371,7 +379,9 @@ def location_export_line(location: Mapping[str, Any]) -> str:
     return dumps({"object": "location", **location})
 
 
-def organization(uid: str, name: str = "Demo Organization", created: str = "2020-01-01T00:00:00Z") -> dict[str, Any]:
+def organization(
+    uid: str, name: str = "Demo Organization", created: str = "2020-01-01T00:00:00Z"
+) -> dict[str, Any]:
     """The organization object (`GET /v4/organizations/{uid}`)."""
     return {"uid": uid, "businessName": name, "archived": False, "createdAt": created, "updatedAt": created}
 
@@ -385,7 +395,9 @@ def old_shape_reason(obj: Mapping[str, Any]) -> str | None:
     """Why `obj` is a contact in the old invented shape, or None when it is not."""
     old = [key for key in _OLD_CONTACT_KEYS if key in obj]
     channels = obj.get("channels")
-    bare = isinstance(channels, list) and any(isinstance(c, dict) and set(c) == {"type", "identifier"} for c in channels)
+    bare = isinstance(channels, list) and any(
+        isinstance(c, dict) and set(c) == {"type", "identifier"} for c in channels
+    )
     address_text = isinstance(obj.get("address"), str)
     if not old and not bare and not address_text:
         return None

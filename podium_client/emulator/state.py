@@ -109,7 +109,9 @@ class EmulatorState:
         return state
 
     @classmethod
-    def from_lines(cls, lines: Iterable[str | bytes], seed: int | None = None, **kwargs: Any) -> EmulatorState:
+    def from_lines(
+        cls, lines: Iterable[str | bytes], seed: int | None = None, **kwargs: Any
+    ) -> EmulatorState:
         """A state loaded from v4 NDJSON lines."""
         state = cls(seed, **kwargs)
         state.load_lines(lines)
@@ -236,7 +238,9 @@ class EmulatorState:
         try:
             created, updated = parse_us(contact["createdAt"]), parse_us(contact["updatedAt"])
         except (ValueError, TypeError):
-            raise shapes.ShapeError("createdAt and updatedAt must be ISO 8601 timestamps with a zone") from None
+            raise shapes.ShapeError(
+                "createdAt and updatedAt must be ISO 8601 timestamps with a zone"
+            ) from None
         self._adopt_organization(contact["organization"]["uid"])
         for loc in contact["locations"]:
             self._ensure_location(loc["uid"])
@@ -292,7 +296,9 @@ class EmulatorState:
     # --- listing --------------------------------------------------------------------------------------
 
     def _cursor(self, kind: str, after: int, since: int | None, hidden: bool, limit: int) -> str:
-        return Cursor(kind, after, since, hidden, limit, self.cursor_epoch, time.time_ns() // 1_000_000).encode()
+        return Cursor(
+            kind, after, since, hidden, limit, self.cursor_epoch, time.time_ns() // 1_000_000
+        ).encode()
 
     def list_contacts_page(
         self, limit: int | None, cursor: str | None, updated_after_us: int | None, include_hidden: bool
@@ -364,26 +370,42 @@ class EmulatorState:
         self._last_us = us
         return us
 
-    def _emit(self, event: str, before: bytes | None, after: bytes | None, at_us: int, locations: tuple[str, ...]) -> None:
+    def _emit(
+        self, event: str, before: bytes | None, after: bytes | None, at_us: int, locations: tuple[str, ...]
+    ) -> None:
         for listener in list(self._listeners):
             listener(event, before, after, at_us, locations)
 
     def _store(
-        self, rec: Rec, before: dict[str, Any], after: dict[str, Any], event: str, us: int, before_served: bytes
+        self,
+        rec: Rec,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        event: str,
+        us: int,
+        before_served: bytes,
     ) -> None:
         after["updatedAt"] = fmt_us(us)
         self.store.replace(rec, before, after, dumps(after).encode(), us)
         self._emit(event, before_served, self.served(rec), us, _location_uids(before, after))
 
-    def commit(self, rec: Rec, before: dict[str, Any], after: dict[str, Any], event: str = "contact.updated",
-               us: int | None = None) -> bool:
+    def commit(
+        self,
+        rec: Rec,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        event: str = "contact.updated",
+        us: int | None = None,
+    ) -> bool:
         """Store `after` when it differs from `before` (moving `updatedAt`) and emit `event`; emit
         `contact.unchanged` otherwise. Returns whether the contact changed."""
         if after == before:
             raw = self.served(rec)
             self._emit("contact.unchanged", raw, raw, self._tick(), _location_uids(before, after))
             return False
-        self._store(rec, before, after, event, us if us is not None else self._tick(rec.updated_us), self.served(rec))
+        self._store(
+            rec, before, after, event, us if us is not None else self._tick(rec.updated_us), self.served(rec)
+        )
         return True
 
     def new_uid(self) -> str:
@@ -432,7 +454,11 @@ class EmulatorState:
                 for a in body.get("attributes", [])
             ]
             phone, email = body.get("phoneNumber"), body.get("email")
-            by_phone = [r for r in self.store.holders_of_phone(e164(phone, None) or phone) if not r.hidden] if phone else []
+            by_phone = (
+                [r for r in self.store.holders_of_phone(e164(phone, None) or phone) if not r.hidden]
+                if phone
+                else []
+            )
             by_email = [r for r in self.store.holders_of_email(email) if not r.hidden] if email else []
             matches = list({r.uid: r for r in by_phone + by_email}.values())
             if matches:
@@ -474,7 +500,9 @@ class EmulatorState:
             self._uid_identifiers.add(rec.uid)
             return rec.uid
 
-    def _fill_channels(self, contact: dict[str, Any], phone: str | None, email: str | None, stamp: str) -> None:
+    def _fill_channels(
+        self, contact: dict[str, Any], phone: str | None, email: str | None, stamp: str
+    ) -> None:
         if phone:
             self.add_phone(contact, phone, stamp)
         if email:
@@ -510,7 +538,9 @@ class EmulatorState:
                     raise not_found("conversation")
                 if holder is not rec:
                     h_before, h_after = holder.data(), holder.data()
-                    h_after["conversations"] = [c for c in h_after["conversations"] if c["uid"] != conversation]
+                    h_after["conversations"] = [
+                        c for c in h_after["conversations"] if c["uid"] != conversation
+                    ]
                     self.commit(holder, h_before, h_after)
                     after["conversations"].append({"uid": conversation})
             self.commit(rec, before, after, us=us)
@@ -651,7 +681,9 @@ class EmulatorState:
 
         return merge_commit(self, primary_uid, duplicate_uids, block_cross_location)
 
-    def merge(self, primary_uid: str, duplicate_uids: Iterable[str], block_cross_location: bool = False) -> dict[str, Any]:
+    def merge(
+        self, primary_uid: str, duplicate_uids: Iterable[str], block_cross_location: bool = False
+    ) -> dict[str, Any]:
         """Merge in one step (no in-flight window), for tests that set up merged history."""
         dups = list(dict.fromkeys(duplicate_uids))
         self.merge_begin(primary_uid, dups, block_cross_location)
@@ -674,7 +706,9 @@ class EmulatorState:
             contact = rec.data()
             rec.deleted_at = None
             rec.merged_into = None
-            self._store(rec, contact, rec.data(), "contact.updated", self._tick(rec.updated_us), before_served)
+            self._store(
+                rec, contact, rec.data(), "contact.updated", self._tick(rec.updated_us), before_served
+            )
             return self.served(rec)
 
     def podium_edit(self, uid: str, changes: Mapping[str, Any]) -> dict[str, Any]:

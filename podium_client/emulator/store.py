@@ -67,7 +67,17 @@ def mask(identifier: str) -> str:
 class Rec:
     """One stored contact: its JSON plus what listing and resolution need without parsing it."""
 
-    __slots__ = ("uid", "seq", "raw", "created_us", "updated_us", "deleted_at", "merged_into", "gone", "phones")
+    __slots__ = (
+        "uid",
+        "seq",
+        "raw",
+        "created_us",
+        "updated_us",
+        "deleted_at",
+        "merged_into",
+        "gone",
+        "phones",
+    )
 
     def __init__(self, uid: str, seq: int, raw: bytes, created_us: int, updated_us: int) -> None:
         self.uid = uid
@@ -209,7 +219,9 @@ class ContactStore:
         self._index(rec, contact)
         return rec
 
-    def replace(self, rec: Rec, before: dict[str, Any], after: dict[str, Any], raw: bytes, updated_us: int) -> None:
+    def replace(
+        self, rec: Rec, before: dict[str, Any], after: dict[str, Any], raw: bytes, updated_us: int
+    ) -> None:
         """Store a changed contact and move its index entries."""
         self._unindex(rec, before)
         rec.raw = raw
@@ -253,7 +265,9 @@ class ContactStore:
         """The E.164 numbers a contact holds, read in its first location's region (cached)."""
         if rec.phones is None:
             contact = rec.data()
-            region = self._region_of_location(contact["locations"][0]["uid"]) if contact["locations"] else None
+            region = (
+                self._region_of_location(contact["locations"][0]["uid"]) if contact["locations"] else None
+            )
             spellings = [c["identifier"] for c in contact["channels"] if c["type"] == PHONE]
             spellings.extend(contact["phoneNumbers"])
             rec.phones = frozenset(n for n in (e164(s, region) for s in spellings) if n)
