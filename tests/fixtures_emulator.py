@@ -93,7 +93,7 @@ def make_contact(
     emails: Iterable[str] = (),
     tags: Iterable[str] = (),
     attributes: Iterable[tuple[str, str | None]] = (),
-    address: dict[str, Any] | None = None,
+    address: dict[str, Any] | str | None = None,
     conversations: int | Iterable[str] = 1,
     marketing_opted_in: bool | Iterable[str] = True,
     transactional_opt_out: bool | str = False,
@@ -106,7 +106,8 @@ def make_contact(
     (``stable_uid``). ``marketing_opted_in``: True opts every channel in at the contact's locations,
     False nowhere, a list of location uids there. ``transactional_opt_out``: True for every channel,
     or ``"PHONE"`` / ``"EMAIL"`` for channels of that type. ``conversations``: how many (fresh uids) or
-    the uids. A fresh contact uid unless one is given.
+    the uids. ``address`` is an address object (missing fields null) or its first line. A fresh
+    contact uid unless one is given.
     """
     locs = list(locations)
     created = _stamp(created_at)
@@ -130,6 +131,8 @@ def make_contact(
         else list(conversations)
     )
     full_address = None
+    if isinstance(address, str):
+        address = {"addressLine1": address}
     if address is not None:
         keys = ("addressLine1", "addressLine2", "city", "state", "postalCode", "country")
         full_address = {key: address.get(key) for key in keys}

@@ -114,6 +114,11 @@ def new_channel(kind: str, identifier: str, stamp: str, opted_in: Iterable[str] 
     }
 
 
+def location_uids(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[str, ...]:
+    """The uids of the locations a contact belonged to before or after a change, in order."""
+    return tuple(dict.fromkeys(loc["uid"] for loc in [*before["locations"], *after["locations"]]))
+
+
 def derive_lists(contact: dict[str, Any]) -> None:
     """Set `phoneNumbers` and `emails` from the channels (Podium shows both views of one list)."""
     channels = contact["channels"]

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from podium_client.emulator import shapes
+from podium_client.emulator import shapes, writes
 from podium_client.emulator.catalog import Catalog
 from podium_client.emulator.errors import EmulatorError, invalid_values, not_found
 from podium_client.emulator.shapes import EMAIL, PHONE, dumps, fmt_us, parse_us
@@ -387,7 +387,7 @@ class EmulatorState:
     ) -> None:
         after["updatedAt"] = fmt_us(us)
         self.store.replace(rec, before, after, dumps(after).encode(), us)
-        self._emit(event, before_served, self.served(rec), us, _location_uids(before, after))
+        self._emit(event, before_served, self.served(rec), us, shapes.location_uids(before, after))
 
     def commit(
         self,
@@ -401,7 +401,7 @@ class EmulatorState:
         `contact.unchanged` otherwise. Returns whether the contact changed."""
         if after == before:
             raw = self.served(rec)
-            self._emit("contact.unchanged", raw, raw, self._tick(), _location_uids(before, after))
+            self._emit("contact.unchanged", raw, raw, self._tick(), shapes.location_uids(before, after))
             return False
         self._store(
             rec, before, after, event, us if us is not None else self._tick(rec.updated_us), self.served(rec)
@@ -435,232 +435,43 @@ class EmulatorState:
                 raise invalid_values(field, f"unknown location {uid}")
         return [{"uid": uid} for uid in dict.fromkeys(uids)]
 
-    # --- the published contact writes ------------------------------------------------------------------------
+    # --- the published contact writes (writes.py) -----------------------------------------------------------
 
     def create(self, body: Mapping[str, Any]) -> str:
-        """`POST /v4/contacts` (body already schema-valid): an upsert on a matching phone or email.
-
-        Returns the identifier answered: the phone or email that matched or was given, else (a
-        contact with neither) its uid, which this emulator then accepts as an identifier.
-        """
-        route = "POST /v4/contacts"
-        with self.lock:
-            locations = self.check_locations(list(body["locations"]))
-            if not locations:
-                raise invalid_values("locations", "a contact belongs to at least one location")
-            tags = [self.catalog.contact_tag(uid, "tags") for uid in body.get("tags", [])]
-            attributes = [
-                self.catalog.contact_attribute(a["uid"], a["value"], "attributes")
-                for a in body.get("attributes", [])
-            ]
-            phone, email = body.get("phoneNumber"), body.get("email")
-            by_phone = (
-                [r for r in self.store.holders_of_phone(e164(phone, None) or phone) if not r.hidden]
-                if phone
-                else []
-            )
-            by_email = [r for r in self.store.holders_of_email(email) if not r.hidden] if email else []
-            matches = list({r.uid: r for r in by_phone + by_email}.values())
-            if matches:
-                rec = oldest(matches)
-                us = self._tick(rec.updated_us)
-                stamp = fmt_us(us)
-                identifier = phone if rec in by_phone else email
-                assert identifier is not None
-                if len(matches) > 1:
-                    self._note_ambiguous(route, identifier, len(matches))
-                before = rec.data()
-                after = rec.data()
-                after["name"] = body["name"]
-                after["locations"] = list({d["uid"]: d for d in after["locations"] + locations}.values())
-                if "address" in body:
-                    after["address"] = shapes.address(body["address"])
-                self._fill_channels(after, phone, email, stamp)
-                for tag in tags:
-                    if tag["uid"] not in {t["uid"] for t in after["tags"]}:
-                        after["tags"].append(tag)
-                for attribute in attributes:
-                    _set_attribute(after, attribute)
-                self.commit(rec, before, after, us=us)
-                return identifier
-            us = self._tick()
-            stamp = fmt_us(us)
-            contact: dict[str, Any] = {
-                "uid": self.new_uid(), "name": body["name"], "locations": locations,
-                "organization": {"uid": self.organization["uid"]}, "phoneNumbers": [], "emails": [],
-                "channels": [], "tags": tags, "attributes": attributes,
-                "address": shapes.address(body.get("address")), "conversations": [],
-                "createdAt": stamp, "updatedAt": stamp,
-            }  # fmt: skip
-            self._fill_channels(contact, phone, email, stamp)
-            rec = self.store.insert(contact, dumps(contact).encode(), us, us)
-            self._emit("contact.created", None, self.served(rec), us, _location_uids(contact, contact))
-            if phone or email:
-                return phone or email  # type: ignore[return-value]
-            self._uid_identifiers.add(rec.uid)
-            return rec.uid
-
-    def _fill_channels(
-        self, contact: dict[str, Any], phone: str | None, email: str | None, stamp: str
-    ) -> None:
-        if phone:
-            self.add_phone(contact, phone, stamp)
-        if email:
-            self.add_email(contact, email, stamp)
+        """`POST /v4/contacts` (an upsert on a matching phone or email); returns the identifier answered."""
+        return writes.create(self, body)
 
     def patch(self, identifier: str, body: Mapping[str, Any]) -> str:
-        """`PATCH /v4/contacts/{identifier}` (body already schema-valid); returns the identifier.
-
-        `email` / `phoneNumber` add a channel unless the contact holds it (a second one of a kind is
-        added, not replaced: our reading); `locations` and `address` replace; `conversationUid`
-        moves that conversation here (404 when no contact holds it); `contactStatus` is accepted
-        and not shown.
-        """
-        route = "PATCH /v4/contacts/{identifier}"
-        with self.lock:
-            rec = self.resolve(identifier, route)
-            before, after = rec.data(), rec.data()
-            us = self._tick(rec.updated_us)
-            stamp = fmt_us(us)
-            if "name" in body:
-                after["name"] = body["name"]
-            if "locations" in body:
-                after["locations"] = self.check_locations(list(body["locations"]))
-                if not after["locations"]:
-                    raise invalid_values("locations", "a contact belongs to at least one location")
-            if "address" in body:
-                after["address"] = shapes.address(body["address"])
-            self._fill_channels(after, body.get("phoneNumber"), body.get("email"), stamp)
-            conversation = body.get("conversationUid")
-            if conversation is not None:
-                holder = self.store.by_conversation.get(conversation)
-                if holder is None:
-                    raise not_found("conversation")
-                if holder is not rec:
-                    h_before, h_after = holder.data(), holder.data()
-                    h_after["conversations"] = [
-                        c for c in h_after["conversations"] if c["uid"] != conversation
-                    ]
-                    self.commit(holder, h_before, h_after)
-                    after["conversations"].append({"uid": conversation})
-            self.commit(rec, before, after, us=us)
-            return identifier
+        """`PATCH /v4/contacts/{identifier}`; returns the identifier."""
+        return writes.patch(self, identifier, body)
 
     def delete(self, identifier: str) -> str:
-        """`DELETE /v4/contacts/{identifier}`: the contact is gone (hidden with `soft-delete`).
-
-        Either way its full last JSON is kept for `deleted()` so a test can prove nothing was lost.
-        """
-        route = "DELETE /v4/contacts/{identifier}"
-        with self.lock:
-            rec = self.resolve(identifier, route)
-            before_served = self.served(rec)
-            contact = rec.data()
-            us = self._tick(rec.updated_us)
-            soft = "soft-delete" in self._capabilities
-            self._deleted.append((rec.uid, fmt_us(us), soft, before_served))
-            if soft:
-                rec.deleted_at = fmt_us(us)
-                self._store(rec, contact, rec.data(), "contact.deleted", us, before_served)
-            else:
-                self.store.remove(rec, contact)
-                self._uid_identifiers.discard(rec.uid)
-                self._emit("contact.deleted", before_served, None, us, _location_uids(contact, contact))
-            return identifier
-
-    # --- tags and attributes on a contact -------------------------------------------------------------------
+        """`DELETE /v4/contacts/{identifier}` (hides with `soft-delete`); returns the identifier."""
+        return writes.delete(self, identifier)
 
     def attach_tag(self, identifier: str, tag_uid: str) -> str:
-        """`POST /v4/contacts/{identifier}/tags/{uid}`: attach an organization tag (404 unknown tag)."""
-        with self.lock:
-            rec = self.resolve(identifier, "POST /v4/contacts/{identifier}/tags/{uid}")
-            tag = self.catalog.contact_tag(tag_uid)
-            before, after = rec.data(), rec.data()
-            if tag_uid not in {t["uid"] for t in after["tags"]}:
-                after["tags"].append(tag)
-            self.commit(rec, before, after)
-            return identifier
+        """`POST /v4/contacts/{identifier}/tags/{uid}`."""
+        return writes.attach_tag(self, identifier, tag_uid)
 
     def detach_tag(self, identifier: str, tag_uid: str) -> str:
-        """`DELETE /v4/contacts/{identifier}/tags/{uid}`: detach (a tag not attached changes nothing)."""
-        with self.lock:
-            rec = self.resolve(identifier, "DELETE /v4/contacts/{identifier}/tags/{uid}")
-            self.catalog.contact_tag(tag_uid)
-            before, after = rec.data(), rec.data()
-            after["tags"] = [t for t in after["tags"] if t["uid"] != tag_uid]
-            self.commit(rec, before, after)
-            return identifier
+        """`DELETE /v4/contacts/{identifier}/tags/{uid}`."""
+        return writes.detach_tag(self, identifier, tag_uid)
 
     def set_attribute(self, identifier: str, attribute_uid: str, value: str, must_exist: bool) -> str:
-        """`POST` (add or replace) / `PATCH` (`must_exist`: 404 unless set) a contact's attribute value."""
-        method = "PATCH" if must_exist else "POST"
-        with self.lock:
-            rec = self.resolve(identifier, f"{method} /v4/contacts/{{identifier}}/attributes/{{uid}}")
-            attribute = self.catalog.contact_attribute(attribute_uid, value)
-            before, after = rec.data(), rec.data()
-            if must_exist and attribute_uid not in {a["uid"] for a in after["attributes"]}:
-                raise not_found("attribute on this contact")
-            _set_attribute(after, attribute)
-            self.commit(rec, before, after)
-            return identifier
+        """`POST` / `PATCH` (`must_exist`) `/v4/contacts/{identifier}/attributes/{uid}`."""
+        return writes.set_attribute(self, identifier, attribute_uid, value, must_exist)
 
     def remove_attribute(self, identifier: str, attribute_uid: str) -> str:
-        """`DELETE /v4/contacts/{identifier}/attributes/{uid}` (an attribute not set changes nothing)."""
-        with self.lock:
-            rec = self.resolve(identifier, "DELETE /v4/contacts/{identifier}/attributes/{uid}")
-            self.catalog.attribute(attribute_uid)
-            before, after = rec.data(), rec.data()
-            after["attributes"] = [a for a in after["attributes"] if a["uid"] != attribute_uid]
-            self.commit(rec, before, after)
-            return identifier
-
-    # --- consent ---------------------------------------------------------------------------------------------
-
-    def _consent(self, identifier: str, change: Callable[[dict[str, Any], str], bool]) -> bytes:
-        number = e164(identifier, None)
-        if number is None:
-            raise invalid_values("channel.identifier", "must be a phone number in E.164 (+15555555555)")
-        holders = self.store.holders_of_phone(number)
-        if not holders:
-            raise not_found("contact holding that phone number")
-        for rec in holders:
-            region = self.region_of(_first_location(rec.data()))
-            before, after = rec.data(), rec.data()
-            us = self._tick(rec.updated_us)
-            for channel in after["channels"]:
-                if channel["type"] == PHONE and e164(channel["identifier"], region) == number:
-                    if change(channel, fmt_us(us)):
-                        channel["updatedAt"] = fmt_us(us)
-            if after != before:
-                self.commit(rec, before, after, us=us)
-        visible = [r for r in holders if not r.hidden]
-        return self.served(oldest(visible or holders))
+        """`DELETE /v4/contacts/{identifier}/attributes/{uid}`."""
+        return writes.remove_attribute(self, identifier, attribute_uid)
 
     def opt_out(self, identifier: str) -> bytes:
-        """`POST /v4/contacts/campaigns/opt_out`: withdraw marketing consent of that number, at every
-        location, on every contact of the organization holding it (our reading: consent belongs to the
-        number). Returns the (oldest) contact holding it."""
-
-        def clear(channel: dict[str, Any], stamp: str) -> bool:
-            changed = bool(channel["marketingOptedInLocationUids"])
-            channel["marketingOptedInLocationUids"] = []
-            return changed
-
-        with self.lock:
-            return self._consent(identifier, clear)
+        """`POST /v4/contacts/campaigns/opt_out`; returns the (oldest) contact holding the number."""
+        return writes.opt_out(self, identifier)
 
     def opt_in(self, identifier: str, location_uid: str) -> bytes:
-        """`POST /v4/contacts/campaigns/opt_in`: opt that number in for marketing at one location."""
-
-        def add(channel: dict[str, Any], stamp: str) -> bool:
-            if location_uid in channel["marketingOptedInLocationUids"]:
-                return False
-            channel["marketingOptedInLocationUids"].append(location_uid)
-            return True
-
-        with self.lock:
-            self.check_locations([location_uid], "locationUid")
-            return self._consent(identifier, add)
+        """`POST /v4/contacts/campaigns/opt_in`; returns the (oldest) contact holding the number."""
+        return writes.opt_in(self, identifier, location_uid)
 
     # --- Part 2 capabilities -------------------------------------------------------------------------------------
 
@@ -716,22 +527,6 @@ class EmulatorState:
         from podium_client.emulator.edits import podium_edit
 
         return podium_edit(self, uid, changes)
-
-
-def _set_attribute(contact: dict[str, Any], attribute: dict[str, Any]) -> None:
-    for i, held in enumerate(contact["attributes"]):
-        if held["uid"] == attribute["uid"]:
-            contact["attributes"][i] = attribute
-            return
-    contact["attributes"].append(attribute)
-
-
-def _first_location(contact: Mapping[str, Any]) -> str:
-    return contact["locations"][0]["uid"] if contact["locations"] else ""
-
-
-def _location_uids(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(loc["uid"] for loc in [*before["locations"], *after["locations"]]))
 
 
 def _json_or_null(value: str | None) -> bytes:
