@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from podium_client import openapi
-from podium_client.corpus import AUCKLAND, ORGANIZATION_UID, POPUP, SYDNEY
+from podium_client.corpus import AUCKLAND, LOCATIONS, ORGANIZATION_UID, POPUP, SYDNEY
 from podium_client.emulator import EmulatorServer, EmulatorState
 from podium_client.emulator.api import ROUTES
 from podium_client.webhooks import verify
@@ -296,6 +296,58 @@ def test_every_endpoint_answers_exactly_the_documented_shapes(
         verify(SECRET, delivery.body, delivery.headers)
         errors = openapi.validate(json.loads(delivery.body), check)
         assert not errors, "\n".join(errors[:20])
+
+
+def test_webhook_delivery_bodies_follow_the_contract(
+    caps: bool, emulator_factory: Callable[..., EmulatorServer], webhook_receiver: WebhookReceiver
+) -> None:
+    """Every contact event's body: `data.before` and/or `data.after` (strict contacts) and full metadata."""
+    state = EmulatorState(capabilities=ALL_CAPABILITIES if caps else None, organization_uid=ORGANIZATION_UID)
+    for loc in LOCATIONS:
+        state.add_location(loc)
+    primary = state.add_contact(
+        make_contact(phones=["0411 000 001"], tags=["vip"], address={"city": "Sydney"})
+    )
+    dup = state.add_contact(make_contact(phones=["0411 000 002"], locations=[SYDNEY, AUCKLAND]))
+    server = emulator_factory(state, webhook_url=webhook_receiver.url, webhook_secret=SECRET)
+    s = Strict(server, caps)
+    s.call(
+        "POST",
+        "/v4/contacts",
+        status=202,
+        json={"name": "New", "locations": [POPUP], "email": "new@example.com"},
+    )
+    s.call("PATCH", "/v4/contacts/{identifier}", "/v4/contacts/+61411000001", 202, json={"name": "Renamed"})
+    s.call("PATCH", "/v4/contacts/{identifier}", "/v4/contacts/+61411000001", 202, json={"name": "Renamed"})
+    if caps:
+        s.call(
+            "POST",
+            "/v4/contacts/{uid}/merge",
+            f"/v4/contacts/{primary['uid']}/merge",
+            json={"duplicateUids": [dup["uid"]]},
+        )
+    s.call("DELETE", "/v4/contacts/{identifier}", "/v4/contacts/new@example.com", 202)
+    assert server.flush_webhooks(10)
+    check = openapi.validator(delivery_schema(caps))
+    events = []
+    for delivery in webhook_receiver.deliveries:
+        verify(SECRET, delivery.body, delivery.headers)
+        body = json.loads(delivery.body)
+        assert openapi.validate(body, check) == [], body
+        events.append((body["metadata"]["eventType"], sorted(body["data"])))
+    expected = [
+        ("contact.created", ["after"]),
+        ("contact.updated", ["after", "before"]),
+        ("contact.unchanged", ["after", "before"]),
+    ]
+    if caps:
+        expected += [("contact.merged", ["after", "before"]), ("contact.updated", ["after", "before"])]
+        expected += [
+            ("contact.deleted", ["after", "before"])
+        ]  # soft-delete: the contact is still there, hidden
+    else:
+        expected += [("contact.deleted", ["before"])]
+    assert events == expected
 
 
 def test_error_answers_are_podiums_envelope(org: EmulatorServer, caps: bool) -> None:
