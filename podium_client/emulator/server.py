@@ -340,7 +340,7 @@ class EmulatorServer:
     def _on_event(
         self, event: str, before: bytes | None, after: bytes | None, at_us: int, locations: tuple[str, ...]
     ) -> None:
-        self.hub.on_event(event, before, after, at_us, locations, str(uuid.uuid4()))
+        self.hub.on_event(event, before, after, at_us, locations)
 
     # --- request handling --------------------------------------------------------------------------------
 
