@@ -1,13 +1,19 @@
-"""A deterministic demo corpus: contacts with the mess of real life, and the truth about who is who.
+"""A deterministic demo corpus in Podium's v4 export shape, with the mess of real life and the truth.
 
-The export follows the contract's NDJSON (location lines, then contacts). The truth maps every
-contact uid to the person it really is, so detection can be measured: duplicates of one person
-share a phone typed in many spellings; households and reassigned numbers are different people
-sharing a phone; some people appear at two locations; junk phones, soft-deleted rows, opt-outs sat
-on one duplicate only, and names in varied case, order, titles and accents are all there.
+The export is v4 NDJSON (location lines, then contacts exactly as `GET /v4/contacts` lists them). The
+truth maps every contact uid to the person it really is, so detection can be measured. The mess:
+one customer typed many ways (a phone in many spellings, names in varied case, order, titles and
+accents, differing address objects); households and reassigned numbers, i.e. different people
+sharing a phone; people at two locations, both as two contacts and as one contact belonging to two
+locations; junk phones; email-only contacts; opt-outs that sit on one duplicate only, in Podium's
+consent model (a channel not opted in for marketing at its location; rarely a
+`transactionalOptedOutAt`); tags and attributes with organization-wide uids; most contacts with one to
+three conversations. A fourth, small location has no country in Podium (an admin must give its
+region).
 
+Every uid is a UUID derived from the seed, so the same (people, seed) always gives the same file.
 Generation streams in chunks, so a million people never sit in memory as JSON at once (only the
-truth mapping does, as the caller asks for it).
+truth mapping does, when the caller asks for it).
 """
 
 from __future__ import annotations
@@ -18,21 +24,58 @@ import random
 import tempfile
 import time
 import unicodedata
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from podium_client.types import Location, location_export_line
+from podium_client.emulator.shapes import DEFAULT_ORGANIZATION_UID, dumps, location_export_line
 
-LOCATIONS = (
-    Location("loc_sydney", "Sydney CBD", "AU"),
-    Location("loc_burleigh", "Burleigh Heads", "AU"),
-    Location("loc_auckland", "Auckland", "NZ"),
-)
-_COUNTRY = {loc.uid: loc.country for loc in LOCATIONS}
-_HOME_WEIGHTS = ((LOCATIONS[0].uid, 45), (LOCATIONS[1].uid, 30), (LOCATIONS[2].uid, 25))
+ORGANIZATION_UID = DEFAULT_ORGANIZATION_UID
+SYDNEY = "75562888-442f-5caf-9cb9-ea22e5119437"
+BURLEIGH = "85926449-1a82-5628-8a7f-6cfbd0887951"
+AUCKLAND = "10a86364-2021-5999-b7f0-b914fb8a000f"
+#: A small location Podium has no country for: the product must ask an admin for its region.
+POPUP = "07abb140-b169-5b59-a5ad-1360dcba1477"
+
+
+def _location(
+    uid: str, name: str, display: str, road: str | None, city: str | None, state: str | None,
+    postal: str | None, country: str | None, country_name: str | None, phone: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    address = ", ".join(p for p in (road, city, state, postal) if p) or None
+    return {
+        "uid": uid, "name": name, "displayName": display, "organizationUid": ORGANIZATION_UID,
+        "archived": False, "archivedAt": None, "address": address,
+        "addressDetails": {
+            "houseNumber": None, "road": road, "unit": None, "city": city, "state": state,
+            "stateLongName": None, "postalCode": postal, "country": country, "countryLongName": country_name,
+        },
+        "phoneNumber": phone, "podiumPhoneNumber": phone,
+        "createdAt": "2019-06-01T00:00:00Z", "updatedAt": "2024-02-01T00:00:00Z",
+    }  # fmt: skip
+
+
+#: The demo organization's locations, as `GET /v4/locations` lists them.
+LOCATIONS: tuple[dict[str, Any], ...] = (
+    _location(SYDNEY, "Sydney CBD", "Podium Demo Sydney", "George St", "Sydney", "NSW", "2000", "AU", "Australia",
+              "+61290000000"),
+    _location(BURLEIGH, "Burleigh Heads", "Podium Demo Burleigh", "Gold Coast Hwy", "Burleigh Heads", "QLD",
+              "4220", "AU", "Australia", "+61755000000"),
+    _location(AUCKLAND, "Auckland", "Podium Demo Auckland", "Queen St", "Auckland", None, "1010", "NZ",
+              "New Zealand", "+6493000000"),
+    _location(POPUP, "Pop-up Van", "Podium Demo Pop-up", None, None, None, None, None, None, None),
+)  # fmt: skip
+#: Where the people of each location really live (the pop-up is in Australia; Podium does not say so).
+_COUNTRY = {SYDNEY: "AU", BURLEIGH: "AU", AUCKLAND: "NZ", POPUP: "AU"}
+_HOME_WEIGHTS = ((SYDNEY, 43), (BURLEIGH, 29), (AUCKLAND, 24), (POPUP, 4))
+_PLACES = {
+    SYDNEY: ("Sydney", "NSW", "2000"), BURLEIGH: ("Burleigh Heads", "QLD", "4220"),
+    AUCKLAND: ("Auckland", None, "1010"), POPUP: ("Byron Bay", "NSW", "2481"),
+}  # fmt: skip
+TAG_DESCRIPTIONS = {"vip": "Very important customer", "wholesale": "Trade account"}
 
 FIRST_NAMES = (
     "Maria", "José", "Chloé", "Zoë", "Renée", "Liam", "Noah", "Olivia", "Charlotte", "Amelia", "Isla", "Mia",
@@ -167,30 +210,29 @@ class _Person:
     email: str | None
     tags: tuple[str, ...]
     birthday: str | None
+    address: dict[str, Any] | None
     second_phone: _Phone | None = None
 
 
 @dataclass(slots=True)
 class _Spec:
-    """A contact before its uid and order in the file are known."""
+    """A contact before its uid and its place in the file are known."""
 
     person: str
-    location: str
+    locations: list[str]
     name: str | None
-    channels: list[dict[str, str]]
+    channels: list[tuple[str, str]]  # (type, identifier) in the order Podium shows them
     tags: list[str]
-    attributes: list[dict[str, str]]
-    address: str | None
+    attributes: list[tuple[str, str]]
+    address: dict[str, Any] | None
     created: int
     updated: int
     conversations: int
-    marketing: bool = False
-    sms: bool = False
-    email_opt: bool = False
-    deleted: bool = False
-    merged_into: int | None = None  # index of another spec of the same chunk
-    merged_into_uid: str | None = None
+    marketing_out: bool = False
+    sms_out: bool = False
+    email_out: bool = False
     uid: str = ""
+    conversation_uids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -208,13 +250,20 @@ class _Generator:
         self.people = people
         self.seed = seed
         self.rng = random.Random(seed)
+        # Uids come from their own stream, so the mess does not depend on how many uids were drawn.
+        self.uid_rng = random.Random(f"podium-demo-corpus-uids:{seed}")
         self.next_person = 1
-        self.next_uid_number = 1
         self.kinds: Counter[str] = Counter()
         offsets = random.Random(seed ^ 0x5EED)
         self._offsets = [offsets.randrange(1 << 30) for _ in range(6)]
         self._phone_index = 0
         self._second_index = 0
+        namespace = uuid.uuid5(uuid.NAMESPACE_URL, f"podium-demo-corpus:{seed}")
+        self.tag_uids = {label: str(uuid.uuid5(namespace, f"tag:{label}")) for label in TAGS}
+        self.birthday_uid = str(uuid.uuid5(namespace, "attribute:birthday"))
+
+    def new_uid(self) -> str:
+        return str(uuid.UUID(int=self.uid_rng.getrandbits(128), version=4))
 
     # --- people -------------------------------------------------------------------------------------
 
@@ -241,7 +290,7 @@ class _Generator:
             n = (i * _STRIDE + self._offsets[2]) % _NZ_LANDLINE_SPACE
             return _Phone(f"093{n:06d}", "NZ", _nz_landline_national, _nz_landline_international)
         n = (i * _STRIDE + self._offsets[3]) % _AU_LANDLINE_SPACE
-        national = f"029{n:07d}" if home == "loc_sydney" else f"0755{n % 1_000_000:06d}"
+        national = f"029{n:07d}" if home == SYDNEY else f"0755{n % 1_000_000:06d}"
         return _Phone(national, "AU", _au_landline_national, _au_landline_international)
 
     def _email(self, first: str, last: str, pid: str) -> str:
@@ -250,6 +299,15 @@ class _Generator:
             (f"{_ascii_slug(first)}.{_ascii_slug(last)}", f"{_ascii_slug(first)[:1]}{_ascii_slug(last)}")
         )
         return f"{local}{int(pid[2:])}@{rng.choice(EMAIL_DOMAINS)}"
+
+    def _home_address(self, home: str) -> dict[str, Any]:
+        rng = self.rng
+        city, state, postal = _PLACES[home]
+        return {
+            "addressLine1": f"{rng.randint(1, 400)} {rng.choice(STREETS)}",
+            "addressLine2": rng.choice((None, None, None, f"Unit {rng.randint(1, 30)}")),
+            "city": city, "state": state, "postalCode": postal, "country": _COUNTRY[home],
+        }  # fmt: skip
 
     def _person(self, home: str, last: str | None = None, phone: _Phone | None = None) -> _Person:
         rng = self.rng
@@ -267,6 +325,7 @@ class _Generator:
             f"{rng.randint(1950, 2006)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
             if rng.random() < 0.3
             else None,
+            self._home_address(home),
         )
         if rng.random() < 0.05:
             person.second_phone = self._landline(home) if rng.random() < 0.6 else self._mobile(_COUNTRY[home])
@@ -310,93 +369,105 @@ class _Generator:
 
     # --- contacts -----------------------------------------------------------------------------------
 
-    def _contact(self, p: _Person, location: str, created_from: int, created_to: int) -> _Spec:
+    def _address(self, p: _Person) -> dict[str, Any] | None:
         rng = self.rng
-        at_country = _COUNTRY[location]
-        channels: list[dict[str, str]] = []
+        if p.address is None or rng.random() >= 0.25:
+            return None
+        address = dict(p.address)
+        roll = rng.random()
+        if roll < 0.2:
+            # Moved house, or a typo: duplicates of one person disagree on the address.
+            self.kinds["differing_address"] += 1
+            address["addressLine1"] = f"{rng.randint(1, 400)} {rng.choice(STREETS)}"
+        elif roll < 0.4:
+            self.kinds["partial_address"] += 1
+            address.update(
+                {"addressLine2": None, "city": None, "state": None, "postalCode": None, "country": None}
+            )
+        return address
+
+    def _contact(self, p: _Person, locations: list[str], created_from: int, created_to: int) -> _Spec:
+        rng = self.rng
+        at_country = _COUNTRY[locations[0]]
+        channels: list[tuple[str, str]] = []
         roll = rng.random()
         if roll < 0.025:
             self.kinds["junk_phone"] += 1
-            channels.append({"type": "PHONE", "identifier": rng.choice(JUNK_PHONES)})
+            channels.append(("PHONE", rng.choice(JUNK_PHONES)))
             if rng.random() < 0.3:
-                channels.append({"type": "PHONE", "identifier": p.phone.spell(rng, at_country)})
-        elif roll > 0.015 + 0.025:
-            channels.append({"type": "PHONE", "identifier": p.phone.spell(rng, at_country)})
+                channels.append(("PHONE", p.phone.spell(rng, at_country)))
+        elif roll > 0.02 + 0.025:
+            channels.append(("PHONE", p.phone.spell(rng, at_country)))
         else:
             self.kinds["no_phone"] += 1
         if p.second_phone is not None and rng.random() < 0.6:
             self.kinds["two_phones"] += 1
-            channels.append({"type": "PHONE", "identifier": p.second_phone.spell(rng, at_country)})
+            channels.append(("PHONE", p.second_phone.spell(rng, at_country)))
         if p.email and rng.random() < 0.7:
             email = p.email
             if rng.random() < 0.2:
                 local, _, domain = email.partition("@")
                 email = f"{local.capitalize()}@{domain.capitalize()}"
-            channels.append({"type": "EMAIL", "identifier": email})
+            channels.append(("EMAIL", email))
+        if channels and all(kind == "EMAIL" for kind, _ in channels):
+            self.kinds["email_only"] += 1
         if len(channels) > 1 and rng.random() < 0.3:
             rng.shuffle(channels)
         created = rng.randint(created_from, created_to)
         updated = min(created + rng.randint(0, 300 * 86400), _T_END + 30 * 86400)
         tags = [t for t in p.tags if rng.random() < 0.8]
-        attributes = [{"label": "birthday", "value": p.birthday}] if p.birthday and rng.random() < 0.6 else []
-        address = None
-        if rng.random() < 0.25:
-            address = f"{rng.randint(1, 400)} {rng.choice(STREETS)}"
+        attributes = [("birthday", p.birthday)] if p.birthday and rng.random() < 0.6 else []
+        conversations = rng.choices((0, 1, 2, 3), weights=(15, 45, 25, 15))[0]
         return _Spec(
-            p.pid,
-            location,
-            self._name(p),
-            channels,
-            tags,
-            attributes,
-            address,
-            created,
-            updated,
-            rng.choice((0, 0, 1, 1, 2, 3, 4, 6, 9, 12)),
-        )
+            p.pid, locations, self._name(p), channels, tags, attributes, self._address(p), created, updated,
+            conversations,
+        )  # fmt: skip
 
     def _contacts_of(
         self, p: _Person, specs: list[_Spec], start: int = _T_START, end: int = _T_END
     ) -> list[int]:
         rng = self.rng
         count = rng.choices((1, 2, 3, 4, 5), weights=(60, 22, 11, 5, 2))[0]
+        others = [loc["uid"] for loc in LOCATIONS if loc["uid"] != p.home]
+        two_locations = rng.random() < 0.04
         mine: list[int] = []
-        for _ in range(count):
-            specs.append(self._contact(p, p.home, start, end))
+        for i in range(count):
+            locations = [p.home]
+            if two_locations and i == 0:
+                # One contact the person's two locations share (Podium lists it once, with both).
+                self.kinds["multi_location"] += 1
+                locations.append(rng.choice(others))
+            specs.append(self._contact(p, locations, start, end))
             mine.append(len(specs) - 1)
         if rng.random() < 0.05:
             self.kinds["cross_location"] += 1
-            others = [loc.uid for loc in LOCATIONS if loc.uid != p.home]
-            specs.append(self._contact(p, rng.choice(others), start, end))
+            specs.append(self._contact(p, [rng.choice(others)], start, end))
             mine.append(len(specs) - 1)
         if count > 1:
             self.kinds["duplicated_people"] += 1
         return mine
 
     def _mess_up(self, specs: list[_Spec], mine: list[int]) -> None:
-        """Deletions and opt-outs that sit on one duplicate only."""
+        """Opt-outs that sit on one duplicate only (in Podium's consent model when written out)."""
         rng = self.rng
-        for i in mine:
-            if rng.random() < 0.03:
-                spec = specs[i]
-                spec.deleted = True
-                self.kinds["deleted"] += 1
-                alive = [j for j in mine if j != i and not specs[j].deleted]
-                if alive and rng.random() < 0.4:
-                    spec.merged_into = rng.choice(alive)
-                    spec.conversations = 0
-                    self.kinds["merged_deleted"] += 1
+
+        def one(kind: str | None) -> _Spec | None:
+            holders = [specs[i] for i in mine if any(kind is None or k == kind for k, _ in specs[i].channels)]
+            return rng.choice(holders) if holders else None
+
         if len(mine) > 1:
-            if rng.random() < 0.2:
-                specs[rng.choice(mine)].marketing = True
+            if rng.random() < 0.2 and (spec := one(None)) is not None:
+                spec.marketing_out = True
                 self.kinds["opt_out_on_one_duplicate"] += 1
-            if rng.random() < 0.08:
-                specs[rng.choice(mine)].sms = True
+            if rng.random() < 0.08 and (spec := one("PHONE")) is not None:
+                spec.sms_out = True
                 self.kinds["opt_out_on_one_duplicate"] += 1
-            if rng.random() < 0.04:
-                specs[rng.choice(mine)].email_opt = True
-        elif rng.random() < 0.05:
-            specs[mine[0]].marketing = True
+                self.kinds["transactional_opt_out"] += 1
+            if rng.random() < 0.04 and (spec := one("EMAIL")) is not None:
+                spec.email_out = True
+                self.kinds["transactional_opt_out"] += 1
+        elif rng.random() < 0.05 and specs[mine[0]].channels:
+            specs[mine[0]].marketing_out = True
 
     # --- groups -------------------------------------------------------------------------------------
 
@@ -419,6 +490,7 @@ class _Generator:
                     member.email = first_person.email
                 if rng.random() < 0.6:
                     member.tags = first_person.tags
+                member.address = first_person.address
                 members.append(member)
             self.kinds["households"] += 1
             for member in members:
@@ -431,8 +503,7 @@ class _Generator:
             while (new.first, new.last) == (old.first, old.last):
                 new.first = rng.choice(FIRST_NAMES)
             self.kinds["reassigned_numbers"] += 1
-            old_mine = self._contacts_of(old, specs, _T_OLD_START, _T_START - 86400)
-            self._mess_up(specs, old_mine)
+            self._mess_up(specs, self._contacts_of(old, specs, _T_OLD_START, _T_START - 86400))
             self._mess_up(specs, self._contacts_of(new, specs))
             truth_people.extend((old.pid, new.pid))
             return 2
@@ -444,7 +515,6 @@ class _Generator:
     def chunks(self, chunk_people: int = 2000) -> Iterator[list[_Spec]]:
         """Yield the contacts chunk by chunk, each chunk in export (uid) order."""
         remaining = self.people
-        rng = self.rng
         while remaining > 0:
             specs: list[_Spec] = []
             made: list[str] = []
@@ -452,38 +522,60 @@ class _Generator:
             while len(made) < target:
                 self._group(specs, made, target - len(made))
             remaining -= len(made)
-            # Export order is uid order; shuffling the numbers scatters a person's contacts.
-            numbers = list(range(self.next_uid_number, self.next_uid_number + len(specs)))
-            self.next_uid_number += len(specs)
-            rng.shuffle(numbers)
-            for spec, number in zip(specs, numbers, strict=True):
-                spec.uid = f"ct_{number:07d}_{rng.getrandbits(24):06x}"
             for spec in specs:
-                if spec.merged_into is not None:
-                    spec.merged_into_uid = specs[spec.merged_into].uid
+                spec.uid = self.new_uid()
+                spec.conversation_uids = [self.new_uid() for _ in range(spec.conversations)]
+            # Export order is uid order: random uids scatter a person's contacts through the file.
             specs.sort(key=lambda sp: sp.uid)
             yield specs
 
+    # --- v4 JSON --------------------------------------------------------------------------------------
 
-def _contact_json(spec: _Spec) -> str:
-    data: dict[str, Any] = {
-        "uid": spec.uid,
-        "locationUid": spec.location,
-        "name": spec.name,
-        "channels": spec.channels,
-        "tags": [{"label": t} for t in spec.tags],
-        "attributes": spec.attributes,
-        "address": spec.address,
-        "marketingOptOut": spec.marketing,
-        "smsOptOut": spec.sms,
-        "emailOptOut": spec.email_opt,
-        "createdAt": _ts(spec.created),
-        "updatedAt": _ts(spec.updated),
-        "deletedAt": _ts(spec.updated) if spec.deleted else None,
-        "mergedIntoUid": spec.merged_into_uid,
-        "conversationCount": spec.conversations,
-    }
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    def contact_json(self, spec: _Spec) -> str:
+        created, updated = _ts(spec.created), _ts(spec.updated)
+        opted_in = list(spec.locations)
+        channels = []
+        marketing_target = spec.channels[0] if spec.marketing_out and spec.channels else None
+        sms_done = email_done = False
+        for kind, identifier in spec.channels:
+            out_at = None
+            if kind == "PHONE" and spec.sms_out and not sms_done:
+                out_at, sms_done = _ts((spec.created + spec.updated) // 2), True
+            elif kind == "EMAIL" and spec.email_out and not email_done:
+                out_at, email_done = _ts((spec.created + spec.updated) // 2), True
+            channels.append({
+                "type": kind, "identifier": identifier, "label": None,
+                "marketingOptedInLocationUids": [] if (kind, identifier) == marketing_target else list(opted_in),
+                "transactionalOptedOutAt": out_at, "createdAt": created, "updatedAt": updated,
+            })  # fmt: skip
+        data: dict[str, Any] = {
+            "uid": spec.uid,
+            "name": spec.name,
+            "locations": [{"uid": loc} for loc in spec.locations],
+            "organization": {"uid": ORGANIZATION_UID},
+            "phoneNumbers": [i for k, i in spec.channels if k == "PHONE"],
+            "emails": [i for k, i in spec.channels if k == "EMAIL"],
+            "channels": channels,
+            "tags": [
+                {"uid": self.tag_uids[t], "label": t, "description": TAG_DESCRIPTIONS.get(t)}
+                for t in spec.tags
+            ],
+            "attributes": [
+                {
+                    "uid": self.birthday_uid,
+                    "label": label,
+                    "value": value,
+                    "dataType": "STRING",
+                    "ownerResource": {"type": "ORGANIZATION", "uid": ORGANIZATION_UID},
+                }  # fmt: skip
+                for label, value in spec.attributes
+            ],
+            "address": spec.address,
+            "conversations": [{"uid": u} for u in spec.conversation_uids],
+            "createdAt": created,
+            "updatedAt": updated,
+        }
+        return dumps(data)
 
 
 def iter_corpus(
@@ -503,10 +595,15 @@ def iter_corpus(
     for chunk in gen.chunks():
         for spec in chunk:
             contacts += 1
-            yield _contact_json(spec), spec.person
+            yield gen.contact_json(spec), spec.person
     if summary is not None:
         summary.contacts = contacts
         summary.kinds = gen.kinds
+
+
+def _uid_of_line(line: str) -> str:
+    # The uid is the first field of every contact line: cheaper than parsing the line.
+    return line[8 : line.index('"', 8)]
 
 
 def generate_corpus(people: int, seed: int) -> tuple[list[str], dict[str, str]]:
@@ -519,8 +616,7 @@ def generate_corpus(people: int, seed: int) -> tuple[list[str], dict[str, str]]:
     for line, person in iter_corpus(people, seed):
         lines.append(line)
         if person is not None:
-            # The uid is the first field of every contact line: cheaper than parsing the line.
-            truth[line[8 : line.index('"', 8)]] = person
+            truth[_uid_of_line(line)] = person
     return lines, truth
 
 
@@ -549,8 +645,7 @@ def write_corpus(
             fh.write(line)
             fh.write("\n")
             if person is not None:
-                uid = line[8 : line.index('"', 8)]
-                th.write(("" if first else ", ") + f'"{uid}": "{person}"')
+                th.write(("" if first else ", ") + f'"{_uid_of_line(line)}": "{person}"')
                 first = False
         th.write("}}\n")
     return summary

@@ -11,28 +11,39 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, TextIO
 
+from podium_client.emulator.export import ExportFileError
 from podium_client.emulator.server import EmulatorServer
-from podium_client.emulator.state import EmulatorState
+from podium_client.emulator.state import CAPABILITIES, EmulatorState, parse_capabilities
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the emulator's options to a parser (argparse or Django's CommandParser)."""
-    parser.add_argument("--load", metavar="FILE.ndjson", help="NDJSON export to load at start")
+    parser.add_argument("--load", metavar="FILE.ndjson", help="v4 NDJSON export to load at start")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="default 8765; 0 picks a free port")
     parser.add_argument("--token", default="dev-token", help="static bearer token (default: dev-token)")
-    parser.add_argument("--dump", metavar="FILE", help="write the state as NDJSON here on exit")
+    parser.add_argument("--dump", metavar="FILE", help="write the state as v4 NDJSON here on exit")
+    parser.add_argument(
+        "--capabilities",
+        default="",
+        help=f"Part 2 capabilities to serve, comma-separated from {', '.join(CAPABILITIES)} "
+        "(default: none, Podium's published API only)",
+    )
     parser.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 5xx/429")
     parser.add_argument("--rate-limit", type=int, default=None, help="requests per minute, then 429")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument(
-        "--drop-after-commit-rate", type=float, default=0.0, help="share of mutations applied then hung up on"
+        "--drop-after-commit-rate", type=float, default=0.0, help="share of writes applied then hung up on"
     )
     parser.add_argument(
-        "--block-cross-location", action="store_true", help="answer 422 to cross-location merges"
+        "--block-cross-location",
+        action="store_true",
+        help="answer 422 to cross-location merges (capability merge)",
     )
-    parser.add_argument("--webhook-url", default=None)
-    parser.add_argument("--webhook-secret", default=None)
+    parser.add_argument(
+        "--webhook-url", default=None, help="register one organization webhook for contact events"
+    )
+    parser.add_argument("--webhook-secret", default=None, help="its signing secret")
     parser.add_argument("--seed", type=int, default=None, help="seed for fault injection and new uids")
     parser.add_argument("--token-ttl", type=float, default=None, help="lifetime in seconds of OAuth tokens")
 
@@ -48,15 +59,24 @@ def run(options: Mapping[str, Any], out: TextIO | None = None) -> int:
     """Serve until SIGINT/SIGTERM, then stop cleanly and write `--dump` if asked; returns an exit code.
 
     The only line written to `out` is `Podium emulator listening on <url>`, so a parent process can
-    wait for it; progress notes go to stderr.
+    wait for it; progress notes and errors go to stderr.
     """
     out = out or sys.stdout
-    if bool(options.get("webhook_url")) != bool(options.get("webhook_secret")):
-        print("--webhook-url and --webhook-secret go together", file=sys.stderr)
+    if options.get("webhook_secret") and not options.get("webhook_url"):
+        print("--webhook-secret needs --webhook-url", file=sys.stderr)
         return 2
-    state = EmulatorState(options.get("seed"))
+    try:
+        capabilities = parse_capabilities(options.get("capabilities") or "")
+    except ValueError as exc:
+        print(f"--capabilities: {exc}", file=sys.stderr)
+        return 2
+    state = EmulatorState(options.get("seed"), capabilities=capabilities)
     if options.get("load"):
-        count = state.load_file(options["load"])
+        try:
+            count = state.load_file(options["load"])
+        except (OSError, ExportFileError) as exc:
+            print(f"cannot load {options['load']}: {exc}", file=sys.stderr)
+            return 2
         print(
             f"loaded {count} contacts in {len(state.locations())} locations from {options['load']}",
             file=sys.stderr,
@@ -84,6 +104,8 @@ def run(options: Mapping[str, Any], out: TextIO | None = None) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
+        caps = ",".join(sorted(capabilities)) or "none (published API only)"
+        print(f"capabilities: {caps}", file=sys.stderr, flush=True)
         print(f"Podium emulator listening on {server.url}", file=out, flush=True)
         # A bounded wait keeps the main thread returning to the interpreter, where signal handlers run.
         while not stop.is_set():

@@ -1,96 +1,46 @@
-"""A real HTTP server speaking the Podium contract over an EmulatorState, with switchable faults.
+"""A real HTTP server speaking Podium's published v4 API over an EmulatorState, with switchable faults.
 
 Fault injection is configuration, not patching: `fail_rate`, `rate_limit`, `latency_ms`,
 `drop_after_commit_rate` and `block_cross_location` can be set at construction, changed as
 attributes at runtime, or steered over HTTP (`POST /_emulator/config`) when the emulator runs in
-another process. `GET /_emulator/stats` reports what happened.
+another process. `GET /_emulator/stats` reports what happened (see control.py for the control API).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
-import logging
 import math
-import queue
 import random
-import re
 import secrets
-import socket
-import struct
-import sys
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+import uuid
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-import requests
-
-from podium_client.emulator.state import EmulatorError, EmulatorState
-from podium_client.types import error_body, format_timestamp
-from podium_client.webhooks import SIGNATURE_HEADER, sign_webhook
-
-logger = logging.getLogger("podium_client.emulator")
-
-_CONTACT_RE = re.compile(r"^/v4/contacts/([^/]+)$")
-_RESTORE_RE = re.compile(r"^/v4/contacts/([^/]+)/restore$")
-_MERGE_RE = re.compile(r"^/v4/contacts/([^/]+)/merge$")
+from podium_client.emulator.api import Api, Request, match, route_name
+from podium_client.emulator.control import handle_control
+from podium_client.emulator.delivery import CONTACT_EVENTS, WebhookHub
+from podium_client.emulator.errors import EmulatorError, bad_request, invalid_values
+from podium_client.emulator.shapes import dumps
+from podium_client.emulator.state import EmulatorState, parse_capabilities
+from podium_client.emulator.transport import Headers, HTTPServer, Response, error_response, json_response
 
 #: Settings that may be changed at runtime (attributes, `configure()`, `POST /_emulator/config`).
 CONFIG_KEYS = (
-    "token",
-    "fail_rate",
-    "rate_limit",
-    "rate_window_s",
-    "latency_ms",
-    "drop_after_commit_rate",
-    "block_cross_location",
-    "webhook_url",
-    "webhook_secret",
-    "token_ttl",
-    "fault_retry_after",
-    "fault_statuses",
-    "fail_next",
-    "seed",
-    "client_id",
-    "client_secret",
-    "refresh_token",
-)
+    "token", "scopes", "capabilities", "fail_rate", "rate_limit", "rate_window_s", "latency_ms",
+    "drop_after_commit_rate", "block_cross_location", "webhook_url", "webhook_secret", "token_ttl",
+    "fault_retry_after", "fault_statuses", "fail_next", "seed", "client_id", "client_secret",
+    "refresh_token", "cursor_ttl_s", "webhook_retry_base_s", "webhook_max_attempts",
+)  # fmt: skip
 
-DEFAULT_TOKEN_TTL = 3600.0
-SCOPES = frozenset({"contacts.read", "contacts.write"})
-
-
-class _Headers(Protocol):
-    def get(self, name: str, default: None = None, /) -> str | None: ...
-
-
-@dataclass
-class _Response:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    drop: bool = False
-
-
-def _json_response(status: int, body: str | bytes, headers: Mapping[str, str] | None = None) -> _Response:
-    data = body.encode("utf-8") if isinstance(body, str) else body
-    out = {"Content-Type": "application/json; charset=utf-8"}
-    out.update(headers or {})
-    return _Response(status, data, out)
-
-
-def _error(err: EmulatorError, headers: Mapping[str, str] | None = None) -> _Response:
-    return _json_response(err.status, json.dumps(error_body(err.code, err.message, err.uid)), headers)
-
-
-def _format_seconds(seconds: float) -> str:
-    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:.3f}"
+#: Every token's scopes unless configured otherwise (webhook routes need only their events' scopes).
+DEFAULT_SCOPES = ("read_contacts", "write_contacts", "read_locations", "read_organizations")
+#: Podium's access tokens last about 10 hours.
+DEFAULT_TOKEN_TTL = 36_000.0
+_MERGE_ROUTE = "POST /v4/contacts/{uid}/merge"
 
 
 class _Stats:
@@ -102,18 +52,12 @@ class _Stats:
     def reset(self) -> None:
         with self._lock:
             self._data = {
-                "requests": 0,
-                "by_status": collections.Counter(),
-                "by_route": collections.Counter(),
-                "merges": 0,
-                "hard_delete_attempts": 0,
-                "drops": 0,
-                "faults_injected": 0,
-                "rate_limited": 0,
-                "token_refreshes": 0,
-                "webhooks_sent": 0,
-                "webhooks_failed": 0,
-            }
+                "requests": 0, "by_status": collections.Counter(), "by_route": collections.Counter(),
+                "podium_versions": collections.Counter(), "writes": 0, "deletes": 0, "merges": 0,
+                "restores": 0, "purge_attempts": 0, "drops": 0, "faults_injected": 0, "rate_limited": 0,
+                "token_refreshes": 0, "webhooks_sent": 0, "webhooks_failed": 0, "webhook_attempts_failed": 0,
+                "webhooks_disabled": 0,
+            }  # fmt: skip
 
     def add(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -128,180 +72,20 @@ class _Stats:
             return {k: dict(v) if isinstance(v, collections.Counter) else v for k, v in self._data.items()}
 
 
-class _WebhookSender:
-    """Delivers events from one background thread so a request never waits on a subscriber."""
-
-    def __init__(self, emulator: EmulatorServer) -> None:
-        self._emulator = emulator
-        self._queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="podium-emulator-webhooks", daemon=True)
-        self._thread.start()
-
-    def enqueue(self, url: str, secret: str, body: str) -> None:
-        self._queue.put((url, secret, body))
-
-    def flush(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        session = requests.Session()
-        try:
-            while True:
-                item = self._queue.get()
-                try:
-                    if item is None:
-                        return
-                    self._deliver(session, *item)
-                finally:
-                    self._queue.task_done()
-        finally:
-            session.close()
-
-    def _deliver(self, session: requests.Session, url: str, secret: str, body: str) -> None:
-        payload = body.encode("utf-8")
-        for attempt in range(3):
-            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign_webhook(secret, payload)}
-            try:
-                resp = session.post(url, data=payload, headers=headers, timeout=5)
-            except requests.RequestException as exc:
-                logger.warning(
-                    "emulator webhook to %s failed (%s), attempt %d", url, type(exc).__name__, attempt + 1
-                )
-            else:
-                if 200 <= resp.status_code < 300:
-                    self._emulator._stats.add("webhooks_sent")
-                    return
-                logger.warning(
-                    "emulator webhook to %s answered %d, attempt %d", url, resp.status_code, attempt + 1
-                )
-            time.sleep(0.05 * 2**attempt)
-        self._emulator._stats.add("webhooks_failed")
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    # socketserver's default backlog of 5 refuses connections when a few client threads start at once.
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], emulator: EmulatorServer) -> None:
-        self.emulator = emulator
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, ConnectionError | TimeoutError):
-            # A client that timed out and hung up is a normal event for a fault-injecting server.
-            logger.debug("client %s went away: %r", client_address, exc)
-            return
-        logger.exception("emulator failed answering %s", client_address)
-
-    def close_open_connections(self) -> None:
-        """Hang up on kept-alive clients so stopping is immediate and visible to them."""
-        with self._open_lock:
-            sockets = list(self._open)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "PodiumEmulator/1.0"
-    # Headers and body go out in separate writes; with Nagle on, the second waits for a delayed ACK.
-    disable_nagle_algorithm = True
-    # Idle keep-alive connections are dropped after this long, freeing their threads.
-    timeout = 120
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s " + format, self.address_string(), *args)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def _dispatch(self, method: str) -> None:
-        emulator = cast(_HTTPServer, self.server).emulator
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.close_connection = True
-            resp = _error(EmulatorError(400, "invalid_request", "bad Content-Length"))
-        else:
-            body = self.rfile.read(length) if length else b""
-            resp = emulator.handle(method, self.path, self.headers, body)
-        if resp.drop:
-            self._abort()
-            return
-        self.send_response(resp.status)
-        for key, value in resp.headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(resp.body)))
-        self.end_headers()
-        self.wfile.write(resp.body)
-
-    def _abort(self) -> None:
-        # SO_LINGER 0 makes close() send a RST: the client sees its connection reset with no
-        # response at all, like a load balancer dying after the backend committed.
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        with contextlib.suppress(OSError):
-            self.connection.close()
-
-
 class EmulatorServer:
     """The Podium emulator: an HTTP server over an EmulatorState.
 
-    `start()` serves from a background thread; `url` is then the base URL to give a client. The
-    static `token` is granted contacts.read and contacts.write (never contacts.delete, so a hard
-    delete answers 403 and is counted). `POST /oauth/token` issues tokens living `token_ttl`
-    seconds for the refresh token `refresh_token` of client `client_id`/`client_secret`.
+    `start()` serves from a background thread; `url` is then the base URL to give a client. The static
+    `token` and every OAuth token carry `scopes`. `POST /oauth/token` (JSON body) issues tokens living
+    `token_ttl` seconds for refresh token `refresh_token` of client `client_id`/`client_secret`.
+    `capabilities` (a subset of merge, restore, soft-delete; default none) switches on Part 2.
 
-    Faults: `fail_rate` answers that share of API requests with 500/502/503/429 before doing
-    anything; `rate_limit` allows that many requests per minute, enforced over a sliding window of
-    `rate_window_s` seconds (60 by default; a shorter window keeps the same per-minute budget and
-    lets tests run quickly); `latency_ms` delays every API request (a merge holds its contacts in
-    flight meanwhile); `drop_after_commit_rate` applies that share of mutations and then resets
-    the connection without answering; `block_cross_location` answers 422 to merges across
-    locations. `fault_statuses` are the statuses injected faults pick from, and `fault_retry_after`
-    the Retry-After of injected 429s. `fail_next = n` fails exactly the next n API requests, for
-    tests that need a fault at a precise step. `seed` makes faults repeatable.
+    Faults: `fail_rate` answers that share of API requests with one of `fault_statuses` before doing
+    anything; `fail_next = n` fails exactly the next n; `rate_limit` allows that many requests per
+    minute over a sliding window of `rate_window_s` seconds, then 429 `rate_limit` with Retry-After;
+    `latency_ms` delays every API request (a merge holds its contacts in flight meanwhile);
+    `drop_after_commit_rate` applies that share of writes and then resets the connection unanswered;
+    `block_cross_location` answers 422 to cross-location merges. `seed` makes faults repeatable.
     """
 
     def __init__(
@@ -320,26 +104,33 @@ class EmulatorServer:
         seed: int | None = None,
         token_ttl: float | None = None,
         *,
+        capabilities: str | Iterable[str] | None = None,
+        scopes: Iterable[str] = DEFAULT_SCOPES,
         rate_window_s: float = 60.0,
         fault_retry_after: float = 1.0,
-        fault_statuses: tuple[int, ...] = (500, 502, 503, 429),
+        fault_statuses: Iterable[int] = (500, 502, 503, 429),
         fail_next: int = 0,
         client_id: str = "dev-client",
         client_secret: str = "dev-secret",
         refresh_token: str = "dev-refresh",
+        cursor_ttl_s: float | None = 3600.0,
+        webhook_retry_base_s: float | None = None,
+        webhook_max_attempts: int | None = None,
     ) -> None:
         self.state = state if state is not None else EmulatorState(seed)
+        if capabilities is not None:
+            self.state.capabilities = capabilities
+        self.state.cursor_ttl_s = cursor_ttl_s
         self.host = host
         self.port = port
         self.token = token
+        self.scopes = tuple(scopes)
         self.fail_rate = fail_rate
         self.rate_limit = rate_limit
         self.rate_window_s = rate_window_s
         self.latency_ms = latency_ms
         self.drop_after_commit_rate = drop_after_commit_rate
         self.block_cross_location = block_cross_location
-        self.webhook_url = webhook_url
-        self.webhook_secret = webhook_secret
         self.token_ttl = token_ttl
         self.fault_retry_after = fault_retry_after
         self.fault_statuses = tuple(fault_statuses)
@@ -352,23 +143,111 @@ class EmulatorServer:
         self._rng_lock = threading.Lock()
         self._window: collections.deque[float] = collections.deque()
         self._window_lock = threading.Lock()
-        self._issued: dict[str, float] = {}
+        self._issued: dict[str, tuple[float, frozenset[str]]] = {}
         self._issued_lock = threading.Lock()
         self._stats = _Stats()
-        self._httpd: _HTTPServer | None = None
+        self.hub = WebhookHub(
+            lambda: self.state.organization["uid"],
+            lambda uid: uid in {loc["uid"] for loc in self.state.locations()},
+            lambda: str(uuid.uuid4()),
+            self._stats.add,
+        )
+        if webhook_retry_base_s is not None:
+            self.hub.retry_base_s = webhook_retry_base_s
+        if webhook_max_attempts is not None:
+            self.hub.max_attempts = webhook_max_attempts
+        self._webhook_url = webhook_url
+        self._webhook_secret = webhook_secret
+        self._shortcut_uid: str | None = None
+        self.api = Api(self)
+        self._httpd: HTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._sender: _WebhookSender | None = None
 
-    # --- lifecycle --------------------------------------------------------------------------------
+    # --- settings living elsewhere ---------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The Part 2 capabilities served (the state's)."""
+        return self.state.capabilities
+
+    @capabilities.setter
+    def capabilities(self, value: str | Iterable[str] | None) -> None:
+        self.state.capabilities = value
+
+    @property
+    def cursor_ttl_s(self) -> float | None:
+        """Seconds a cursor stays valid (None: forever)."""
+        return self.state.cursor_ttl_s
+
+    @cursor_ttl_s.setter
+    def cursor_ttl_s(self, value: float | None) -> None:
+        self.state.cursor_ttl_s = value
+
+    @property
+    def webhook_retry_base_s(self) -> float:
+        """Delay before the first redelivery; it doubles with every failure."""
+        return self.hub.retry_base_s
+
+    @webhook_retry_base_s.setter
+    def webhook_retry_base_s(self, value: float) -> None:
+        self.hub.retry_base_s = float(value)
+
+    @property
+    def webhook_max_attempts(self) -> int:
+        """Delivery attempts before a webhook is disabled (Podium: about 15)."""
+        return self.hub.max_attempts
+
+    @webhook_max_attempts.setter
+    def webhook_max_attempts(self, value: int) -> None:
+        self.hub.max_attempts = int(value)
+
+    @property
+    def webhook_url(self) -> str | None:
+        """The shortcut organization webhook (all contact events), registered while running."""
+        return self._webhook_url
+
+    @webhook_url.setter
+    def webhook_url(self, value: str | None) -> None:
+        self._webhook_url = value
+        self._register_shortcut()
+
+    @property
+    def webhook_secret(self) -> str | None:
+        """The shortcut webhook's secret."""
+        return self._webhook_secret
+
+    @webhook_secret.setter
+    def webhook_secret(self, value: str | None) -> None:
+        self._webhook_secret = value
+        self._register_shortcut()
+
+    def _register_shortcut(self) -> None:
+        if self._httpd is None:
+            return
+        if self._shortcut_uid is not None:
+            try:
+                self.hub.delete(self._shortcut_uid)
+            except EmulatorError:
+                pass  # already deleted through the API
+            self._shortcut_uid = None
+        if self._webhook_url:
+            body = {
+                "url": self._webhook_url, "eventTypes": list(CONTACT_EVENTS), "secret": self._webhook_secret,
+                "organizationUid": self.state.organization["uid"],
+            }  # fmt: skip
+            self._shortcut_uid = self.hub.create(body)["uid"]
+
+    # --- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> EmulatorServer:
         """Bind and serve from a background thread; returns self."""
         if self._httpd is not None:
             raise RuntimeError("emulator already started")
-        self._httpd = _HTTPServer((self.host, self.port), self)
+        self._httpd = HTTPServer((self.host, self.port), self)
         self.port = self._httpd.server_address[1]
-        self._sender = _WebhookSender(self)
+        self.hub.start()
         self.state.add_listener(self._on_event)
+        self._register_shortcut()
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.02},
@@ -379,7 +258,7 @@ class EmulatorServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving, hang up on open connections, and deliver queued webhooks (bounded wait)."""
+        """Stop serving, hang up on open connections, stop delivering webhooks."""
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
@@ -389,9 +268,7 @@ class EmulatorServer:
         httpd.server_close()
         if self._thread is not None:
             self._thread.join(5)
-        if self._sender is not None:
-            self._sender.stop()
-            self._sender = None
+        self.hub.stop()
 
     def __enter__(self) -> EmulatorServer:
         return self.start() if self._httpd is None else self
@@ -410,42 +287,62 @@ class EmulatorServer:
         """The OAuth token endpoint."""
         return self.url + "/oauth/token"
 
-    # --- control ------------------------------------------------------------------------------------
+    # --- control ---------------------------------------------------------------------------------------
 
     def configure(self, **changes: Any) -> None:
-        """Change settings at runtime (same names as the constructor); ValueError on unknown names."""
+        """Change settings at runtime (names of CONFIG_KEYS); ValueError on unknown names or values."""
         unknown = set(changes) - set(CONFIG_KEYS)
         if unknown:
             raise ValueError(f"unknown emulator settings: {sorted(unknown)}")
+        if "capabilities" in changes:
+            parse_capabilities(changes["capabilities"])
         for key, value in changes.items():
-            setattr(self, key, tuple(value) if key == "fault_statuses" else value)
+            setattr(self, key, tuple(value) if key in ("fault_statuses", "scopes") else value)
         if "seed" in changes:
             with self._rng_lock:
                 self._rng = random.Random(changes["seed"])
 
     def config(self) -> dict[str, Any]:
         """The current settings."""
-        return {key: getattr(self, key) for key in CONFIG_KEYS}
+        out = {key: getattr(self, key) for key in CONFIG_KEYS}
+        out["capabilities"] = sorted(self.capabilities)
+        return out
 
     def stats(self) -> dict[str, Any]:
-        """Counters: requests, by_status, by_route, merges, hard_delete_attempts, drops, ...."""
-        return self._stats.snapshot()
+        """Counters: requests, by_route, by_status, writes, deletes, purge_attempts, ambiguous uses, ..."""
+        snap = self._stats.snapshot()
+        with self.state.lock:
+            snap["ambiguous_identifier_uses"] = len(self.state.ambiguous_uses)
+            snap["ambiguous_identifiers"] = list(self.state.ambiguous_uses)
+        return snap
 
     def reset_stats(self) -> None:
         """Zero the counters."""
         self._stats.reset()
+        with self.state.lock:
+            self.state.ambiguous_uses.clear()
 
     def expire_tokens(self) -> None:
-        """Make every OAuth-issued token expired (the next use answers 401 token_expired)."""
+        """Make every OAuth-issued token expired (its next use answers 401 unauthenticated)."""
         with self._issued_lock:
-            for tok in self._issued:
-                self._issued[tok] = 0.0
+            for tok, (_, scopes) in list(self._issued.items()):
+                self._issued[tok] = (0.0, scopes)
 
     def flush_webhooks(self, timeout: float = 5.0) -> bool:
-        """Wait until queued webhook deliveries are done; False on timeout."""
-        return True if self._sender is None else self._sender.flush(timeout)
+        """Wait until no enabled webhook has a delivery pending; False on timeout."""
+        return self.hub.flush(timeout)
 
-    # --- request handling ---------------------------------------------------------------------------
+    def sleep_latency(self) -> None:
+        """Wait the configured latency (the merge route calls it while holding its reservation)."""
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000)
+
+    def _on_event(
+        self, event: str, before: bytes | None, after: bytes | None, at_us: int, locations: tuple[str, ...]
+    ) -> None:
+        self.hub.on_event(event, before, after, at_us, locations)
+
+    # --- request handling --------------------------------------------------------------------------------
 
     def _chance(self, rate: float) -> bool:
         if rate <= 0:
@@ -453,71 +350,67 @@ class EmulatorServer:
         with self._rng_lock:
             return self._rng.random() < rate
 
-    def handle(self, method: str, target: str, headers: _Headers, body: bytes) -> _Response:
+    def handle(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
         """Answer one request (called from the handler threads)."""
-        request_id = "req_" + secrets.token_hex(8)
         parts = urlsplit(target)
-        path = parts.path
         query = parse_qs(parts.query, keep_blank_values=True)
-        if path.startswith("/_emulator/"):
-            resp = self._control(method, path, body)
-        elif path == "/oauth/token":
+        if parts.path.startswith("/_emulator/"):
+            resp = handle_control(self, method, parts.path, query, body)
+        elif parts.path == "/oauth/token":
             resp = self._oauth(method, body)
         else:
-            resp = self._api(method, path, query, headers, body)
-        resp.headers["X-Request-Id"] = request_id
+            resp = self._api(method, parts.path, query, headers, body)
+        resp.headers["X-Request-Id"] = "req_" + secrets.token_hex(8)
         return resp
 
     def _api(
-        self, method: str, path: str, query: dict[str, list[str]], headers: _Headers, body: bytes
-    ) -> _Response:
+        self, method: str, path: str, query: dict[str, list[str]], headers: Headers, body: bytes
+    ) -> Response:
         stats = self._stats
         stats.add("requests")
-        route = _route_name(method, path)
+        route = route_name(method, path, self.capabilities)
         stats.count("by_route", route)
-        hard = method == "DELETE" and query.get("hard", [""])[-1].lower() in ("true", "1")
-        if hard:
-            stats.add("hard_delete_attempts")
-        resp = self._api_inner(method, path, query, headers, body, hard, route)
+        stats.count("podium_versions", headers.get("podium-version") or "(none)")
+        hard = query.get("hard", [""])[-1].lower() in ("true", "1")
+        purge = "/purge" in path or (method == "DELETE" and hard)
+        if purge:
+            stats.add("purge_attempts")
+        resp = self._api_inner(method, path, query, headers, body, route, purge)
         stats.count("by_status", "dropped" if resp.drop else str(resp.status))
         if resp.drop:
             stats.add("drops")
         return resp
 
     def _api_inner(
-        self,
-        method: str,
-        path: str,
-        query: dict[str, list[str]],
-        headers: _Headers,
-        body: bytes,
-        hard: bool,
-        route: str,
-    ) -> _Response:
-        is_merge = route == "POST /v4/contacts/{uid}/merge"
-        if self.latency_ms and not is_merge:
-            time.sleep(self.latency_ms / 1000)
+        self, method: str, path: str, query: dict[str, list[str]], headers: Headers, body: bytes, route: str,
+        purge: bool,
+    ) -> Response:  # fmt: skip
+        if route != _MERGE_ROUTE:
+            self.sleep_latency()
         limited = self._rate_limited()
         if limited is not None:
             self._stats.add("rate_limited")
-            return _error(
-                EmulatorError(429, "rate_limited", "rate limit exceeded"),
-                {"Retry-After": _format_seconds(limited)},
-            )
+            err = EmulatorError(429, "rate_limit", "rate limit exceeded: 300 requests per minute")
+            return error_response(err, {"Retry-After": _format_seconds(limited)})
         if self._take_fault():
             self._stats.add("faults_injected")
             return self._injected_fault()
-        auth_error = self._authenticate(headers)
-        if auth_error is not None:
-            return _error(auth_error)
-        if hard:
-            return _error(
-                EmulatorError(403, "insufficient_scope", "hard delete needs the contacts.delete scope")
-            )
         try:
-            return self._route(method, path, query, body, route)
+            scopes = self._authenticate(headers)
+            if purge:
+                raise EmulatorError(403, "unauthorized", "purging contacts is not part of Podium's API")
+            served, params = match(method, path, self.capabilities)
+            if served is None:
+                raise EmulatorError(404, "route_not_found", f"no route {method} {path}")
+            req = Request(method, path, query, body, scopes, params, served)
+            status, payload = self.api.dispatch(req)
         except EmulatorError as err:
-            return _error(err)
+            return error_response(err)
+        if served.write:
+            self._stats.add("writes")
+            if self._chance(self.drop_after_commit_rate):
+                return Response(drop=True)
+        return json_response(status, payload)
 
     def _rate_limited(self) -> float | None:
         """None when the request fits the budget, else the seconds until it would."""
@@ -544,198 +437,67 @@ class EmulatorServer:
                 return True
             return self.fail_rate > 0 and self._rng.random() < self.fail_rate
 
-    def _injected_fault(self) -> _Response:
+    def _injected_fault(self) -> Response:
         with self._rng_lock:
             status = self._rng.choice(self.fault_statuses or (500,))
         if status == 429:
-            return _error(
-                EmulatorError(429, "rate_limited", "rate limit exceeded (injected)"),
-                {"Retry-After": _format_seconds(self.fault_retry_after)},
-            )
+            err = EmulatorError(429, "rate_limit", "rate limit exceeded (injected)")
+            return error_response(err, {"Retry-After": _format_seconds(self.fault_retry_after)})
         if status == 502:
-            # What a gateway in front of an API really sends: HTML, not the contract's JSON.
-            return _Response(
+            # What a gateway in front of an API really sends: HTML, not Podium's JSON.
+            return Response(
                 502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", {"Content-Type": "text/html"}
             )
-        return _error(EmulatorError(status, "server_error", "transient server error (injected)"))
+        return error_response(
+            EmulatorError(status, "internal_server_error", "transient server error (injected)")
+        )
 
-    def _authenticate(self, headers: _Headers) -> EmulatorError | None:
+    def _authenticate(self, headers: Headers) -> frozenset[str]:
         scheme, _, tok = (headers.get("Authorization") or "").partition(" ")
         tok = tok.strip()
         if scheme.lower() != "bearer" or not tok:
-            return EmulatorError(401, "unauthorized", "missing bearer token")
+            raise EmulatorError(401, "unauthenticated", "missing bearer token")
         if tok == self.token:
-            return None
+            return frozenset(self.scopes)
         with self._issued_lock:
-            expires = self._issued.get(tok)
-        if expires is None:
-            return EmulatorError(401, "unauthorized", "unknown access token")
+            issued = self._issued.get(tok)
+        if issued is None:
+            raise EmulatorError(401, "unauthenticated", "unknown access token")
+        expires, scopes = issued
         if time.monotonic() >= expires:
-            return EmulatorError(401, "token_expired", "access token expired")
-        return None
+            raise EmulatorError(401, "unauthenticated", "the access token has expired")
+        return scopes
 
-    def _route(
-        self, method: str, path: str, query: dict[str, list[str]], body: bytes, route: str
-    ) -> _Response:
-        state = self.state
-        if route == "GET /v4/locations":
-            return _json_response(200, state.list_locations_json())
-        if route == "GET /v4/contacts":
-            return _json_response(200, self._list(query))
-        if route == "POST /v4/contacts":
-            raw = state.create(_json_body(body))
-            return self._committed(201, raw)
-        m = _CONTACT_RE.match(path)
-        if m:
-            uid = unquote(m.group(1))
-            if method == "GET":
-                return _json_response(200, _wrap(state.get_json(uid)))
-            if method == "PATCH":
-                return self._committed(200, state.patch(uid, _json_body(body)))
-            if method == "DELETE":
-                state.delete(uid)
-                return self._committed(204, None)
-        m = _RESTORE_RE.match(path)
-        if m and method == "POST":
-            return self._committed(200, state.restore(unquote(m.group(1))))
-        m = _MERGE_RE.match(path)
-        if m and method == "POST":
-            return self._merge(unquote(m.group(1)), _json_body(body))
-        if route.endswith("(unknown)"):
-            raise EmulatorError(404, "not_found", f"no such endpoint {path}")
-        raise EmulatorError(405, "invalid_request", f"{method} not allowed on {path}")
-
-    def _committed(self, status: int, raw: str | None) -> _Response:
-        if self._chance(self.drop_after_commit_rate):
-            return _Response(drop=True)
-        if raw is None:
-            return _Response(status)
-        return _json_response(status, _wrap(raw))
-
-    def _merge(self, primary_uid: str, body: Any) -> _Response:
-        dups = EmulatorState.parse_merge_body(body)
-        block = self.block_cross_location
-        self.state.merge_begin(primary_uid, dups, block)
+    def _oauth(self, method: str, body: bytes) -> Response:
         try:
-            if self.latency_ms:
-                time.sleep(self.latency_ms / 1000)
-        except BaseException:
-            self.state.merge_abort(primary_uid, dups)
-            raise
-        raw = self.state.merge_commit(primary_uid, dups, block)
-        self._stats.add("merges")
-        return self._committed(200, raw)
-
-    def _list(self, query: dict[str, list[str]]) -> str:
-        def one(name: str) -> str | None:
-            values = query.get(name)
-            return values[-1] if values else None
-
-        limit_text = one("limit")
-        try:
-            limit = 100 if limit_text is None else int(limit_text)
-        except ValueError:
-            raise EmulatorError(400, "invalid_request", "limit must be an integer") from None
-        include = (one("includeDeleted") or "false").lower()
-        if include not in ("true", "false"):
-            raise EmulatorError(400, "invalid_request", "includeDeleted must be true or false")
-        return self.state.list_contacts_json(
-            one("locationUid"), limit, one("cursor"), one("updatedSince"), include == "true"
-        )
-
-    def _oauth(self, method: str, body: bytes) -> _Response:
-        if method != "POST":
-            return _json_response(405, '{"error":"invalid_request"}')
-        form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-        if form.get("grant_type") != "refresh_token":
-            return _json_response(400, '{"error":"unsupported_grant_type"}')
-        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
-            return _json_response(401, '{"error":"invalid_client"}')
-        if form.get("refresh_token") != self.refresh_token:
-            return _json_response(400, '{"error":"invalid_grant"}')
+            if method != "POST":
+                raise EmulatorError(404, "route_not_found", f"no route {method} /oauth/token")
+            try:
+                form = json.loads(body or b"null")
+            except ValueError:
+                raise bad_request("the token request body must be JSON") from None
+            if not isinstance(form, dict):
+                raise bad_request("the token request body must be a JSON object")
+            if form.get("grant_type") != "refresh_token":
+                raise invalid_values("grant_type", 'must be "refresh_token"')
+            if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+                raise EmulatorError(401, "unauthenticated", "unknown client or wrong client secret")
+            if form.get("refresh_token") != self.refresh_token:
+                raise EmulatorError(401, "unauthenticated", "invalid refresh token")
+        except EmulatorError as err:
+            return error_response(err)
         ttl = DEFAULT_TOKEN_TTL if self.token_ttl is None else float(self.token_ttl)
         access = "tok_" + secrets.token_hex(16)
         with self._issued_lock:
-            self._issued[access] = time.monotonic() + ttl
+            self._issued[access] = (time.monotonic() + ttl, frozenset(self.scopes))
         self._stats.add("token_refreshes")
         payload = {
             "access_token": access,
             "refresh_token": self.refresh_token,
             "expires_in": int(ttl) if float(ttl).is_integer() else ttl,
-            "token_type": "Bearer",
-            "scope": " ".join(sorted(SCOPES)),
         }
-        return _json_response(200, json.dumps(payload))
-
-    def _control(self, method: str, path: str, body: bytes) -> _Response:
-        if path == "/_emulator/config":
-            if method == "POST":
-                try:
-                    changes = json.loads(body or b"{}")
-                    if not isinstance(changes, dict):
-                        raise ValueError("config body must be a JSON object")
-                    self.configure(**changes)
-                except ValueError as exc:
-                    return _json_response(400, json.dumps(error_body("invalid_request", str(exc))))
-            return _json_response(200, json.dumps(self.config()))
-        if path == "/_emulator/stats":
-            return _json_response(200, json.dumps(self.stats()))
-        if path == "/_emulator/stats/reset" and method == "POST":
-            self.reset_stats()
-            return _json_response(200, json.dumps(self.stats()))
-        if path == "/_emulator/expire-tokens" and method == "POST":
-            self.expire_tokens()
-            return _json_response(200, "{}")
-        if path == "/_emulator/dump":
-            text = "".join(line + "\n" for line in self.state.dump_lines())
-            return _Response(200, text.encode("utf-8"), {"Content-Type": "application/x-ndjson"})
-        if path == "/_emulator/health":
-            return _json_response(200, json.dumps({"ok": True, "contacts": len(self.state)}))
-        return _json_response(404, json.dumps(error_body("not_found", f"no such control endpoint {path}")))
-
-    # --- webhooks -----------------------------------------------------------------------------------
-
-    def _on_event(self, event_type: str, before: str | None, after: str | None, at: datetime) -> None:
-        url, secret, sender = self.webhook_url, self.webhook_secret, self._sender
-        if not url or not secret or sender is None:
-            return
-        # The contacts are already wire JSON; splice them in rather than re-serializing.
-        body = (
-            '{"id":"evt_'
-            + secrets.token_hex(12)
-            + '","type":"'
-            + event_type
-            + '","createdAt":"'
-            + format_timestamp(at)
-            + '","data":{"before":'
-            + (before or "null")
-            + ',"after":'
-            + (after or "null")
-            + "}}"
-        )
-        sender.enqueue(url, secret, body)
+        return json_response(200, dumps(payload))
 
 
-def _wrap(raw: str) -> str:
-    return '{"data":' + raw + "}"
-
-
-def _json_body(body: bytes) -> Any:
-    if not body:
-        raise EmulatorError(400, "invalid_request", "a JSON body is required")
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise EmulatorError(400, "invalid_request", "body is not valid JSON") from None
-
-
-def _route_name(method: str, path: str) -> str:
-    if path in ("/v4/locations", "/v4/contacts"):
-        return f"{method} {path}"
-    if _CONTACT_RE.match(path):
-        return f"{method} /v4/contacts/{{uid}}"
-    if _RESTORE_RE.match(path):
-        return f"{method} /v4/contacts/{{uid}}/restore"
-    if _MERGE_RE.match(path):
-        return f"{method} /v4/contacts/{{uid}}/merge"
-    return f"{method} (unknown)"
+def _format_seconds(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:.3f}"

@@ -1,650 +1,543 @@
-"""The emulator's data: locations and contacts with the contract's semantics, thread-safe.
+"""The emulated Podium organization: locations, contacts, tags, attribute definitions; thread-safe.
 
-Contacts are kept as their serialized wire JSON plus the few fields listing needs (sequence,
-location, updatedAt, deleted), so a million-contact state fits in memory and a page is served by
-joining strings. Every mutation goes through one lock.
+Plain dicts in Podium's v4 shapes in and out (nothing here depends on the client's typed objects).
+Every mutation goes through one lock, moves the contact's `updatedAt` strictly forward, and tells
+listeners (the webhook sender) what changed, in commit order. Part 2 capabilities (`merge`,
+`restore`, `soft-delete`) change behaviour only when switched on.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import os
 import random
-import re
-import tempfile
 import threading
 import time
-from bisect import bisect_right
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from podium_client.errors import MalformedResponse
-from podium_client.types import (
-    EMAIL,
-    PHONE,
-    WRITABLE_FIELDS,
-    Contact,
-    Location,
-    location_export_line,
-    parse_timestamp,
-)
+from podium_client.emulator import shapes, writes
+from podium_client.emulator.catalog import Catalog
+from podium_client.emulator.errors import EmulatorError, invalid_values, not_found
+from podium_client.emulator.shapes import EMAIL, PHONE, dumps, fmt_us, parse_us
+from podium_client.emulator.store import E164_RE, ContactStore, Cursor, Rec, e164, mask, oldest
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
-_UID_RE = re.compile(r"^ct_(\d{7})_[0-9a-f]{6}$")
+CAPABILITIES = ("merge", "restore", "soft-delete")
 MAX_LIMIT = 100
-_CONTACT_KEYS = frozenset(
-    {
-        "uid", "locationUid", "name", "channels", "tags", "attributes", "address", "marketingOptOut",
-        "smsOptOut", "emailOptOut", "createdAt", "updatedAt", "deletedAt", "mergedIntoUid", "conversationCount",
-    }
-)  # fmt: skip
+DEFAULT_LIMIT = 10
 
-#: Listener signature: (event type, contact JSON before or None, contact JSON after or None, at).
-EventListener = Callable[[str, str | None, str | None, datetime], None]
+#: Listener: (event type, contact JSON before or None, after or None, at µs, the contact's location uids).
+EventListener = Callable[[str, bytes | None, bytes | None, int, tuple[str, ...]], None]
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
-def _to_us(dt: datetime) -> int:
-    return (dt - _EPOCH) // _ONE_US
-
-
-def _from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def _fmt_us(us: int) -> str:
-    # Always six fractional digits, so two mutations in the same second still differ on the wire.
-    return _from_us(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class EmulatorError(Exception):
-    """A contract error the server answers with `{"error": {...}}`."""
-
-    def __init__(self, status: int, code: str, message: str, uid: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.uid = uid
-
-
-def _invalid(message: str) -> EmulatorError:
-    return EmulatorError(400, "invalid_request", message)
-
-
-def _not_found(uid: str) -> EmulatorError:
-    return EmulatorError(404, "contact_not_found", f"contact {uid} not found", uid)
-
-
-class _Rec:
-    """One stored contact: its wire JSON plus what listing needs without parsing it."""
-
-    __slots__ = ("uid", "seq", "location_uid", "raw", "updated_us", "deleted")
-
-    def __init__(
-        self, uid: str, seq: int, location_uid: str, raw: str, updated_us: int, deleted: bool
-    ) -> None:
-        self.uid = uid
-        self.seq = seq
-        self.location_uid = location_uid
-        self.raw = raw
-        self.updated_us = updated_us
-        self.deleted = deleted
-
-
-@dataclass(frozen=True, slots=True)
-class _Cursor:
-    location_uid: str
-    after_seq: int
-    updated_since_us: int | None
-    include_deleted: bool
-
-    def encode(self) -> str:
-        payload = _dumps([self.location_uid, self.after_seq, self.updated_since_us, self.include_deleted])
-        return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, text: str) -> _Cursor:
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            loc, seq, since, deleted = json.loads(raw)
-        except (ValueError, TypeError, binascii.Error):
-            raise _invalid("cursor is not valid") from None
-        if not (
-            isinstance(loc, str)
-            and type(seq) is int
-            and (since is None or type(since) is int)
-            and type(deleted) is bool
-        ):
-            raise _invalid("cursor is not valid")
-        return cls(loc, seq, since, deleted)
-
-
-def _check_channels(value: Any) -> None:
-    if not isinstance(value, list):
-        raise _invalid("channels must be a list")
-    for c in value:
-        if (
-            not isinstance(c, dict)
-            or set(c) != {"type", "identifier"}
-            or c["type"] not in (PHONE, EMAIL)
-            or not isinstance(c["identifier"], str)
-        ):
-            raise _invalid('each channel must be {"type": "PHONE"|"EMAIL", "identifier": "..."}')
-
-
-def _check_tags(value: Any) -> None:
-    if not isinstance(value, list) or not all(
-        isinstance(t, dict) and set(t) == {"label"} and isinstance(t["label"], str) for t in value
-    ):
-        raise _invalid('tags must be a list of {"label": "..."}')
-
-
-def _check_attributes(value: Any) -> None:
-    if not isinstance(value, list) or not all(
-        isinstance(a, dict)
-        and set(a) == {"label", "value"}
-        and isinstance(a["label"], str)
-        and (a["value"] is None or isinstance(a["value"], str))
-        for a in value
-    ):
-        raise _invalid('attributes must be a list of {"label": "...", "value": "..."|null}')
-
-
-def _check_writable(body: Mapping[str, Any]) -> None:
-    for key, value in body.items():
-        if key == "channels":
-            _check_channels(value)
-        elif key == "tags":
-            _check_tags(value)
-        elif key == "attributes":
-            _check_attributes(value)
-        elif key in ("name", "address"):
-            if value is not None and not isinstance(value, str):
-                raise _invalid(f"{key} must be a string or null")
-        elif key in ("marketingOptOut", "smsOptOut", "emailOptOut"):
-            if not isinstance(value, bool):
-                raise _invalid(f"{key} must be a boolean")
-        else:
-            raise _invalid(f"{key} is not a writable field")
+def parse_capabilities(value: str | Iterable[str] | None) -> frozenset[str]:
+    """`"merge,restore"` or an iterable of names -> a set of known capability names; ValueError otherwise."""
+    if value is None:
+        return frozenset()
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value) if n and n.strip()]
+    unknown = sorted(set(names) - set(CAPABILITIES))
+    if unknown:
+        raise ValueError(f"unknown capabilities {', '.join(unknown)}; known: {', '.join(CAPABILITIES)}")
+    return frozenset(names)
 
 
 class EmulatorState:
-    """Locations and contacts of one emulated Podium organization.
+    """One emulated Podium organization. Usable directly from tests and served by EmulatorServer.
 
-    Usable directly from tests (`add_contact`, `get`, `contacts`) and served over HTTP by
-    EmulatorServer. Listing order is insertion order (a sequence number never reused), which keeps
-    cursors stable while contacts change.
+    `capabilities` switches on Part 2 behaviour (`merge`, `restore`, `soft-delete`). Listing order is
+    insertion order (a sequence never reused), so cursors stay stable while contacts change.
     """
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        seed: int | None = None,
+        capabilities: str | Iterable[str] | None = None,
+        organization_uid: str | None = None,
+    ) -> None:
         self.lock = threading.RLock()
-        self._locations: dict[str, Location] = {}
-        self._contacts: dict[str, _Rec] = {}
-        self._by_location: dict[str, list[_Rec]] = {}
-        self._seqs_by_location: dict[str, list[int]] = {}
-        self._next_seq = 1
-        self._next_uid_number = 1
-        self._last_us = 0
-        self._rng = random.Random(seed)
+        self._capabilities = parse_capabilities(capabilities)
+        self.organization = shapes.organization(organization_uid or shapes.DEFAULT_ORGANIZATION_UID)
+        self._organization_fixed = organization_uid is not None
+        self._locations: dict[str, dict[str, Any]] = {}
+        self._location_seq: dict[str, int] = {}
+        self._regions: dict[str, str] = {}
+        self.store = ContactStore(self.region_of)
+        self.catalog = Catalog(self)
+        self._deleted: list[tuple[str, str, bool, bytes]] = []
+        self._uid_identifiers: set[str] = set()
         self._in_flight: set[str] = set()
         self._listeners: list[EventListener] = []
+        self._last_us = 0
+        self._rng = random.Random(seed)
+        self.cursor_epoch = 0
+        self.cursor_ttl_s: float | None = 3600.0
+        self.ambiguous_uses: list[dict[str, Any]] = []
 
-    # --- loading and dumping ------------------------------------------------------------------------
+    # --- capabilities and shapes ---------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The Part 2 capabilities switched on."""
+        return self._capabilities
+
+    @capabilities.setter
+    def capabilities(self, value: str | Iterable[str] | None) -> None:
+        self._capabilities = parse_capabilities(value)
+
+    @property
+    def serves_hidden(self) -> bool:
+        """Whether contacts carry `deletedAt` / `mergedIntoUid` (only with `merge` or `soft-delete`)."""
+        return bool({"merge", "soft-delete"} & self._capabilities)
+
+    def served(self, rec: Rec) -> bytes:
+        """A contact as the API serves it: the published fields, plus the capability fields when on."""
+        if not self.serves_hidden and not rec.hidden:
+            return rec.raw
+        tail = b',"deletedAt":%s,"mergedIntoUid":%s}' % (
+            _json_or_null(rec.deleted_at),
+            _json_or_null(rec.merged_into),
+        )
+        return rec.raw[:-1] + tail
+
+    # --- loading and dumping -------------------------------------------------------------------------
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], seed: int | None = None) -> EmulatorState:
-        """A state loaded from an NDJSON export file."""
-        state = cls(seed)
+    def from_file(cls, path: str | os.PathLike[str], seed: int | None = None, **kwargs: Any) -> EmulatorState:
+        """A state loaded from a v4 NDJSON export file."""
+        state = cls(seed, **kwargs)
         state.load_file(path)
         return state
 
     @classmethod
-    def from_lines(cls, lines: Iterable[str], seed: int | None = None) -> EmulatorState:
-        """A state loaded from NDJSON lines."""
-        state = cls(seed)
+    def from_lines(
+        cls, lines: Iterable[str | bytes], seed: int | None = None, **kwargs: Any
+    ) -> EmulatorState:
+        """A state loaded from v4 NDJSON lines."""
+        state = cls(seed, **kwargs)
         state.load_lines(lines)
         return state
 
     def load_file(self, path: str | os.PathLike[str]) -> int:
-        """Load an NDJSON export; returns the number of contacts loaded."""
-        with open(path, encoding="utf-8") as fh:
-            return self.load_lines(fh)
+        """Load a v4 NDJSON export; returns the number of contacts loaded (ExportFileError when refused)."""
+        from podium_client.emulator.export import load_file
 
-    def load_lines(self, lines: Iterable[str]) -> int:
-        """Load NDJSON lines (locations and contacts, validated against the contract).
+        return load_file(self, path)
 
-        A contact whose location has not been seen gets a placeholder location (country AU), so a
-        partial export still loads. Raises MalformedResponse naming the bad line.
-        """
-        count = 0
-        with self.lock:
-            for lineno, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as exc:
-                    raise MalformedResponse(f"line {lineno}: not JSON ({exc})") from None
-                try:
-                    if isinstance(obj, dict) and obj.get("object") == "location":
-                        self.add_location(Location.from_wire(obj))
-                    else:
-                        # A line with exactly the contract's fields is served as written: loading
-                        # a million-contact export then costs a parse, not a parse and a rewrite.
-                        raw = line.strip() if obj.keys() == _CONTACT_KEYS else None
-                        self._insert(Contact.from_wire(obj), raw)
-                        count += 1
-                except MalformedResponse as exc:
-                    raise MalformedResponse(f"line {lineno}: {exc.message}") from None
-                except ValueError as exc:
-                    raise MalformedResponse(f"line {lineno}: {exc}") from None
-        return count
+    def load_lines(self, lines: Iterable[str | bytes]) -> int:
+        """Load v4 NDJSON lines; returns the number of contacts loaded (ExportFileError when refused)."""
+        from podium_client.emulator.export import load_lines
+
+        return load_lines(self, lines)
 
     def dump_lines(self) -> Iterator[str]:
-        """The state as NDJSON lines (no newlines): locations first, then contacts in listing order."""
-        with self.lock:
-            locations = list(self._locations.values())
-            raws = [rec.raw for rec in sorted(self._contacts.values(), key=lambda r: r.seq)]
-        for loc in locations:
-            yield location_export_line(loc)
-        yield from raws
+        """The state as v4 NDJSON lines (no newlines): locations first, then contacts in listing order."""
+        from podium_client.emulator.export import dump_lines
+
+        return dump_lines(self)
 
     def dump(self, path: str | os.PathLike[str]) -> None:
-        """Write the state as an NDJSON export, atomically (a crash never leaves half a file)."""
-        target = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                for line in self.dump_lines():
-                    fh.write(line)
-                    fh.write("\n")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the state as a v4 NDJSON export, atomically."""
+        from podium_client.emulator.export import dump
 
-    # --- direct access for tests --------------------------------------------------------------------
+        dump(self, path)
 
-    def add_location(self, location: Location) -> Location:
-        """Add or replace a location."""
+    # --- locations and the organization ----------------------------------------------------------------
+
+    def add_location(self, location: Mapping[str, Any]) -> dict[str, Any]:
+        """Add or replace a location (a v4 location object; missing fields null)."""
         with self.lock:
-            self._locations[location.uid] = location
-            self._by_location.setdefault(location.uid, [])
-            self._seqs_by_location.setdefault(location.uid, [])
-        return location
+            loc = shapes.canonical_location(dict(location), self.organization["uid"])
+            stamp = fmt_us(self._tick())
+            loc["createdAt"] = loc["createdAt"] or stamp
+            loc["updatedAt"] = loc["updatedAt"] or stamp
+            self._adopt_organization(loc["organizationUid"])
+            self._locations[loc["uid"]] = loc
+            self._location_seq.setdefault(loc["uid"], len(self._location_seq) + 1)
+            self._regions[loc["uid"]] = shapes.region_of(loc) or shapes.DEFAULT_REGION
+            return dict(loc)
 
-    def add_contact(self, contact: Contact | Mapping[str, Any]) -> Contact:
-        """Insert a contact exactly as given (uid and timestamps included), e.g. to seed a test.
-
-        Raises ValueError when the uid already exists.
-        """
-        parsed = contact if isinstance(contact, Contact) else Contact.from_wire(dict(contact))
-        with self.lock:
-            self._insert(parsed)
-        return parsed
-
-    def get(self, uid: str) -> Contact:
-        """The stored contact; KeyError when unknown."""
-        with self.lock:
-            raw = self._contacts[uid].raw
-        return Contact.from_wire(json.loads(raw))
-
-    def contacts(self, location_uid: str | None = None, include_deleted: bool = True) -> list[Contact]:
-        """All contacts in listing order, optionally of one location / without soft-deleted ones."""
-        with self.lock:
-            recs = sorted(self._contacts.values(), key=lambda r: r.seq)
-            raws = [
-                r.raw
-                for r in recs
-                if (location_uid is None or r.location_uid == location_uid)
-                and (include_deleted or not r.deleted)
-            ]
-        return [Contact.from_wire(json.loads(raw)) for raw in raws]
-
-    def locations(self) -> list[Location]:
+    def locations(self) -> list[dict[str, Any]]:
         """All locations in insertion order."""
         with self.lock:
-            return list(self._locations.values())
+            return [dict(loc) for loc in self._locations.values()]
+
+    def location(self, uid: str) -> dict[str, Any]:
+        """One location; 404 resource_not_found when unknown."""
+        with self.lock:
+            loc = self._locations.get(uid)
+            if loc is None:
+                raise not_found("location")
+            return dict(loc)
+
+    def region_of(self, location_uid: str) -> str:
+        """The region national numbers of that location are read in (its country, else AU)."""
+        return self._regions.get(location_uid, shapes.DEFAULT_REGION)
+
+    def _adopt_organization(self, uid: str | None) -> None:
+        # The first object loaded names the organization, unless the caller fixed one.
+        if uid and not self._organization_fixed and not self.store and not self._locations:
+            self.organization = shapes.organization(uid)
+        self._organization_fixed = True
+
+    def _ensure_location(self, uid: str) -> None:
+        if uid not in self._locations:
+            # A partial export (contacts without their location lines) still loads; Podium would
+            # know the location, we know only its uid, so its region is unknown.
+            self.add_location({"uid": uid, "name": f"Location {uid[:8]}"})
+
+    def list_locations_page(
+        self, limit: int | None, cursor: str | None, updated_after_us: int | None
+    ) -> tuple[list[dict[str, Any]], str | None, int]:
+        """One page of `GET /v4/locations`: (locations, next cursor or None, total matching)."""
+        with self.lock:
+            if cursor is not None:
+                cur = Cursor.decode(cursor, "locations", self.cursor_epoch, self.cursor_ttl_s)
+                since, after, size = cur.since_us, cur.after, limit or cur.limit
+            else:
+                since, after, size = updated_after_us, 0, limit or DEFAULT_LIMIT
+            matching = [
+                (seq, loc)
+                for uid, loc in self._locations.items()
+                if (seq := self._location_seq[uid]) and (since is None or parse_us(loc["updatedAt"]) > since)
+            ]
+            rest = [(seq, loc) for seq, loc in matching if seq > after]
+            page = rest[:size]
+            next_cursor = None
+            if len(rest) > size:
+                next_cursor = self._cursor("locations", page[-1][0], since, False, size)
+            return [dict(loc) for _, loc in page], next_cursor, len(matching)
+
+    # --- contacts: direct access for tests and the control API -----------------------------------------
+
+    def add_contact(self, contact: Mapping[str, Any]) -> dict[str, Any]:
+        """Insert a v4 contact exactly as given (uid, timestamps and any consent included).
+
+        Its tags and attributes join the organization's definitions when new; unknown locations are
+        added as locations Podium knows nothing more about. `deletedAt` / `mergedIntoUid` make it
+        hidden. Raises ShapeError for a non-v4 object and ValueError when the uid exists.
+        """
+        with self.lock:
+            return _loads(self.served(self.load_contact(dict(contact))))
+
+    def load_contact(self, obj: Any, text: str | None = None) -> Rec:
+        """Insert a parsed v4 contact; `text`, the line it was parsed from, is stored as is when the
+        object is already canonical (loading a big export then costs one parse per line)."""
+        with self.lock:
+            extras: dict[str, Any] = {}
+            if text is not None and shapes.is_canonical_contact(obj):
+                parsed, raw = obj, text.encode()
+            else:
+                parsed, extras = shapes.canonical_contact(obj, self.organization["uid"])
+                raw = dumps(parsed).encode()
+            rec = self._insert(parsed, raw)
+            rec.deleted_at = extras.get("deletedAt")
+            rec.merged_into = extras.get("mergedIntoUid")
+            return rec
+
+    def _insert(self, contact: dict[str, Any], raw: bytes) -> Rec:
+        try:
+            created, updated = parse_us(contact["createdAt"]), parse_us(contact["updatedAt"])
+        except (ValueError, TypeError):
+            raise shapes.ShapeError(
+                "createdAt and updatedAt must be ISO 8601 timestamps with a zone"
+            ) from None
+        self._adopt_organization(contact["organization"]["uid"])
+        for loc in contact["locations"]:
+            self._ensure_location(loc["uid"])
+        self.catalog.learn(contact)
+        return self.store.insert(contact, raw, created, updated)
+
+    def get(self, uid: str) -> dict[str, Any]:
+        """The stored contact with this uid as served (hidden ones included); KeyError when unknown."""
+        with self.lock:
+            return _loads(self.served(self.store.by_uid[uid]))
+
+    def find(self, identifier: str) -> dict[str, Any] | None:
+        """The contact an identifier addresses (as the API would resolve it), or None; no stats."""
+        with self.lock:
+            recs = self._matches(identifier, include_hidden=False)
+            return _loads(self.served(oldest(recs))) if recs else None
+
+    def contacts(self, include_hidden: bool = False) -> list[dict[str, Any]]:
+        """Every contact in listing order, as served."""
+        with self.lock:
+            raws = [self.served(r) for r in self.store if include_hidden or not r.hidden]
+        return [_loads(raw) for raw in raws]
+
+    def deleted(self) -> list[dict[str, Any]]:
+        """Every contact a DELETE removed or hid, with its full last JSON: `{uid, deletedAt, soft, contact}`."""
+        with self.lock:
+            log = list(self._deleted)
+        return [{"uid": u, "deletedAt": at, "soft": soft, "contact": _loads(raw)} for u, at, soft, raw in log]
 
     def __len__(self) -> int:
-        return len(self._contacts)
+        return len(self.store)
 
     def __contains__(self, uid: object) -> bool:
-        return uid in self._contacts
+        return isinstance(uid, str) and uid in self.store.by_uid
 
     def add_listener(self, listener: EventListener) -> None:
-        """Call `listener(type, before_json, after_json, at)` after every mutation (under the lock,
-        so listeners see events in commit order; they must not block)."""
+        """Call `listener(type, before, after, at_us, location_uids)` after every mutation, under the
+        lock (listeners see events in commit order and must not block)."""
         with self.lock:
             self._listeners.append(listener)
 
     def remove_listener(self, listener: EventListener) -> None:
-        """Stop calling a listener added with add_listener."""
+        """Stop calling a listener."""
         with self.lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
-    # --- internals ----------------------------------------------------------------------------------
+    def invalidate_cursors(self) -> None:
+        """Make every cursor handed out so far stale (the next use answers 400 invalid_cursor)."""
+        with self.lock:
+            self.cursor_epoch += 1
 
-    def _insert(self, contact: Contact, raw: str | None = None) -> _Rec:
-        if contact.uid in self._contacts:
-            raise ValueError(f"duplicate contact uid {contact.uid}")
-        if contact.location_uid not in self._locations:
-            self.add_location(Location(contact.location_uid, contact.location_uid, "AU"))
-        rec = _Rec(
-            contact.uid,
-            self._next_seq,
-            contact.location_uid,
-            raw if raw is not None else _dumps(contact.to_wire()),
-            _to_us(contact.updated_at),
-            contact.deleted_at is not None,
-        )
-        self._next_seq += 1
-        self._contacts[rec.uid] = rec
-        self._by_location[rec.location_uid].append(rec)
-        self._seqs_by_location[rec.location_uid].append(rec.seq)
-        m = _UID_RE.match(contact.uid)
-        if m:
-            self._next_uid_number = max(self._next_uid_number, int(m.group(1)) + 1)
-        return rec
+    # --- listing --------------------------------------------------------------------------------------
+
+    def _cursor(self, kind: str, after: int, since: int | None, hidden: bool, limit: int) -> str:
+        return Cursor(
+            kind, after, since, hidden, limit, self.cursor_epoch, time.time_ns() // 1_000_000
+        ).encode()
+
+    def list_contacts_page(
+        self, limit: int | None, cursor: str | None, updated_after_us: int | None, include_hidden: bool
+    ) -> tuple[list[bytes], str | None]:
+        """One page of `GET /v4/contacts` (the whole organization): (contact JSONs, next cursor or None).
+
+        With a cursor the filters come from the cursor. A contact changing while a client pages keeps
+        its place, so it is neither skipped nor repeated because of the change.
+        """
+        with self.lock:
+            if cursor is not None:
+                cur = Cursor.decode(cursor, "contacts", self.cursor_epoch, self.cursor_ttl_s)
+                after, since, hidden, size = cur.after, cur.since_us, cur.include_hidden, limit or cur.limit
+            else:
+                after, since, hidden, size = 0, updated_after_us, include_hidden, limit or DEFAULT_LIMIT
+            hidden = hidden and self.serves_hidden
+
+            def keep(rec: Rec) -> bool:
+                return (hidden or not rec.hidden) and (since is None or rec.updated_us > since)
+
+            page, more = self.store.page(after, size, keep)
+            next_cursor = self._cursor("contacts", page[-1].seq, since, hidden, size) if more else None
+            return [self.served(rec) for rec in page], next_cursor
+
+    # --- identifiers ------------------------------------------------------------------------------------
+
+    def _matches(self, identifier: str, include_hidden: bool) -> list[Rec]:
+        store = self.store
+        by_uid = False
+        if "@" in identifier:
+            recs = store.holders_of_email(identifier)
+        elif E164_RE.match(identifier):
+            recs = store.holders_of_phone(e164(identifier, None) or identifier)
+        else:
+            rec = store.by_conversation.get(identifier)
+            if rec is None and (self._capabilities or identifier in self._uid_identifiers):
+                rec = store.by_uid.get(identifier)
+                by_uid = True
+            recs = [rec] if rec is not None else []
+        if not (include_hidden and by_uid):
+            recs = [r for r in recs if not r.hidden]
+        return recs
+
+    def resolve(self, identifier: str, route: str = "", include_hidden: bool = False) -> Rec:
+        """The contact `identifier` addresses: a conversation uid, an email (any case) or an E.164 phone
+        matching any spelling; a contact uid only on capability tenants or for a contact POST created
+        without phone and email. Several matches: the oldest, counted as an ambiguous use. 404 else."""
+        recs = self._matches(identifier, include_hidden)
+        if not recs:
+            raise not_found("contact")
+        if len(recs) > 1:
+            self._note_ambiguous(route, identifier, len(recs))
+        return oldest(recs)
+
+    def _note_ambiguous(self, route: str, identifier: str, matches: int) -> None:
+        self.ambiguous_uses.append({"route": route, "identifier": mask(identifier), "matches": matches})
+
+    def get_json(self, identifier: str, route: str = "GET /v4/contacts/{identifier}") -> bytes:
+        """`GET /v4/contacts/{identifier}` (a uid on capability tenants finds hidden contacts too)."""
+        with self.lock:
+            return self.served(self.resolve(identifier, route, include_hidden=True))
+
+    # --- mutation plumbing --------------------------------------------------------------------------------
 
     def _tick(self, after_us: int = 0) -> int:
-        """A timestamp (µs) later than every one handed out before and later than `after_us`.
-
-        Strictly increasing even within one microsecond of wall time, because "updatedAt moved"
-        is how the product detects a concurrent change.
-        """
-        now = time.time_ns() // 1000
-        us = max(now, self._last_us + 1, after_us + 1)
+        """A timestamp (µs) later than every one handed out before and than `after_us`: `updatedAt` moved
+        is how the product sees a concurrent change, so it must move even within one microsecond."""
+        us = max(shapes.now_us(), self._last_us + 1, after_us + 1)
         self._last_us = us
         return us
 
-    def _emit(self, event_type: str, before: str | None, after: str | None, at_us: int) -> None:
-        if self._listeners:
-            at = _from_us(at_us)
-            for listener in list(self._listeners):
-                listener(event_type, before, after, at)
+    def _emit(
+        self, event: str, before: bytes | None, after: bytes | None, at_us: int, locations: tuple[str, ...]
+    ) -> None:
+        for listener in list(self._listeners):
+            listener(event, before, after, at_us, locations)
 
-    def _rec(self, uid: str) -> _Rec:
-        rec = self._contacts.get(uid)
-        if rec is None:
-            raise _not_found(uid)
-        return rec
-
-    def _write(self, rec: _Rec, data: dict[str, Any], us: int) -> None:
-        data["updatedAt"] = _fmt_us(us)
-        rec.raw = _dumps(data)
-        rec.updated_us = us
-        rec.deleted = data["deletedAt"] is not None
-
-    def _new_uid(self) -> str:
-        while True:
-            uid = f"ct_{self._next_uid_number:07d}_{self._rng.getrandbits(24):06x}"
-            self._next_uid_number += 1
-            if uid not in self._contacts:
-                return uid
-
-    # --- the API's operations (raise EmulatorError) ---------------------------------------------------
-
-    def list_locations_json(self) -> str:
-        """Body of `GET /v4/locations`."""
-        with self.lock:
-            items = [_dumps(loc.to_wire()) for loc in self._locations.values()]
-        return '{"data":[' + ",".join(items) + "]}"
-
-    def list_contacts_json(
+    def _store(
         self,
-        location_uid: str | None,
-        limit: int = MAX_LIMIT,
-        cursor: str | None = None,
-        updated_since: str | None = None,
-        include_deleted: bool = False,
-    ) -> str:
-        """Body of `GET /v4/contacts`: one page in insertion order, with the next cursor.
+        rec: Rec,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        event: str,
+        us: int,
+        before_served: bytes,
+    ) -> None:
+        after["updatedAt"] = fmt_us(us)
+        self.store.replace(rec, before, after, dumps(after).encode(), us)
+        self._emit(event, before_served, self.served(rec), us, shapes.location_uids(before, after))
 
-        With a cursor the filters come from the cursor. A contact changing while a client pages
-        keeps its place in the order, so it is neither skipped nor repeated because of the change.
-        """
-        if not 1 <= limit <= MAX_LIMIT:
-            raise _invalid(f"limit must be between 1 and {MAX_LIMIT}")
-        if cursor is not None:
-            cur = _Cursor.decode(cursor)
-        else:
-            if not location_uid:
-                raise _invalid("locationUid is required")
-            since_us = None
-            if updated_since is not None:
-                try:
-                    since_us = _to_us(parse_timestamp(updated_since))
-                except (ValueError, TypeError):
-                    raise _invalid("updatedSince is not an ISO 8601 timestamp") from None
-            cur = _Cursor(location_uid, 0, since_us, include_deleted)
-        with self.lock:
-            recs = self._by_location.get(cur.location_uid)
-            if recs is None:
-                raise _invalid(f"unknown locationUid {cur.location_uid}")
-            start = bisect_right(self._seqs_by_location[cur.location_uid], cur.after_seq)
-            page: list[_Rec] = []
-            more = False
-            since = cur.updated_since_us
-            for i in range(start, len(recs)):
-                rec = recs[i]
-                if (rec.deleted and not cur.include_deleted) or (
-                    since is not None and rec.updated_us < since
-                ):
-                    continue
-                if len(page) == limit:
-                    more = True
-                    break
-                page.append(rec)
-            raws = [rec.raw for rec in page]
-            next_cursor = None
-            if more:
-                next_cursor = _Cursor(cur.location_uid, page[-1].seq, since, cur.include_deleted).encode()
-        return (
-            '{"data":['
-            + ",".join(raws)
-            + '],"metadata":{"nextCursor":'
-            + ("null" if next_cursor is None else f'"{next_cursor}"')
-            + "}}"
+    def commit(
+        self,
+        rec: Rec,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        event: str = "contact.updated",
+        us: int | None = None,
+    ) -> bool:
+        """Store `after` when it differs from `before` (moving `updatedAt`) and emit `event`; emit
+        `contact.unchanged` otherwise. Returns whether the contact changed."""
+        if after == before:
+            raw = self.served(rec)
+            self._emit("contact.unchanged", raw, raw, self._tick(), shapes.location_uids(before, after))
+            return False
+        self._store(
+            rec, before, after, event, us if us is not None else self._tick(rec.updated_us), self.served(rec)
         )
+        return True
 
-    def get_json(self, uid: str) -> str:
-        """The contact's wire JSON (soft-deleted ones included)."""
-        with self.lock:
-            return self._rec(uid).raw
+    def new_uid(self) -> str:
+        """A fresh UUID (from the seed, so a seeded emulator hands out the same ones)."""
+        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
-    def create(self, body: Any) -> str:
-        """`POST /v4/contacts`; returns the new contact's JSON.
+    def add_phone(self, contact: dict[str, Any], number: str, stamp: str) -> None:
+        """Add a PHONE channel unless the contact holds that number in some spelling (no marketing opt-in)."""
+        region = self.region_of(contact["locations"][0]["uid"]) if contact["locations"] else None
+        wanted = e164(number, None) or number
+        held = {e164(c["identifier"], region) for c in contact["channels"] if c["type"] == PHONE}
+        if wanted not in held:
+            contact["channels"].append(shapes.new_channel(PHONE, number, stamp))
+            shapes.derive_lists(contact)
 
-        Besides the writable fields it accepts `conversationCount`, so seeding can give contacts
-        history to move in a merge.
-        """
-        if not isinstance(body, dict):
-            raise _invalid("body must be a JSON object")
-        fields = dict(body)
-        location_uid = fields.pop("locationUid", None)
-        conversations = fields.pop("conversationCount", 0)
-        if not isinstance(location_uid, str):
-            raise _invalid("locationUid is required")
-        if type(conversations) is not int or conversations < 0:
-            raise _invalid("conversationCount must be a non-negative integer")
-        _check_writable(fields)
-        with self.lock:
-            if location_uid not in self._locations:
-                raise _invalid(f"unknown locationUid {location_uid}")
-            us = self._tick()
-            stamp = _fmt_us(us)
-            data: dict[str, Any] = {
-                "uid": self._new_uid(),
-                "locationUid": location_uid,
-                "name": fields.get("name"),
-                "channels": fields.get("channels", []),
-                "tags": fields.get("tags", []),
-                "attributes": fields.get("attributes", []),
-                "address": fields.get("address"),
-                "marketingOptOut": fields.get("marketingOptOut", False),
-                "smsOptOut": fields.get("smsOptOut", False),
-                "emailOptOut": fields.get("emailOptOut", False),
-                "createdAt": stamp,
-                "updatedAt": stamp,
-                "deletedAt": None,
-                "mergedIntoUid": None,
-                "conversationCount": conversations,
-            }
-            rec = self._insert(Contact.from_wire(data))
-            self._emit("contact.created", None, rec.raw, us)
-            return rec.raw
+    def add_email(self, contact: dict[str, Any], email: str, stamp: str) -> None:
+        """Add an EMAIL channel unless the contact holds that address in some case (no marketing opt-in)."""
+        held = {c["identifier"].strip().lower() for c in contact["channels"] if c["type"] == EMAIL}
+        if email.strip().lower() not in held:
+            contact["channels"].append(shapes.new_channel(EMAIL, email, stamp))
+            shapes.derive_lists(contact)
 
-    def patch(self, uid: str, body: Any) -> str:
-        """`PATCH /v4/contacts/{uid}`; returns the contact's JSON. An empty body changes nothing."""
-        if not isinstance(body, dict):
-            raise _invalid("body must be a JSON object")
-        unknown = set(body) - WRITABLE_FIELDS
-        if unknown:
-            raise _invalid(f"not writable: {', '.join(sorted(unknown))}")
-        _check_writable(body)
-        with self.lock:
-            rec = self._rec(uid)
-            if not body:
-                return rec.raw
-            before = rec.raw
-            data = json.loads(before)
-            data.update(body)
-            us = self._tick(rec.updated_us)
-            self._write(rec, data, us)
-            self._emit("contact.updated", before, rec.raw, us)
-            return rec.raw
+    def check_locations(self, uids: list[str], field: str = "locations") -> list[dict[str, str]]:
+        """`[{uid}]` of known locations, in order without repeats; 400 naming the field otherwise."""
+        for uid in uids:
+            if uid not in self._locations:
+                raise invalid_values(field, f"unknown location {uid}")
+        return [{"uid": uid} for uid in dict.fromkeys(uids)]
 
-    def delete(self, uid: str) -> None:
-        """`DELETE /v4/contacts/{uid}`: soft delete; deleting a deleted contact changes nothing."""
-        with self.lock:
-            rec = self._rec(uid)
-            if rec.deleted:
-                return
-            before = rec.raw
-            data = json.loads(before)
-            us = self._tick(rec.updated_us)
-            data["deletedAt"] = _fmt_us(us)
-            self._write(rec, data, us)
-            self._emit("contact.deleted", before, rec.raw, us)
+    # --- the published contact writes (writes.py) -----------------------------------------------------------
 
-    def restore(self, uid: str) -> str:
-        """`POST /v4/contacts/{uid}/restore`: clears deletedAt and mergedIntoUid."""
-        with self.lock:
-            rec = self._rec(uid)
-            if not rec.deleted:
-                return rec.raw
-            before = rec.raw
-            data = json.loads(before)
-            data["deletedAt"] = None
-            data["mergedIntoUid"] = None
-            us = self._tick(rec.updated_us)
-            self._write(rec, data, us)
-            self._emit("contact.restored", before, rec.raw, us)
-            return rec.raw
+    def create(self, body: Mapping[str, Any]) -> str:
+        """`POST /v4/contacts` (an upsert on a matching phone or email); returns the identifier answered."""
+        return writes.create(self, body)
 
-    @staticmethod
-    def parse_merge_body(body: Any) -> list[str]:
-        """The duplicate uids of a merge body, in order, without repeats."""
-        if not isinstance(body, dict) or set(body) != {"duplicateUids"}:
-            raise _invalid('body must be {"duplicateUids": [...]}')
-        dups = body["duplicateUids"]
-        if not isinstance(dups, list) or not dups or not all(isinstance(u, str) for u in dups):
-            raise _invalid("duplicateUids must be a non-empty list of uids")
-        return list(dict.fromkeys(dups))
+    def patch(self, identifier: str, body: Mapping[str, Any]) -> str:
+        """`PATCH /v4/contacts/{identifier}`; returns the identifier."""
+        return writes.patch(self, identifier, body)
 
-    def _validate_merge(self, primary_uid: str, dups: list[str], block_cross_location: bool) -> None:
-        primary = self._contacts.get(primary_uid)
-        if primary is None or primary.deleted:
-            raise _not_found(primary_uid)
-        for uid in dups:
-            rec = self._contacts.get(uid)
-            if rec is None or rec.deleted or uid == primary_uid:
-                why = "equals the primary" if uid == primary_uid else "does not exist or is deleted"
-                raise EmulatorError(400, "invalid_duplicate_uid", f"duplicate {uid} {why}", uid)
-        if block_cross_location:
-            for uid in dups:
-                if self._contacts[uid].location_uid != primary.location_uid:
-                    raise EmulatorError(
-                        422,
-                        "cross_location_merge_blocked",
-                        "the organization forbids merging contacts of different locations",
-                        uid,
-                    )
+    def delete(self, identifier: str) -> str:
+        """`DELETE /v4/contacts/{identifier}` (hides with `soft-delete`); returns the identifier."""
+        return writes.delete(self, identifier)
 
-    def merge_begin(self, primary_uid: str, dups: list[str], block_cross_location: bool) -> None:
-        """Validate a merge and mark its contacts in flight (409 for a second merge touching them).
+    def attach_tag(self, identifier: str, tag_uid: str) -> str:
+        """`POST /v4/contacts/{identifier}/tags/{uid}`."""
+        return writes.attach_tag(self, identifier, tag_uid)
 
-        The server holds the reservation for the merge's whole duration (including injected
-        latency); `merge_commit` or `merge_abort` releases it.
-        """
-        with self.lock:
-            self._validate_merge(primary_uid, dups, block_cross_location)
-            members = [primary_uid, *dups]
-            busy = next((uid for uid in members if uid in self._in_flight), None)
-            if busy is not None:
-                raise EmulatorError(
-                    409, "merge_in_progress", f"another merge touching {busy} is in flight", busy
-                )
-            self._in_flight.update(members)
+    def detach_tag(self, identifier: str, tag_uid: str) -> str:
+        """`DELETE /v4/contacts/{identifier}/tags/{uid}`."""
+        return writes.detach_tag(self, identifier, tag_uid)
 
-    def merge_abort(self, primary_uid: str, dups: list[str]) -> None:
+    def set_attribute(self, identifier: str, attribute_uid: str, value: str, must_exist: bool) -> str:
+        """`POST` / `PATCH` (`must_exist`) `/v4/contacts/{identifier}/attributes/{uid}`."""
+        return writes.set_attribute(self, identifier, attribute_uid, value, must_exist)
+
+    def remove_attribute(self, identifier: str, attribute_uid: str) -> str:
+        """`DELETE /v4/contacts/{identifier}/attributes/{uid}`."""
+        return writes.remove_attribute(self, identifier, attribute_uid)
+
+    def opt_out(self, identifier: str) -> bytes:
+        """`POST /v4/contacts/campaigns/opt_out`; returns the (oldest) contact holding the number."""
+        return writes.opt_out(self, identifier)
+
+    def opt_in(self, identifier: str, location_uid: str) -> bytes:
+        """`POST /v4/contacts/campaigns/opt_in`; returns the (oldest) contact holding the number."""
+        return writes.opt_in(self, identifier, location_uid)
+
+    # --- Part 2 capabilities -------------------------------------------------------------------------------------
+
+    def merge_begin(self, primary_uid: str, duplicate_uids: list[str], block_cross_location: bool) -> None:
+        """Validate a merge and hold its contacts in flight (409 merge_in_progress for a second one)."""
+        from podium_client.emulator.capabilities import merge_begin
+
+        merge_begin(self, primary_uid, duplicate_uids, block_cross_location)
+
+    def merge_abort(self, primary_uid: str, duplicate_uids: list[str]) -> None:
         """Release a merge reservation without applying it."""
         with self.lock:
-            self._in_flight.difference_update([primary_uid, *dups])
+            self._in_flight.difference_update([primary_uid, *duplicate_uids])
 
-    def merge_commit(self, primary_uid: str, dups: list[str], block_cross_location: bool) -> str:
-        """Apply a reserved merge and release it; returns the primary's JSON.
+    def merge_commit(self, primary_uid: str, duplicate_uids: list[str], block_cross_location: bool) -> bytes:
+        """Apply a reserved merge and release it; returns the primary's JSON."""
+        from podium_client.emulator.capabilities import merge_commit
 
-        Re-validates first, since other calls may have changed members while the merge was in
-        flight. The primary keeps its own fields; duplicates are soft-deleted with mergedIntoUid
-        and hand their conversations to the primary.
-        """
-        with self.lock:
-            try:
-                self._validate_merge(primary_uid, dups, block_cross_location)
-                primary = self._contacts[primary_uid]
-                pdata = json.loads(primary.raw)
-                primary_before = primary.raw
-                for uid in dups:
-                    rec = self._contacts[uid]
-                    before = rec.raw
-                    data = json.loads(before)
-                    us = self._tick(rec.updated_us)
-                    pdata["conversationCount"] += data["conversationCount"]
-                    data["conversationCount"] = 0
-                    data["deletedAt"] = _fmt_us(us)
-                    data["mergedIntoUid"] = primary_uid
-                    self._write(rec, data, us)
-                    self._emit("contact.merged", before, rec.raw, us)
-                us = self._tick(primary.updated_us)
-                self._write(primary, pdata, us)
-                self._emit("contact.updated", primary_before, primary.raw, us)
-                return primary.raw
-            finally:
-                self._in_flight.difference_update([primary_uid, *dups])
+        return merge_commit(self, primary_uid, duplicate_uids, block_cross_location)
 
     def merge(
         self, primary_uid: str, duplicate_uids: Iterable[str], block_cross_location: bool = False
-    ) -> Contact:
+    ) -> dict[str, Any]:
         """Merge in one step (no in-flight window), for tests that set up merged history."""
         dups = list(dict.fromkeys(duplicate_uids))
         self.merge_begin(primary_uid, dups, block_cross_location)
-        return Contact.from_wire(json.loads(self.merge_commit(primary_uid, dups, block_cross_location)))
+        return _loads(self.merge_commit(primary_uid, dups, block_cross_location))
 
     def in_flight(self) -> frozenset[str]:
         """Uids currently reserved by merges in flight."""
         with self.lock:
             return frozenset(self._in_flight)
+
+    def restore(self, uid: str) -> bytes:
+        """`POST /v4/contacts/{uid}/restore` (capability `restore`): un-hide a merged or deleted contact."""
+        with self.lock:
+            rec = self.store.by_uid.get(uid)
+            if rec is None:
+                raise not_found("contact")
+            if not rec.hidden:
+                return self.served(rec)
+            before_served = self.served(rec)
+            contact = rec.data()
+            rec.deleted_at = None
+            rec.merged_into = None
+            self._store(
+                rec, contact, rec.data(), "contact.updated", self._tick(rec.updated_us), before_served
+            )
+            return self.served(rec)
+
+    def podium_edit(self, uid: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Simulate an edit a person makes in Podium itself (moves `updatedAt`, emits the webhook)."""
+        from podium_client.emulator.edits import podium_edit
+
+        return podium_edit(self, uid, changes)
+
+
+def _json_or_null(value: str | None) -> bytes:
+    return b"null" if value is None else dumps(value).encode()
+
+
+def _loads(raw: bytes) -> dict[str, Any]:
+    import json
+
+    parsed: dict[str, Any] = json.loads(raw)
+    return parsed
+
+
+__all__ = ["CAPABILITIES", "EmulatorError", "EmulatorState", "EventListener", "parse_capabilities"]

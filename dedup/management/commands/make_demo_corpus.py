@@ -12,7 +12,7 @@ from podium_client.corpus import truth_path_for, write_corpus
 
 class Command(BaseCommand):
     help = (
-        "Generate a deterministic demo corpus (contract NDJSON) with real-life mess, and its ground truth "
+        "Generate a deterministic demo corpus (Podium v4 export NDJSON) with real-life mess, and its ground truth "
         "as OUT.truth.json beside it."
     )
     requires_system_checks: list[str] = []
