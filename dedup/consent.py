@@ -72,6 +72,9 @@ class Requirement:
     allowed_opt_in: frozenset[str]
     transactional_opt_out: bool
     held_by: tuple[str, ...]
+    # The members whose own consent makes it strict: opted out of transactional messages, or not
+    # opted in for marketing somewhere another holder was.
+    opted_out_by: tuple[str, ...] = ()
 
 
 def requirements(members: Mapping[str, Iterable[ChannelConsent]]) -> dict[str, Requirement]:
@@ -110,6 +113,7 @@ def stricter(a: Mapping[str, Requirement], b: Mapping[str, Requirement]) -> dict
             o.allowed_opt_in & r.allowed_opt_in,
             o.transactional_opt_out or r.transactional_opt_out,
             tuple(dict.fromkeys((*o.held_by, *r.held_by))),
+            tuple(dict.fromkeys((*o.opted_out_by, *r.opted_out_by))),
         )
     return out
 
@@ -134,7 +138,7 @@ def violations(required: Mapping[str, Requirement], survivor: Iterable[ChannelCo
         if need.transactional_opt_out and not c.transactional_opt_out:
             problems.append(
                 f"{c.kind.lower()} {mask(c.identity)} lacks the transactional opt-out "
-                f"{'/'.join(need.held_by)} had"
+                f"{', '.join(need.opted_out_by or need.held_by)} had"
             )
     return problems
 
@@ -177,14 +181,15 @@ def needs_for(
                 opt_out.append(identity)
             else:
                 uncarriable.append(
-                    f"the email {mask(identity)} may not receive marketing at some locations on "
-                    f"{'/'.join(need.held_by)}, and Podium's published API cannot withdraw an email's marketing "
+                    f"the email {mask(identity)} may not receive marketing at some locations (held by "
+                    f"{', '.join(need.held_by)}), and Podium's published API cannot withdraw an email's marketing "
                     "consent"
                 )
         if need.transactional_opt_out and not transactional:
             uncarriable.append(
                 f"the {kind.lower()} {mask(identity)} opted out of transactional messages on "
-                f"{'/'.join(need.held_by)}, and Podium's published API cannot set that opt-out on another contact"
+                f"{', '.join(need.opted_out_by or need.held_by)}, and Podium's published API cannot set that "
+                "opt-out on another contact"
             )
     return ConsentNeeds(tuple(sorted(set(opt_out))), tuple(uncarriable))
 

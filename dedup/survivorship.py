@@ -187,6 +187,7 @@ class MergePlan:
                     "allowedOptIn": sorted(r.allowed_opt_in),
                     "transactionalOptOut": r.transactional_opt_out,
                     "heldBy": list(r.held_by),
+                    "optedOutBy": list(r.opted_out_by),
                 }
                 for key, r in sorted(self.consent.items())
             },
@@ -207,6 +208,7 @@ class MergePlan:
                 allowed_opt_in=frozenset(r.get("allowedOptIn") or ()),
                 transactional_opt_out=bool(r.get("transactionalOptOut")),
                 held_by=tuple(r.get("heldBy") or ()),
+                opted_out_by=tuple(r.get("optedOutBy") or ()),
             )
             for key, r in (data.get("consent") or {}).items()
         }

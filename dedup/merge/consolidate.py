@@ -179,12 +179,15 @@ def merged(runner: Runner) -> bool:
         if identifier is None:
             # Planned before this step existed, or the steps were lost: decide now (conversations moved).
             return merging(runner)
-        try:
-            live = runner.client.get_contact(identifier)
-        except NotFoundError:
-            retired[uid] = "deleted" if op.steps.get("deleting") == uid else "already gone"
-            runner.save_steps(retired=retired, deleting=None)
-            continue
+        # Read in this run already (its retirement handle was just checked): that read is the last look.
+        live = runner.live.get(uid)
+        if live is None or op.steps.get("deleting") == uid:
+            try:
+                live = runner.client.get_contact(identifier)
+            except NotFoundError:
+                retired[uid] = "deleted" if op.steps.get("deleting") == uid else "already gone"
+                runner.save_steps(retired=retired, deleting=None)
+                continue
         if live.uid != uid:
             runner.transition(
                 MergeOperation.UNRECONCILABLE, error_code=ERR_UNRECONCILABLE,
