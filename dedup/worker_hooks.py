@@ -24,7 +24,11 @@ _in_hook: ContextVar[bool] = ContextVar("dedup_worker_hook_running", default=Fal
 
 
 def ensure_merge_schedule() -> None:
-    """Create the every-minute schedule of ``run_due_operations`` if it does not exist."""
+    """Create the every-minute schedule of ``run_due_operations`` if it does not exist.
+
+    Safe when several workers start at once: the schedule names are unique in the database (migration
+    0004), so a second insert fails there and ``get_or_create`` returns the first one's row.
+    """
     from django_q.models import Schedule
 
     Schedule.objects.get_or_create(
@@ -40,7 +44,10 @@ def ensure_merge_schedule() -> None:
 
 @receiver(post_spawn, dispatch_uid="dedup.merge.resume_at_worker_start")
 def resume_merges_at_worker_start(sender: Any, proc_name: str = "", **kwargs: Any) -> None:
-    """django-q2 ``post_spawn``: enqueue the reconciliation of every unfinished merge."""
+    """django-q2 ``post_spawn``: enqueue the reconciliation of every unfinished merge.
+
+    The resume does not depend on the schedule: a worker that cannot keep the schedule still resumes.
+    """
     from django_q.tasks import async_task
 
     if _in_hook.get():
@@ -50,9 +57,13 @@ def resume_merges_at_worker_start(sender: Any, proc_name: str = "", **kwargs: An
     token = _in_hook.set(True)
 
     try:
-        ensure_merge_schedule()
-        async_task("dedup.merging.resume_at_worker_start", task_name=f"merge-resume-{proc_name}"[:100])
-    except Exception:  # noqa: BLE001 - a worker must start even if this fails; the schedule catches up
-        logger.exception("could not enqueue the merge resume at the start of worker %s", proc_name)
+        try:
+            ensure_merge_schedule()
+        except Exception:  # noqa: BLE001 - a worker must start even if this fails; the next start retries
+            logger.exception("could not keep the merge-retry schedule at the start of worker %s", proc_name)
+        try:
+            async_task("dedup.merging.resume_at_worker_start", task_name=f"merge-resume-{proc_name}"[:100])
+        except Exception:  # noqa: BLE001 - a worker must start even if this fails; the schedule catches up
+            logger.exception("could not enqueue the merge resume at the start of worker %s", proc_name)
     finally:
         _in_hook.reset(token)
