@@ -140,7 +140,11 @@ def test_concurrent_creation_returns_the_one_schedule_to_every_caller() -> None:
     for _round in range(20):
         Schedule.objects.filter(name__in=PRODUCT_SCHEDULES).delete()
         results: list[int] = []
-        errors = _race(lambda out=results: out.append(sync_scan_schedule().pk), workers=8)
+
+        def create(out: list[int] = results) -> None:
+            out.append(sync_scan_schedule().pk)
+
+        errors = _race(create, workers=8)
         errors += _race(ensure_merge_schedule, workers=8)
         assert not errors
         assert len(set(results)) == 1 and len(results) == 8
