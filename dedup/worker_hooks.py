@@ -1,10 +1,11 @@
-"""What a django-q2 worker does when it starts: reconcile unfinished merges, keep the retry loop scheduled.
+"""What a django-q2 worker does when it starts: reconcile unfinished merges and scans, keep the retry loop scheduled.
 
 Every worker start enqueues one ``resume_at_worker_start`` task (so a crashed merge is reconciled as
-soon as a worker is back) and makes sure the one-minute schedule that retries due merges
-(``compliance_failed`` write-backs, ``conflict_pending`` merges, deferrals) exists. Several workers
-starting together enqueue several resumes; that is harmless, because each operation is claimed by
-one worker only.
+soon as a worker is back), makes sure the one-minute schedule that retries due merges
+(``compliance_failed`` write-backs, ``conflict_pending`` merges, deferrals) exists, and continues any
+scan a stopped or crashed worker left unfinished, from its checkpoint. Several workers starting
+together enqueue several resumes; that is harmless, because each operation is claimed by one worker
+only and one scan per scope may be active (the others are refused).
 """
 
 from __future__ import annotations
@@ -65,5 +66,38 @@ def resume_merges_at_worker_start(sender: Any, proc_name: str = "", **kwargs: An
             async_task("dedup.merging.resume_at_worker_start", task_name=f"merge-resume-{proc_name}"[:100])
         except Exception:  # noqa: BLE001 - a worker must start even if this fails; the schedule catches up
             logger.exception("could not enqueue the merge resume at the start of worker %s", proc_name)
+        try:
+            resume_interrupted_scans()
+        except Exception:  # noqa: BLE001 - a worker must start even if this fails; the next scan resumes them
+            logger.exception("could not resume interrupted scans at the start of worker %s", proc_name)
     finally:
         _in_hook.reset(token)
+
+
+def resume_interrupted_scans(actor: str = "system:worker-start") -> list[int]:
+    """Continue every scan whose worker stopped or died (``scanning.is_crashed``), from its checkpoint.
+
+    A worker asked to stop interrupts its scan after a short grace (``dedup.workers``); the scan row
+    still says running. ``start_scan`` with the same kind, scope and file takes it over and continues
+    where it stopped. Returns the ids of the new scan runs.
+    """
+    from dedup.models import ScanRun
+    from dedup.scanning import ConcurrentRunError, ScanError, is_crashed, start_scan
+
+    resumed: list[int] = []
+    for run in ScanRun.objects.filter(state__in=ScanRun.ACTIVE_STATES).order_by("pk"):
+        if not is_crashed(run):
+            continue
+        try:
+            new = start_scan(
+                locations=list(run.scope), full=run.kind == ScanRun.FULL, from_file=run.source_file or None,
+                actor=actor,
+            )
+        except ConcurrentRunError:
+            continue  # another worker starting at the same time resumed it first
+        except ScanError as exc:
+            logger.warning("scan #%s cannot be resumed: %s", run.pk, exc)
+            continue
+        logger.info("scan #%s continues scan #%s, interrupted", new.pk, run.pk)
+        resumed.append(new.pk)
+    return resumed

@@ -8,18 +8,26 @@ schedule names makes the second insert fail in the database, where ``get_or_crea
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.db import IntegrityError, connection, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models.signals import post_migrate
+from django.utils import timezone
 from django_q.models import Schedule
 from django_q.signals import post_spawn
 
 from dedup import merging, worker_hooks
+from dedup.models import ScanRun
+from dedup.scanning import scope_key_for
 from dedup.schedule import SCAN_SCHEDULE_NAME, sync_scan_schedule
 from dedup.worker_hooks import RETRY_SCHEDULE_NAME, ensure_merge_schedule
 
@@ -174,3 +182,32 @@ def test_the_migration_removes_duplicates_a_race_left() -> None:
     assert Schedule.objects.filter(name="nightly report").count() == 2
     with pytest.raises(IntegrityError), transaction.atomic():
         Schedule.objects.create(name=RETRY_SCHEDULE_NAME, func="dedup.merging.run_due_operations")
+
+
+@pytest.mark.django_db
+def test_a_worker_start_continues_a_scan_a_stopped_worker_left_running(
+    resumes: list[str], tmp_path: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    # A worker asked to stop interrupts its scan (dedup.workers): the row still says running, and
+    # names a worker process that is gone.
+    export = tmp_path / "corpus.ndjson"
+    call_command("make_demo_corpus", str(export), people=30, seed=7, verbosity=0)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    now = timezone.now()
+    interrupted = ScanRun.objects.create(
+        kind=ScanRun.FILE, scope=[], scope_key=scope_key_for([]), source_file=str(export.resolve()),
+        state=ScanRun.RUNNING, started_at=now, heartbeat_at=now,
+        checkpoint={"worker": {"host": socket.gethostname(), "pid": gone.pid}},
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        post_spawn.send(sender="django_q", proc_name="Process-1")
+    interrupted.refresh_from_db()
+    assert interrupted.state == ScanRun.FAILED and "resumed by system:worker-start" in interrupted.error_message
+    resumed = ScanRun.objects.exclude(pk=interrupted.pk).get()
+    assert resumed.state == ScanRun.SUCCEEDED and resumed.contacts_seen > 0
+    assert resumed.holder == "system:worker-start"
+    # The next worker start finds nothing left to continue.
+    with django_capture_on_commit_callbacks(execute=True):
+        post_spawn.send(sender="django_q", proc_name="Process-2")
+    assert ScanRun.objects.count() == 2
