@@ -22,13 +22,14 @@ only when all of them are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, PermissionsMixin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404, HttpRequest
 
+from dedup.dblimits import SMALL_LIST, JsonListHasAny, in_values
 from dedup.models import (
     AuditEvent,
     Cluster,
@@ -109,7 +110,7 @@ def visible_locations(user: AnyUser) -> QuerySet[Location]:
     ids = visible_location_ids(user)
     if ids is None:
         return Location.objects.all()
-    return Location.objects.filter(id__in=ids)
+    return Location.objects.filter(id__in=in_values(ids))
 
 
 def visible_location_uids(user: AnyUser) -> list[str] | None:
@@ -117,7 +118,7 @@ def visible_location_uids(user: AnyUser) -> list[str] | None:
     ids = visible_location_ids(user)
     if ids is None:
         return None
-    return list(Location.objects.filter(id__in=ids).values_list("uid", flat=True))
+    return list(Location.objects.filter(id__in=in_values(ids)).values_list("uid", flat=True))
 
 
 def has_perm(user: AnyUser, perm: str) -> bool:
@@ -133,14 +134,14 @@ def require_perm(request: HttpRequest, perm: str) -> None:
 
 # --- clusters ------------------------------------------------------------------------------------
 
-def clusters_touching_q(ids: Iterable[int]) -> Q:
+def clusters_touching_q(ids: Collection[int]) -> Q:
     """Clusters with a member in one of these locations.
 
     ``Cluster.locations`` holds every member's location, a within-location cluster's own included, so
     the through table alone answers it; a single semi-join lets PostgreSQL walk the queue's index in
     order instead of sorting every visible cluster (see ``bench/bench_views.py``).
     """
-    return Q(pk__in=Cluster.locations.through.objects.filter(location_id__in=list(ids)).values("cluster_id"))
+    return Q(pk__in=Cluster.locations.through.objects.filter(location_id__in=in_values(ids)).values("cluster_id"))
 
 
 def restrict_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> QuerySet[Cluster]:
@@ -170,7 +171,7 @@ def count_visible_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> int:
         return clusters.count()
     if not ids:
         return 0
-    within = clusters.filter(location_id__in=ids).count()
+    within = clusters.filter(location_id__in=in_values(ids)).count()
     cross = clusters.filter(location__isnull=True).filter(clusters_touching_q(ids)).count()
     return within + cross
 
@@ -232,7 +233,7 @@ def contacts_visible_to(user: AnyUser) -> QuerySet[Contact]:
     if ids is None:
         return Contact.objects.all()
     return Contact.objects.filter(
-        Exists(ContactLocation.objects.filter(contact_id=OuterRef("pk"), location_id__in=list(ids)))
+        Exists(ContactLocation.objects.filter(contact_id=OuterRef("pk"), location_id__in=in_values(ids)))
     )
 
 
@@ -286,11 +287,20 @@ def uncategorized_visible_to(user: AnyUser) -> QuerySet[UncategorizedPhone]:
     ids = visible_location_ids(user)
     if ids is None:
         return UncategorizedPhone.objects.all()
-    return UncategorizedPhone.objects.filter(location_id__in=ids)
+    return UncategorizedPhone.objects.filter(location_id__in=in_values(ids))
 
 
-def _uid_list_overlaps(field: str, uids: Iterable[str]) -> Q:
-    # A JSON list of uids holds ``"uid"`` with its quotes; a text match works on SQLite and PostgreSQL.
+def _names_a_location(field: str, ids: frozenset[int]) -> Q:
+    """Rows whose JSON list of location uids in ``field`` names one of these locations.
+
+    A JSON list of uids holds ``"uid"`` with its quotes, so a text match per location works on SQLite
+    and PostgreSQL and is the fastest for the usual few. Past a handful, one term per location would
+    grow the statement with the grants (SQLite refuses an ``OR`` chain past 1000 terms): the uids go
+    as one parameter instead (``JsonListHasAny``).
+    """
+    uids = list(Location.objects.filter(id__in=in_values(ids)).values_list("uid", flat=True))
+    if len(uids) > SMALL_LIST:
+        return Q(JsonListHasAny(field, uids))
     q = Q(pk__in=[])
     for uid in uids:
         q |= Q(**{f"{field}__icontains": f'"{uid}"'})
@@ -299,20 +309,20 @@ def _uid_list_overlaps(field: str, uids: Iterable[str]) -> Q:
 
 def audit_events_visible_to(user: AnyUser) -> QuerySet[AuditEvent]:
     """Events that name one of the user's locations; events naming none (policy, logins) need all."""
-    uids = visible_location_uids(user)
-    if uids is None:
+    ids = visible_location_ids(user)
+    if ids is None:
         return AuditEvent.objects.all()
-    if not uids:
+    if not ids:
         return AuditEvent.objects.none()
-    return AuditEvent.objects.filter(_uid_list_overlaps("location_uids", uids))
+    return AuditEvent.objects.filter(_names_a_location("location_uids", ids))
 
 
 def scans_visible_to(user: AnyUser) -> QuerySet[ScanRun]:
     """Scans of every location (empty scope) or of at least one location the user sees."""
-    uids = visible_location_uids(user)
-    if uids is None:
+    ids = visible_location_ids(user)
+    if ids is None:
         return ScanRun.objects.all()
-    return ScanRun.objects.filter(Q(scope=[]) | _uid_list_overlaps("scope", uids))
+    return ScanRun.objects.filter(Q(scope=[]) | _names_a_location("scope", ids))
 
 
 def scan_scope_for(user: AnyUser) -> list[str] | None:

@@ -63,6 +63,8 @@ class ClusterAdmin(admin.ModelAdmin):
     list_filter = ["status", "kind", "cross_location", "location"]
     search_fields = ["cluster_id"]
     inlines = [ClusterMemberInline]
+    # A select of every cluster (or scan) would grow with the corpus: 10,000 options per page view.
+    raw_id_fields = ["superseded_by", "scan_run"]
 
 
 @admin.register(models.ReviewDecision)

@@ -11,6 +11,7 @@ class DedupConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Worker-start hooks: reconcile unfinished merges, and keep the periodic incremental scan
-        # scheduled at the policy's interval, whenever a django-q2 worker starts.
-        from dedup import schedule, worker_hooks  # noqa: F401
+        # Worker-start hooks: reconcile unfinished merges, keep the periodic incremental scan
+        # scheduled at the policy's interval, and stop promptly on SIGTERM, whenever a django-q2
+        # worker starts.
+        from dedup import schedule, worker_hooks, workers  # noqa: F401

@@ -41,14 +41,15 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection, connections, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from dedup import audit
 from dedup.clustering import ClusterGroup, build_clusters, stable_cluster_id
 from dedup.consent import ChannelConsent
-from dedup.indexing import chunked, in_chunk_size, insert_rows, update_rows
+from dedup.dblimits import chunked, in_list_size, in_values
+from dedup.indexing import insert_rows, update_rows
 from dedup.models import (
     Cluster,
     ClusterMember,
@@ -285,11 +286,15 @@ def _detect(
     timings["cluster"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    reconsider: QuerySet[Cluster] | list[int]
     if key_scoped:
-        reconsider = Cluster.objects.filter(status=_MUTABLE, pk__in=_clusters_with_members(considered_ids))
+        # Ids, not a queryset: a rescan of many keys touches thousands of clusters, more than one IN
+        # list may carry on SQLite; ``_write`` locks them in chunks.
+        reconsider = _clusters_with_members(considered_ids)
     elif scope_location_ids is not None:
         reconsider = Cluster.objects.filter(
-            Q(location_id__in=scope_location_ids) | Q(locations__in=scope_location_ids), status=_MUTABLE
+            Q(location_id__in=in_values(scope_location_ids)) | Q(locations__in=in_values(scope_location_ids)),
+            status=_MUTABLE,
         ).distinct()
     else:
         reconsider = Cluster.objects.filter(status=_MUTABLE)
@@ -376,8 +381,7 @@ def _group(
 def cluster_to_dict(cluster: Cluster) -> dict[str, Any]:
     """The NDJSON line of ``manage.py clusters`` for one cluster (members sorted by uid).
 
-    Prefetch ``members__contact`` and ``members__location`` (see ``clusters_for_export``) when
-    converting many clusters.
+    Fetch the clusters with ``clusters_for_export`` when converting many.
     """
     members = sorted(cluster.members.all(), key=lambda m: m.contact.uid)
     return {
@@ -408,9 +412,16 @@ def cluster_to_dict(cluster: Cluster) -> dict[str, Any]:
 
 
 def clusters_for_export(queryset: QuerySet[Cluster] | None = None) -> QuerySet[Cluster]:
-    """Clusters with everything ``cluster_to_dict`` reads prefetched (a fixed number of queries)."""
+    """Clusters with everything ``cluster_to_dict`` reads prefetched (a fixed number of queries).
+
+    The members' contacts and locations come joined to the members, not prefetched through their
+    foreign keys: Django 5.2 sends that prefetch to SQLite as one ``OR`` term per contact, which
+    SQLite refuses past 1000 terms (``dedup.dblimits``). Iterate with ``chunk_size`` at most
+    ``dedup.dblimits.in_list_size()``: each chunk's members are read with one ``IN`` list of its ids.
+    """
     qs = queryset if queryset is not None else Cluster.objects.all()
-    return qs.select_related("location").prefetch_related("members__contact", "members__location")
+    members = Prefetch("members", queryset=ClusterMember.objects.select_related("contact", "location"))
+    return qs.select_related("location").prefetch_related(members)
 
 
 def member_records(cluster: Cluster) -> list[MemberRecord]:
@@ -437,7 +448,7 @@ def load_member_records(
         "pk", "uid", "location_id", "name", "channels", "tags", "attributes", "address", "field_count",
         "marketing_opt_out", "sms_opt_out", "email_opt_out", "updated_at", "location_uids", "conversations",
     )  # fmt: skip
-    for chunk in chunked(list(contact_ids), in_chunk_size()):
+    for chunk in chunked(list(contact_ids), in_list_size()):
         key_of: dict[int, dict[str, str]] = defaultdict(dict)
         for contact_id, raw, key in ContactKey.objects.filter(
             contact_id__in=chunk, kind=ContactKey.PHONE
@@ -668,7 +679,7 @@ def _select_by_ids(sql: str, column: str, ids: Sequence[int]) -> Iterator[tuple[
             cursor.execute(f"{sql} {column} = ANY(%s)", [list(ids)])
             yield from cursor.fetchall()
             return
-        for chunk in chunked(list(ids), in_chunk_size()):
+        for chunk in chunked(list(ids), in_list_size()):
             cursor.execute(f"{sql} {column} IN ({', '.join(['%s'] * len(chunk))})", list(chunk))
             yield from cursor.fetchall()
 
@@ -750,7 +761,7 @@ def _active_contacts(scope_location_ids: set[int] | None, key_scoped: bool, cont
         return len(_active_uids(contact_ids))
     active = Contact.objects.filter(deleted_at__isnull=True, merged_into_uid="")
     if scope_location_ids is not None:
-        active = active.filter(location_id__in=scope_location_ids)
+        active = active.filter(location_id__in=in_values(scope_location_ids))
     return active.count()
 
 
@@ -940,7 +951,7 @@ def _lock_mutable_ids(pks: Sequence[int]) -> dict[int, str]:
     if connection.vendor == "postgresql":
         return _lock_mutable(Cluster.objects.filter(pk__in=RawSQL("SELECT unnest(%s::bigint[])", [list(pks)])))
     status_of: dict[int, str] = {}
-    for chunk in chunked(sorted(pks), in_chunk_size()):
+    for chunk in chunked(sorted(pks), in_list_size()):
         status_of.update(_lock_mutable(Cluster.objects.filter(pk__in=chunk)))
     return status_of
 
@@ -959,7 +970,7 @@ def _write(
     batches: Iterable[list[_Proposal | _Unchanged]],
     groups: list[ClusterGroup],
     scoring: _Scoring,
-    reconsider: QuerySet[Cluster],
+    reconsider: QuerySet[Cluster] | list[int],
     scan_run: ScanRun | None,
     actor: str,
     now: datetime,
@@ -977,7 +988,9 @@ def _write(
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_DETECTION_LOCK])
         # Locked, skipping any row a person or a worker holds right now, and re-read under the lock:
         # a cluster approved since the scope was read is no longer open and is left alone.
-        reconsider_status = _lock_mutable(reconsider)
+        reconsider_status = (
+            _lock_mutable_ids(reconsider) if isinstance(reconsider, list) else _lock_mutable(reconsider)
+        )
         iterator = iter(batches)
         while True:
             t = time.perf_counter()
@@ -1114,7 +1127,7 @@ def _select_by_text(sql: str, column: str, values: Sequence[str]) -> Iterator[tu
             cursor.execute(f"{sql} {column} = ANY(%s)", [list(values)])
             yield from cursor.fetchall()
             return
-        for chunk in chunked(list(values), in_chunk_size()):
+        for chunk in chunked(list(values), in_list_size()):
             cursor.execute(f"{sql} {column} IN ({', '.join(['%s'] * len(chunk))})", list(chunk))
             yield from cursor.fetchall()
 
@@ -1150,7 +1163,7 @@ def _refresh(
         rows.append((pk, *(values[c] for c in _REFRESH_COLUMNS)))
     update_rows(Cluster._meta.db_table, "id", _REFRESH_COLUMNS, rows)
     pks = [pk for pk, _p, _r in items]
-    for chunk in chunked(pks, in_chunk_size()):
+    for chunk in chunked(pks, in_list_size()):
         ClusterMember.objects.filter(cluster_id__in=chunk).delete()
     _insert_members_and_locations([(pk, p) for pk, p, _r in items], locations=False)
     for pk, p, reopened in items:
@@ -1194,7 +1207,9 @@ def _supersede(gone: list[int], scan_run: ScanRun | None, actor: str) -> int:
     if not gone:
         return 0
     successor_of = _successors(gone)
-    name_of = dict(Cluster.objects.filter(pk__in=set(successor_of.values())).values_list("pk", "cluster_id"))
+    name_of: dict[int, str] = {}
+    for chunk in chunked(sorted(set(successor_of.values())), in_list_size()):
+        name_of.update(Cluster.objects.filter(pk__in=chunk).values_list("pk", "cluster_id"))
     members: dict[int, list[str]] = defaultdict(list)
     sql = (
         f"SELECT m.cluster_id, c.uid FROM {ClusterMember._meta.db_table} m "
@@ -1202,7 +1217,7 @@ def _supersede(gone: list[int], scan_run: ScanRun | None, actor: str) -> int:
     )
     for cluster_pk, uid in _select_by_ids(sql, "m.cluster_id", gone):
         members[cluster_pk].append(uid)
-    for chunk in chunked(gone, in_chunk_size()):
+    for chunk in chunked(gone, in_list_size()):
         for cluster in Cluster.objects.filter(pk__in=chunk).prefetch_related("locations"):
             successor = successor_of.get(cluster.pk)
             Cluster.objects.filter(pk=cluster.pk, status=_MUTABLE).update(

@@ -30,6 +30,7 @@ from typing import IO, Any, NamedTuple
 from django.db import connection, connections, transaction
 from django.utils import timezone
 
+from dedup.dblimits import chunked, in_list_size, in_values
 from dedup.models import Contact, ContactKey, ContactLocation, Location, UncategorizedPhone
 from dedup.names import normalize_name
 from dedup.phones import normalize_email, normalize_phone
@@ -147,7 +148,9 @@ def _channel_json(channel: PodiumChannel) -> dict[str, Any]:
     }
 
 
-def prepare_contact(contact: PodiumContact, region: str, home_location_uid: str | None = None) -> PreparedContact:
+def prepare_contact(
+    contact: PodiumContact, region: str, home_location_uid: str | None = None
+) -> PreparedContact:
     """Normalize one Podium contact for the index (pure; safe to run in a worker process).
 
     Every phone goes through ``normalize_phone`` with ``region`` (the region of the contact's first
@@ -172,13 +175,19 @@ def prepare_contact(contact: PodiumContact, region: str, home_location_uid: str 
             phone_values.append(result.e164)
             if (PHONE, result.e164) not in seen:
                 seen.add((PHONE, result.e164))
-                keys.append(PreparedKey(PHONE, result.e164, identifier[:_RAW_MAX], (result.extension or "")[:_EXT_MAX]))
+                keys.append(
+                    PreparedKey(
+                        PHONE, result.e164, identifier[:_RAW_MAX], (result.extension or "")[:_EXT_MAX]
+                    )
+                )
         else:
             phone_values.append(identifier)
             raw = identifier[:_UNCAT_RAW_MAX]
             if raw not in invalid_seen:
                 invalid_seen.add(raw)
-                invalid.append(PreparedInvalidPhone(raw, result.code or "", (result.reason or "")[:_REASON_MAX]))
+                invalid.append(
+                    PreparedInvalidPhone(raw, result.code or "", (result.reason or "")[:_REASON_MAX])
+                )
     for identifier in contact.emails:
         if not identifier.strip():
             continue
@@ -201,7 +210,10 @@ def prepare_contact(contact: PodiumContact, region: str, home_location_uid: str 
                      "transactionalOptedOutAt": None}
                 )  # fmt: skip
     tags: list[dict[str, Any]] = [{"uid": t.uid, "label": t.label} for t in contact.tags if t.label]
-    attributes = [{"uid": a.uid, "label": a.label, "value": a.value, "dataType": a.data_type} for a in contact.attributes]
+    attributes = [
+        {"uid": a.uid, "label": a.label, "value": a.value, "dataType": a.data_type}
+        for a in contact.attributes
+    ]
     address = None if contact.address is None else contact.address.to_wire()
     location_uids = contact.location_uids or ((home_location_uid,) if home_location_uid else ())
     if not location_uids:
@@ -260,14 +272,6 @@ class WriteResult:
     newest_updated_at: datetime | None = None
 
 
-def in_chunk_size() -> int:
-    """How many values one ``IN (...)`` list may carry on this database.
-
-    SQLite builds may cap bound parameters at 999; PostgreSQL's limit is 65,535 per statement.
-    """
-    return 900 if connection.vendor == "sqlite" else 10_000
-
-
 def _adapter() -> Callable[[Any], Any]:
     """How a Python value is bound on this database when bypassing the ORM (datetimes differ)."""
     if connection.vendor == "postgresql":
@@ -298,7 +302,8 @@ def insert_rows(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         adapt = _adapter()
         marks = ", ".join(["%s"] * len(columns))
         cursor.executemany(
-            f"INSERT INTO {table} ({column_list}) VALUES ({marks})", [tuple(adapt(v) for v in row) for row in rows]
+            f"INSERT INTO {table} ({column_list}) VALUES ({marks})",
+            [tuple(adapt(v) for v in row) for row in rows],
         )
 
 
@@ -319,7 +324,9 @@ def update_rows(table: str, key_column: str, columns: Sequence[str], rows: Seque
                 for row in rows:
                     copy.write_row(row)
             assignments = ", ".join(f"{c} = s.{c}" for c in columns)
-            cursor.execute(f"UPDATE {table} t SET {assignments} FROM {stage} s WHERE t.{key_column} = s.{key_column}")
+            cursor.execute(
+                f"UPDATE {table} t SET {assignments} FROM {stage} s WHERE t.{key_column} = s.{key_column}"
+            )
             cursor.execute(f"DROP TABLE {stage}")
             return
         adapt = _adapter()
@@ -328,12 +335,6 @@ def update_rows(table: str, key_column: str, columns: Sequence[str], rows: Seque
             f"UPDATE {table} SET {assignments} WHERE {key_column} = %s",
             [tuple(adapt(v) for v in (*row[1:], row[0])) for row in rows],
         )
-
-
-def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """Consecutive slices of ``items`` of at most ``size`` elements."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class IndexWriter:
@@ -346,7 +347,9 @@ class IndexWriter:
 
     def __init__(self, default_region: str, method: str = "auto") -> None:
         if method not in ("auto", "orm"):
-            raise ValueError("method is 'auto' (COPY on PostgreSQL, executemany on SQLite) or 'orm' (bulk_create)")
+            raise ValueError(
+                "method is 'auto' (COPY on PostgreSQL, executemany on SQLite) or 'orm' (bulk_create)"
+            )
         self.method = method
         self.default_region = default_region.upper()
         self._locations: dict[str, tuple[int, str]] = {
@@ -387,9 +390,12 @@ class IndexWriter:
             for loc in reported.values()
         ]
         Location.objects.bulk_create(
-            rows, update_conflicts=True, unique_fields=["uid"], update_fields=["name", "podium_country", "archived"]
+            rows,
+            update_conflicts=True,
+            unique_fields=["uid"],
+            update_fields=["name", "podium_country", "archived"],
         )
-        saved = list(Location.objects.filter(uid__in=list(reported)))
+        saved = list(Location.objects.filter(uid__in=in_values(list(reported))))
         stale = []
         for loc in saved:
             region = Location.effective_region(loc.podium_country, loc.region_override, self.default_region)
@@ -405,7 +411,11 @@ class IndexWriter:
         missing = sorted({uid for uid in uids if uid not in self._locations})
         if not missing:
             return
-        logger.warning("indexing contacts of %d undeclared location(s); region %s assumed", len(missing), self.default_region)
+        logger.warning(
+            "indexing contacts of %d undeclared location(s); region %s assumed",
+            len(missing),
+            self.default_region,
+        )
         self.ensure_locations(PodiumLocation(uid, uid) for uid in missing)
 
     def write(self, batch: Sequence[PreparedContact]) -> WriteResult:
@@ -439,7 +449,11 @@ class IndexWriter:
                 ids, existed = self._upsert_contacts_postgres(items, now)
             else:
                 existed_uids = self._existing_uids([p.uid for p in items])
-                ids = self._upsert_contacts_sqlite(items, now) if fast else self._upsert_contacts_orm(items, now)
+                ids = (
+                    self._upsert_contacts_sqlite(items, now)
+                    if fast
+                    else self._upsert_contacts_orm(items, now)
+                )
                 existed = {ids[uid] for uid in existed_uids}
             contact_ids = [ids[p.uid] for p in items]
             # Only contacts indexed before can have keys and queued phones to replace (a first load
@@ -474,10 +488,12 @@ class IndexWriter:
                 result.newest_updated_at = p.updated_at
         return result
 
-    def _sync_contact_locations(self, items: list[PreparedContact], ids: dict[str, int], replaced: list[int]) -> None:
+    def _sync_contact_locations(
+        self, items: list[PreparedContact], ids: dict[str, int], replaced: list[int]
+    ) -> None:
         """Keep ``ContactLocation`` equal to each contact's locations (rewritten only where they changed)."""
         stored: dict[int, set[int]] = {}
-        for chunk in chunked(replaced, in_chunk_size()):
+        for chunk in chunked(replaced, in_list_size()):
             for contact_id, location_id in ContactLocation.objects.filter(contact_id__in=chunk).values_list(
                 "contact_id", "location_id"
             ):
@@ -498,7 +514,9 @@ class IndexWriter:
 
     # --- contact rows ---------------------------------------------------------------------------
 
-    def _contact_values(self, p: PreparedContact, now: datetime, adapt: Callable[[Any], Any]) -> tuple[Any, ...]:
+    def _contact_values(
+        self, p: PreparedContact, now: datetime, adapt: Callable[[Any], Any]
+    ) -> tuple[Any, ...]:
         """One contact row in ``_CONTACT_COLUMNS`` order; JSON as text, datetimes through ``adapt``."""
         channels, tags, attributes, address, conversations = p.json_text or (
             _json(p.channels),
@@ -530,7 +548,9 @@ class IndexWriter:
             adapt(now),
         )
 
-    def _upsert_contacts_postgres(self, items: list[PreparedContact], now: datetime) -> tuple[dict[str, int], set[int]]:
+    def _upsert_contacts_postgres(
+        self, items: list[PreparedContact], now: datetime
+    ) -> tuple[dict[str, int], set[int]]:
         # COPY into a session-local staging table, then one INSERT ... ON CONFLICT: an order of
         # magnitude faster than a parameterized multi-row INSERT for thousands of JSON-bearing rows.
         table = Contact._meta.db_table
@@ -562,7 +582,7 @@ class IndexWriter:
     @staticmethod
     def _existing_uids(uids: list[str]) -> set[str]:
         found: set[str] = set()
-        for chunk in chunked(uids, in_chunk_size()):
+        for chunk in chunked(uids, in_list_size()):
             found.update(Contact.objects.filter(uid__in=chunk).values_list("uid", flat=True))
         return found
 
@@ -575,10 +595,11 @@ class IndexWriter:
         rows = [self._contact_values(p, now, adapt) for p in items]
         with connection.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT (uid) DO UPDATE SET {updates}", rows
+                f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT (uid) DO UPDATE SET {updates}",
+                rows,
             )
         ids: dict[str, int] = {}
-        for chunk in chunked([p.uid for p in items], in_chunk_size()):
+        for chunk in chunked([p.uid for p in items], in_list_size()):
             ids.update(Contact.objects.filter(uid__in=chunk).values_list("uid", "pk"))
         return ids
 
@@ -614,7 +635,7 @@ class IndexWriter:
         ids = {row.uid: row.pk for row in rows if row.pk is not None}
         if len(ids) < len(rows):  # a backend that cannot return ids from an upsert
             missing = [row.uid for row in rows if row.pk is None]
-            for chunk in chunked(missing, in_chunk_size()):
+            for chunk in chunked(missing, in_list_size()):
                 ids.update(Contact.objects.filter(uid__in=chunk).values_list("uid", "pk"))
         return ids
 
@@ -624,7 +645,7 @@ class IndexWriter:
     def _stored_keys(contact_ids: list[int]) -> dict[int, set[tuple[int, int, str, str, str, str]]]:
         """The key rows the index holds for these contacts, in the shape ``write`` builds them."""
         stored: dict[int, set[tuple[int, int, str, str, str, str]]] = {}
-        for chunk in chunked(contact_ids, in_chunk_size()):
+        for chunk in chunked(contact_ids, in_list_size()):
             for row in ContactKey.objects.filter(contact_id__in=chunk).values_list(
                 "contact_id", "location_id", "kind", "key", "raw", "extension"
             ):
@@ -639,9 +660,11 @@ class IndexWriter:
             return
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                cursor.execute(f"DELETE FROM {model._meta.db_table} WHERE contact_id = ANY(%s)", [contact_ids])
+                cursor.execute(
+                    f"DELETE FROM {model._meta.db_table} WHERE contact_id = ANY(%s)", [contact_ids]
+                )
             return
-        for chunk in chunked(contact_ids, in_chunk_size()):
+        for chunk in chunked(contact_ids, in_list_size()):
             model.objects.filter(contact_id__in=chunk).delete()
 
     @staticmethod
@@ -651,7 +674,10 @@ class IndexWriter:
         table = ContactKey._meta.db_table
         columns = "contact_id, location_id, kind, key, raw, extension"
         if fast and connection.vendor == "postgresql":
-            with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            with (
+                connection.cursor() as cursor,
+                cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
+            ):
                 for row in rows:
                     copy.write_row(row)
         elif fast:
@@ -664,7 +690,12 @@ class IndexWriter:
             )
 
     def _replace_invalid_phones(
-        self, items: list[PreparedContact], ids: dict[str, int], replaced: list[int], now: datetime, fast: bool
+        self,
+        items: list[PreparedContact],
+        ids: dict[str, int],
+        replaced: list[int],
+        now: datetime,
+        fast: bool,
     ) -> int:
         # Keep when a phone was first seen invalid, so the queue can be worked oldest first.
         first_seen: dict[tuple[int, str], datetime] = {}
@@ -677,7 +708,7 @@ class IndexWriter:
                 )
                 first_seen.update(((cid, raw), seen) for cid, raw, seen in cursor.fetchall())
         elif replaced:
-            for chunk in chunked(replaced, in_chunk_size()):
+            for chunk in chunked(replaced, in_list_size()):
                 existing = UncategorizedPhone.objects.filter(contact_id__in=chunk)
                 found = list(existing.values_list("contact_id", "raw", "first_seen_at"))
                 if found:
@@ -705,7 +736,13 @@ class IndexWriter:
         else:
             UncategorizedPhone.objects.bulk_create(
                 UncategorizedPhone(
-                    contact_id=c, location_id=loc, raw=raw, code=code, reason=reason, region=region, first_seen_at=seen
+                    contact_id=c,
+                    location_id=loc,
+                    raw=raw,
+                    code=code,
+                    reason=reason,
+                    region=region,
+                    first_seen_at=seen,
                 )
                 for c, loc, raw, code, reason, region, seen in rows
             )
@@ -976,7 +1013,9 @@ def iter_prepared_file(
             pending: deque[tuple[Any, int]] = deque()
             ahead = workers * 2
             for lines, last in chunks:
-                pending.append((pool.apply_async(_prepare_lines_in_worker, (lines, regions, default_region)), last))
+                pending.append(
+                    (pool.apply_async(_prepare_lines_in_worker, (lines, regions, default_region)), last)
+                )
                 if len(pending) > ahead:
                     result, done_line = pending.popleft()
                     yield _chunk(result.get(), done_line)
@@ -1005,5 +1044,3 @@ def default_workers(path: str) -> int:
     if size < PARALLEL_MIN_LINES * 400:  # about 400 bytes a contact line
         return 0
     return max(1, (os.cpu_count() or 1))
-
-

@@ -126,12 +126,15 @@ def indexed_contact_as_podium(row: object) -> PodiumContact:
 
 def shared_keys(uid: str, keys: Iterable[str]) -> set[str]:
     """Which of these natural keys (E.164 numbers, normalized emails) another active contact holds."""
+    from dedup.dblimits import in_values
     from dedup.models import ContactKey
 
     wanted = sorted(set(keys))
     if not wanted:
         return set()
-    holders = ContactKey.objects.filter(key__in=wanted, contact__deleted_at__isnull=True, contact__merged_into_uid="")
+    holders = ContactKey.objects.filter(
+        key__in=in_values(wanted), contact__deleted_at__isnull=True, contact__merged_into_uid=""
+    )
     return set(holders.filter(~Q(contact__uid=uid)).values_list("key", flat=True).distinct())
 
 
@@ -183,9 +186,13 @@ def read_indexed_contacts(
     The value is the live contact; None when Podium answers 404 (it is gone); ``Unaddressable`` when no
     identifier reaches it alone, or the one that did now reaches another contact (a conversation moved).
     """
+    from dedup.dblimits import in_values
     from dedup.models import Contact
 
-    rows = {row.uid: row for row in Contact.objects.filter(uid__in=list(uids)).select_related("location")}
+    rows = {
+        row.uid: row
+        for row in Contact.objects.filter(uid__in=in_values(list(uids))).select_related("location")
+    }
     out: dict[str, PodiumContact | Unaddressable | None] = {}
     for uid in uids:
         row = rows.get(uid)

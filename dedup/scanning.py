@@ -43,6 +43,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from dedup import audit
+from dedup.dblimits import in_values
 from dedup.detection import DetectionSummary, detect
 from dedup.indexing import (
     ExportFileError,
@@ -206,7 +207,12 @@ def _mark_crashed(run: ScanRun, resumed_by: str) -> None:
             "scan.failed",
             actor="system",
             location_uids=run.scope,
-            payload={"scanRun": run.pk, "code": ERR_INDEX_BUILD, "reason": "crashed", "resumedBy": resumed_by},
+            payload={
+                "scanRun": run.pk,
+                "code": ERR_INDEX_BUILD,
+                "reason": "crashed",
+                "resumedBy": resumed_by,
+            },
         )
 
 
@@ -285,7 +291,9 @@ def start_scan(
     if run_async:
         run_id = run.pk
         transaction.on_commit(
-            lambda: async_task("dedup.scanning.run_scan_task", run_id, task_name=f"scan #{run_id}", group="scans")
+            lambda: async_task(
+                "dedup.scanning.run_scan_task", run_id, task_name=f"scan #{run_id}", group="scans"
+            )
         )
         return run
     return run_scan(run, progress_callback)
@@ -294,7 +302,12 @@ def start_scan(
 def run_scan_task(scan_run_id: int) -> dict[str, Any]:
     """The django-q2 task: run the scan and return its counters (kept in the task's result)."""
     run = run_scan(ScanRun.objects.get(pk=scan_run_id))
-    return {"scanRun": run.pk, "state": run.state, "contacts": run.contacts_seen, "clusters": run.clusters_found}
+    return {
+        "scanRun": run.pk,
+        "state": run.state,
+        "contacts": run.contacts_seen,
+        "clusters": run.clusters_found,
+    }
 
 
 # --- running ------------------------------------------------------------------------------------------
@@ -404,7 +417,12 @@ def _fail(state: _Run, exc: BaseException) -> None:
         "scan.failed",
         actor=run.holder or "system",
         location_uids=run.scope,
-        payload={"scanRun": run.pk, "code": ERR_INDEX_BUILD, "reason": message, "contactsSeen": run.contacts_seen},
+        payload={
+            "scanRun": run.pk,
+            "code": ERR_INDEX_BUILD,
+            "reason": message,
+            "contactsSeen": run.contacts_seen,
+        },
     )
 
 
@@ -445,10 +463,12 @@ def _finish(state: _Run, summary: DetectionSummary) -> None:
 def _scope_location_ids(scope: Sequence[str]) -> list[int] | None:
     if not scope:
         return None
-    return list(Location.objects.filter(uid__in=scope).values_list("pk", flat=True))
+    return list(Location.objects.filter(uid__in=in_values(list(scope))).values_list("pk", flat=True))
 
 
-def _fresh_duplicate_rate(run: ScanRun, summary: DetectionSummary, location_ids: list[int] | None) -> float | None:
+def _fresh_duplicate_rate(
+    run: ScanRun, summary: DetectionSummary, location_ids: list[int] | None
+) -> float | None:
     """The scope's duplicate rate: measured after full and file scans; after an incremental one that
     changed few clusters, the rate another scan of the scope measured within the hour."""
     if run.kind == ScanRun.INCREMENTAL and summary.created + summary.superseded < 1000:
@@ -479,9 +499,10 @@ def _duplicate_rate(location_ids: list[int] | None) -> float | None:
     within = Cluster.objects.filter(status=Cluster.OPEN, cross_location=False)
     cross_members = ClusterMember.objects.filter(cluster__status=Cluster.OPEN, cluster__cross_location=True)
     if location_ids is not None:
-        active = active.filter(location_id__in=location_ids)
-        within = within.filter(location_id__in=location_ids)
-        cross_members = cross_members.filter(location_id__in=location_ids)
+        ids = in_values(location_ids)
+        active = active.filter(location_id__in=ids)
+        within = within.filter(location_id__in=ids)
+        cross_members = cross_members.filter(location_id__in=ids)
     total = active.count()
     if not total:
         return None
@@ -583,7 +604,11 @@ def _active_in_scope(scope: Sequence[str]) -> QuerySet[Contact]:
     contacts = Contact.objects.filter(deleted_at__isnull=True, merged_into_uid="")
     if scope:
         contacts = contacts.filter(
-            Exists(ContactLocation.objects.filter(contact_id=OuterRef("pk"), location__uid__in=list(scope)))
+            Exists(
+                ContactLocation.objects.filter(
+                    contact_id=OuterRef("pk"), location__uid__in=in_values(list(scope))
+                )
+            )
         )
     return contacts
 
@@ -686,7 +711,9 @@ def _write_pages(
     state.report()
 
 
-def _prepare_or_reject(writer: IndexWriter, contact: PodiumContact, rejected: list[RejectedLine]) -> PreparedContact | None:
+def _prepare_or_reject(
+    writer: IndexWriter, contact: PodiumContact, rejected: list[RejectedLine]
+) -> PreparedContact | None:
     home = contact.location_uid
     region = writer.region_for(home) if home else writer.default_region
     try:
@@ -723,7 +750,10 @@ def _record_rejected(state: _Run, rejected: Sequence[RejectedLine], source: str)
     )
     for r in rejected:
         logger.warning(
-            "scan #%s set aside %s: %s", state.run.pk, f"line {r.line_number}" if r.line_number else "a record", r.reason
+            "scan #%s set aside %s: %s",
+            state.run.pk,
+            f"line {r.line_number}" if r.line_number else "a record",
+            r.reason,
         )
 
 
@@ -828,7 +858,13 @@ def queue_rescan_of_keys(
     uids = sorted(set(contact_uids or []))
     transaction.on_commit(
         lambda: async_task(
-            "dedup.scanning.rescan_keys_task", keys, reason, actor, uids, task_name="rescan keys", group="scans"
+            "dedup.scanning.rescan_keys_task",
+            keys,
+            reason,
+            actor,
+            uids,
+            task_name="rescan keys",
+            group="scans",
         )
     )
 
@@ -843,7 +879,9 @@ def rescan_keys_task(
     """
     uids = set(contact_uids or [])
     if not uids and natural_keys:
-        uids = set(ContactKey.objects.filter(key__in=natural_keys).values_list("contact__uid", flat=True))
+        uids = set(
+            ContactKey.objects.filter(key__in=in_values(natural_keys)).values_list("contact__uid", flat=True)
+        )
     writer = IndexWriter(Policy.current().default_region)
     prepared: list[PreparedContact] = []
     rejected: list[RejectedLine] = []
@@ -866,12 +904,14 @@ def rescan_keys_task(
         result = writer.write(prepared)
         if missing:
             # Podium does not know them at all any more: they must never join a cluster again.
-            Contact.objects.filter(uid__in=missing, deleted_at__isnull=True).update(
+            Contact.objects.filter(uid__in=in_values(missing), deleted_at__isnull=True).update(
                 deleted_at=timezone.now(), indexed_at=timezone.now()
             )
         for r in rejected:
-            RejectedRecord.objects.create(source="podium", contact_uid=r.contact_uid, reason=r.reason, raw=_storable(r.raw))
-    missing_ids = list(Contact.objects.filter(uid__in=missing).values_list("pk", flat=True))
+            RejectedRecord.objects.create(
+                source="podium", contact_uid=r.contact_uid, reason=r.reason, raw=_storable(r.raw)
+            )
+    missing_ids = list(Contact.objects.filter(uid__in=in_values(missing)).values_list("pk", flat=True))
     summary = detect(keys=natural_keys, contact_ids=[*result.contact_ids, *missing_ids], actor=actor)
     audit.record(
         "scan.keys_rescanned",
@@ -886,7 +926,12 @@ def rescan_keys_task(
             "detection": summary.as_dict(),
         },
     )
-    return {"reread": len(prepared), "missing": missing, "unaddressable": unaddressable, "detection": summary.as_dict()}
+    return {
+        "reread": len(prepared),
+        "missing": missing,
+        "unaddressable": unaddressable,
+        "detection": summary.as_dict(),
+    }
 
 
 def scheduled_scan() -> dict[str, Any] | None:

@@ -32,17 +32,20 @@ def sync_scan_schedule(policy: Policy | None = None) -> Schedule:
     """
     policy = policy or Policy.current()
     minutes = int(policy.scan_interval_minutes)
-    schedule = Schedule.objects.filter(name=SCAN_SCHEDULE_NAME).first()
     now = timezone.now()
-    if schedule is None:
-        schedule = Schedule.objects.create(
-            name=SCAN_SCHEDULE_NAME,
-            func=SCAN_TASK,
-            schedule_type=Schedule.MINUTES,
-            minutes=minutes,
-            repeats=-1,
-            next_run=now + timedelta(minutes=minutes),
-        )
+    # Workers starting together all get here: the name is unique in the database (migration 0004), so
+    # one insert wins and the others read its row.
+    schedule, created = Schedule.objects.get_or_create(
+        name=SCAN_SCHEDULE_NAME,
+        defaults={
+            "func": SCAN_TASK,
+            "schedule_type": Schedule.MINUTES,
+            "minutes": minutes,
+            "repeats": -1,
+            "next_run": now + timedelta(minutes=minutes),
+        },
+    )
+    if created:
         logger.info("scan schedule created: every %d minutes", minutes)
         return schedule
     changed = schedule.minutes != minutes or schedule.func != SCAN_TASK or schedule.schedule_type != Schedule.MINUTES

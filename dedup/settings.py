@@ -63,9 +63,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Before django_q: its `qcluster` command takes precedence over django-q2's (dedup.workers).
+    "dedup",
     "django_q",
     "axes",
-    "dedup",
 ]
 
 MIDDLEWARE = [
@@ -188,6 +189,8 @@ Q_CLUSTER: dict[str, object] = {
     "poll": 0.5,
     "label": "Background jobs",
 }
+# Seconds a busy worker's task gets to finish after SIGTERM/Ctrl-C before it is interrupted (dedup.workers).
+Q_STOP_GRACE = float(ENV.get("Q_STOP_GRACE", "5"))
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET
 
 from dedup import access, charts
 from dedup.access import AnyUser
+from dedup.dblimits import in_values
 from dedup.forms import ScanForm
 from dedup.merge import batch_progress
 from dedup.models import Cluster, MergeBatch, MergeOperation, ScanRun
@@ -114,7 +115,7 @@ def _open_cluster_counts(user: AnyUser) -> tuple[dict[str, int], list[charts.Poi
     ids = access.visible_location_ids(user)
     cross = Cluster.locations.through.objects.filter(cluster__status=Cluster.OPEN, cluster__location__isnull=True)
     if ids is not None:
-        cross = cross.filter(location_id__in=ids)
+        cross = cross.filter(location_id__in=in_values(ids))
     for row in cross.order_by().values("location__name").annotate(n=Count("id")):
         per_location[row["location__name"]] = per_location.get(row["location__name"], 0) + row["n"]
     top = sorted(per_location.items(), key=lambda kv: (-kv[1], kv[0]))[:12]

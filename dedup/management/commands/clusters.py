@@ -13,10 +13,16 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db.models import QuerySet
 
+from dedup.dblimits import in_list_size
 from dedup.detection import cluster_to_dict, clusters_for_export
 from dedup.models import Cluster
 
+# Each chunk's members are read with one IN list of the chunk's cluster ids.
 _CHUNK = 500
+
+
+def _chunk_size() -> int:
+    return min(_CHUNK, in_list_size())
 
 
 class Command(BaseCommand):
@@ -47,7 +53,7 @@ class Command(BaseCommand):
             clusters = clusters.filter(locations__uid__in=options["location"]).distinct()
         clusters = clusters_for_export(clusters.order_by("cluster_id"))
         if options["format"] == "ndjson":
-            for cluster in clusters.iterator(chunk_size=_CHUNK):
+            for cluster in clusters.iterator(chunk_size=_chunk_size()):
                 self.stdout.write(json.dumps(cluster_to_dict(cluster), ensure_ascii=False, separators=(",", ":")))
             return
         self._table(clusters)
@@ -57,7 +63,7 @@ class Command(BaseCommand):
         widths = (20, 6, 4, 3, 14, 10, 18, 0)
         self.stdout.write(_row(header, widths))
         count = 0
-        for cluster in clusters.iterator(chunk_size=_CHUNK):
+        for cluster in clusters.iterator(chunk_size=_chunk_size()):
             data = cluster_to_dict(cluster)
             location = data["locationUid"] or "+".join(sorted({m["locationUid"] for m in data["members"]}))
             self.stdout.write(

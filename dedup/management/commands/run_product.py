@@ -1,19 +1,24 @@
 """``manage.py run_product`` (what ``make run`` calls): the whole product on the embedded default.
 
-Migrates, generates a demo corpus on first use, starts the Podium emulator with it, creates one demo
-user per role, then runs the web server and a ``qcluster`` worker side by side until Ctrl-C, when it
-stops all of them cleanly. The emulator's state is dumped on exit and reloaded next time, so merges
+First checks that the web port and the emulator's port are free, and stops with one line naming the
+port and how to choose another when one is not: nothing is migrated, created or started then. Then
+migrates, generates a demo corpus on first use, starts the Podium emulator with it, creates one demo
+user per role, runs a ``qcluster`` worker and the web server, and queues the first scan only once the
+web server listens. Until Ctrl-C, when it stops every child and says, for each, whether it stopped by
+itself or had to be killed. The emulator's state is dumped on exit and reloaded next time, so merges
 made in the demo survive a restart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +34,18 @@ DEMO_USERS = [
     ("admin", "admin", ""),
 ]
 DEMO_PASSWORD = "demo-password-1"
+WEB_HOST = "127.0.0.1"
+# How long a child may take to stop after SIGTERM before it is killed: the worker gives the task in
+# hand Q_STOP_GRACE seconds, then needs a few more to wind down (dedup.workers).
+STOP_MARGIN_SECONDS = 15.0
+
+
+@dataclass
+class _Child:
+    """A process this command started, by what it is to a person."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
 
 
 class Command(BaseCommand):
@@ -42,55 +59,57 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.DEBUG:
             raise CommandError("run_product is for local use; set DEBUG=1 (make run does)")
+        port = options["port"]
+        podium = None if options["no_emulator"] else _podium_address()
+        # Before anything else: a taken port must not leave a half-started product behind.
+        _check_ports(port, podium)
         demo_dir = Path(settings.VAR_DIR) / "demo"
         demo_dir.mkdir(parents=True, exist_ok=True)
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write("database migrated")
 
-        children: list[subprocess.Popen[bytes]] = []
+        children: list[_Child] = []
+        stop_timeout = float(settings.Q_STOP_GRACE) + STOP_MARGIN_SECONDS
         try:
-            if not options["no_emulator"]:
-                children.append(self._start_emulator(demo_dir, options["people"]))
+            if podium is not None:
+                children.append(self._start_emulator(demo_dir, options["people"], *podium))
             self._create_demo_users()
-            children.append(self._spawn("qcluster"))
-            children.append(self._spawn("runserver", f"127.0.0.1:{options['port']}", "--noreload"))
+            children.append(self._spawn("background worker", "qcluster"))
+            web = self._spawn("web server", "runserver", f"{WEB_HOST}:{port}", "--noreload")
+            children.append(web)
+            _wait_listening(web, WEB_HOST, port, timeout=60)
+            # Only now: a scan queued by a start that then failed would be left waiting for nobody.
             self._first_scan()
-            self.stdout.write(self.style.SUCCESS(f"\nPodium Contact Dedup is running at http://127.0.0.1:{options['port']}/"))
+            self.stdout.write(self.style.SUCCESS(f"\nPodium Contact Dedup is running at http://{WEB_HOST}:{port}/"))
             for username, role, _ in DEMO_USERS:
                 self.stdout.write(f"  log in as {username:<8} password {DEMO_PASSWORD}   ({role})")
             self.stdout.write("Press Ctrl-C to stop.\n")
-            self._wait(children)
-        finally:
-            self._stop(children)
+            died = self._wait(children)
+        except BaseException:
+            self._stop(children, stop_timeout)
+            raise
+        clean = self._stop(children, stop_timeout)
+        if died is not None:
+            raise CommandError(f"the {died.name} exited unexpectedly (status {died.proc.returncode})")
+        if not clean:
+            raise CommandError("not every process stopped by itself (see above)")
 
     # --- steps ------------------------------------------------------------------------------------
 
-    def _start_emulator(self, demo_dir: Path, people: int) -> subprocess.Popen[bytes]:
+    def _start_emulator(self, demo_dir: Path, people: int, host: str, port: int) -> _Child:
         corpus = demo_dir / "corpus.ndjson"
         state = demo_dir / "emulator-state.ndjson"
         if not corpus.exists():
             self.stdout.write(f"generating a demo corpus of {people} people in {corpus} …")
             call_command("make_demo_corpus", str(corpus), people=people, seed=2026, verbosity=0)
         load = state if state.exists() and state.stat().st_size > 0 else corpus
-        url = urlsplit(settings.PODIUM_BASE_URL)
-        host, port = url.hostname or "127.0.0.1", url.port or 8765
-        if _port_open(host, port):
-            raise CommandError(
-                f"something already listens on {host}:{port} (PODIUM_BASE_URL); stop it or run with --no-emulator"
-            )
-        proc = self._spawn(
-            "podium_emulator", "--load", str(load), "--host", host, "--port", str(port),
+        child = self._spawn(
+            "Podium emulator", "podium_emulator", "--load", str(load), "--host", host, "--port", str(port),
             "--token", settings.PODIUM_ACCESS_TOKEN or "dev-token", "--dump", str(state),
         )
-        deadline = time.monotonic() + 60
-        while not _port_open(host, port):
-            if proc.poll() is not None:
-                raise CommandError("the Podium emulator exited during start-up; see its output above")
-            if time.monotonic() > deadline:
-                raise CommandError("the Podium emulator did not start listening within 60 s")
-            time.sleep(0.2)
+        _wait_listening(child, host, port, timeout=60)
         self.stdout.write(f"Podium emulator listening at {settings.PODIUM_BASE_URL} (state from {load.name})")
-        return proc
+        return child
 
     def _create_demo_users(self) -> None:
         from django.contrib.auth import get_user_model
@@ -138,12 +157,14 @@ class Command(BaseCommand):
 
     # --- processes --------------------------------------------------------------------------------
 
-    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str) -> _Child:
         # Children get their own process group so the terminal's Ctrl-C reaches only this command,
         # which then stops them in order.
-        return subprocess.Popen([sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, start_new_session=True)
+        return _Child(name, proc)
 
-    def _wait(self, children: list[subprocess.Popen[bytes]]) -> None:
+    def _wait(self, children: list[_Child]) -> _Child | None:
+        """Until Ctrl-C or SIGTERM (returns None) or until a child exits by itself (returns it)."""
         stop = {"now": False}
 
         def on_signal(signum: int, frame: object) -> None:
@@ -153,26 +174,100 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, on_signal)
         while not stop["now"]:
             for child in children:
-                if child.poll() is not None:
-                    args = child.args if isinstance(child.args, list) else [child.args]
-                    self.stderr.write(f"{' '.join(map(str, args[2:4]))} exited ({child.returncode}); stopping")
-                    return
+                if child.proc.poll() is not None:
+                    self.stderr.write(f"the {child.name} exited ({child.proc.returncode}); stopping")
+                    return child
             time.sleep(0.5)
         self.stdout.write("\nstopping …")
+        return None
 
-    def _stop(self, children: list[subprocess.Popen[bytes]]) -> None:
-        for child in reversed(children):
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
+    def _stop(self, children: list[_Child], timeout: float) -> bool:
+        """SIGTERM to each child, newest first; kill what is still running after ``timeout`` seconds.
+
+        Says for each child whether it stopped by itself (and with which status) or was killed, and
+        returns whether all of them stopped by themselves.
+        """
+        running = [c for c in reversed(children) if c.proc.poll() is None]
+        for child in running:
+            # The child's main process only: the worker stops its own processes (dedup.workers).
+            child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        clean = True
         for child in reversed(children):
             try:
-                child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                code = child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+                _kill_group(child.proc)
+                child.proc.wait()
+                self.stderr.write(f"the {child.name} did not stop within {timeout:.0f} s and was killed")
+                clean = False
+                continue
+            if child not in running:
+                continue  # it had already exited, and was reported then
+            # Ended by the SIGTERM itself is a normal stop for a server without a handler (runserver).
+            if code in (0, -signal.SIGTERM):
+                self.stdout.write(f"the {child.name} stopped")
+            else:
+                self.stderr.write(f"the {child.name} stopped with status {code}")
+                clean = False
         if children:
-            self.stdout.write("stopped")
+            self.stdout.write("stopped" if clean else "stopped, not cleanly (see above)")
+        return clean
+
+
+def _podium_address() -> tuple[str, int]:
+    url = urlsplit(settings.PODIUM_BASE_URL)
+    return url.hostname or "127.0.0.1", url.port or 8765
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether a server could not listen on ``host:port`` now (bound as the servers bind, address reuse on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _check_ports(port: int, podium: tuple[str, int] | None) -> None:
+    """One line naming each taken port and how to choose another; nothing has been started yet."""
+    problems = []
+    if _port_taken(WEB_HOST, port):
+        problems.append(
+            f"port {port} (the web server) is already in use on {WEB_HOST}; stop what uses it or choose "
+            f"another port: make run PORT={port + 1}"
+        )
+    if podium is not None and _port_taken(*podium):
+        host, taken = podium
+        problems.append(
+            f"port {taken} (the Podium emulator) is already in use on {host}; stop what uses it or choose "
+            f"another port: make run PODIUM_BASE_URL=http://{host}:{taken + 1}"
+        )
+    if problems:
+        raise CommandError("; ".join(problems) + ". Nothing was started.")
+
+
+def _wait_listening(child: _Child, host: str, port: int, timeout: float) -> None:
+    """Until ``child`` listens on ``host:port``; a child that exits first, or never listens, is an error."""
+    deadline = time.monotonic() + timeout
+    while not _port_open(host, port):
+        if child.proc.poll() is not None:
+            raise CommandError(f"the {child.name} exited during start-up (status {child.proc.returncode}); see above")
+        if time.monotonic() > deadline:
+            raise CommandError(f"the {child.name} did not start listening on {host}:{port} within {timeout:.0f} s")
+        time.sleep(0.2)
+    # Something listens; make sure it is our child and not a process that took the port meanwhile.
+    time.sleep(0.3)
+    if child.proc.poll() is not None:
+        raise CommandError(f"the {child.name} exited during start-up (status {child.proc.returncode}); see above")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    # The group, not just the process: whatever it started goes too. Already gone is fine.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -1,0 +1,156 @@
+"""``manage.py qcluster`` stops within seconds on SIGTERM or Ctrl-C, whatever its workers are doing.
+
+Each test starts a real cluster (two workers, the database broker, a SQLite file in a temporary folder)
+as ``make run`` and production do, gives a worker a task, signals the cluster and times its exit.
+django-q2's own command stayed up until the task ended (SIGTERM to the main process), or for ever
+(SIGTERM to the whole process group: its main process deadlocks on the stop event of a dead Sentinel).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GRACE = 2.0
+# Grace, plus django-q2's own wind-down and a loaded machine's slack: far below "until the task ends".
+STOP_WITHIN = GRACE + 10
+
+
+@pytest.fixture(scope="module")
+def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database the clusters of this module share."""
+    path = tmp_path_factory.mktemp("qcluster")
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=_env(path), check=True)
+    return path
+
+
+def _env(var_dir: Path, grace: float = GRACE) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}}
+    env.update(DEBUG="1", DEDUP_VAR_DIR=str(var_dir), PYTHONUNBUFFERED="1", Q_WORKERS="2", Q_STOP_GRACE=str(grace))
+    return env
+
+
+class _Cluster:
+    def __init__(self, var_dir: Path, grace: float = GRACE) -> None:
+        self.var_dir = var_dir
+        self.env = _env(var_dir, grace)
+        self.log = var_dir / f"qcluster-{time.monotonic_ns()}.log"
+        self.resumes_before = self._resumes()
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=self.env, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        with sqlite3.connect(self.var_dir / "dedup.sqlite3", timeout=10) as db:
+            return list(db.execute(sql))
+
+    def _resumes(self) -> int:
+        rows = self.query("SELECT count(*) FROM django_q_task WHERE name LIKE 'merge-resume-%'")
+        return int(str(rows[0][0]))
+
+    def wait_ready(self) -> None:
+        """Until both workers ran their start hooks (each enqueues a merge resume, which then runs)."""
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, self.output()
+            if self._resumes() >= self.resumes_before + 2:
+                return
+            assert time.monotonic() < deadline, "the cluster did not start:\n" + self.output()
+            time.sleep(0.3)
+
+    def enqueue(self, marker: Path, seconds: float) -> None:
+        code = f"from django_q.tasks import async_task; async_task('tests.worker_tasks.mark_then_sleep', {str(marker)!r}, {seconds})"
+        subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=self.env, check=True,
+                       capture_output=True)
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, "no worker took the task:\n" + self.output()
+            time.sleep(0.1)
+
+    def stopped_within(self, seconds: float) -> float:
+        """Seconds the cluster took to exit; fails (and kills it) past ``seconds``."""
+        started = time.monotonic()
+        try:
+            self.proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"qcluster still running {seconds:.0f} s after the signal:\n{self.output()}")
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def start_cluster(var_dir: Path) -> Iterator[type[_Cluster]]:
+    started: list[_Cluster] = []
+
+    class Tracked(_Cluster):
+        def __init__(self, var_dir: Path, grace: float = GRACE) -> None:
+            super().__init__(var_dir, grace)
+            started.append(self)
+
+    yield Tracked
+    for cluster in started:
+        cluster.kill()
+
+
+def test_sigterm_interrupts_a_long_task_within_seconds(
+    var_dir: Path, start_cluster: type[_Cluster], tmp_path: Path
+) -> None:
+    cluster = start_cluster(var_dir)
+    cluster.wait_ready()
+    marker = tmp_path / "long"
+    cluster.enqueue(marker, seconds=600)
+    cluster.proc.send_signal(signal.SIGTERM)  # the main process only, as `kill PID` or Docker do
+    cluster.stopped_within(STOP_WITHIN)
+    assert cluster.proc.returncode == 0, cluster.output()
+    assert marker.read_text() == "started"  # interrupted after its grace, not run to its end
+    assert "interrupted task" in cluster.output()
+    assert "the cluster stopped" in cluster.output()
+
+
+def test_sigterm_to_the_whole_group_lets_a_short_task_finish(
+    var_dir: Path, start_cluster: type[_Cluster], tmp_path: Path
+) -> None:
+    cluster = start_cluster(var_dir, grace=10)
+    cluster.wait_ready()
+    marker = tmp_path / "short"
+    cluster.enqueue(marker, seconds=2)
+    os.killpg(cluster.proc.pid, signal.SIGTERM)  # every process at once, as systemd and `make run` did
+    took = cluster.stopped_within(10 + 10)
+    assert cluster.proc.returncode == 0, cluster.output()
+    assert marker.read_text() == "done"  # finished within its grace
+    assert took < 10, f"waited the whole grace ({took:.1f} s) after the task had finished"
+
+
+def test_ctrl_c_stops_an_idle_cluster_and_its_workers_at_once(var_dir: Path, start_cluster: type[_Cluster]) -> None:
+    cluster = start_cluster(var_dir)
+    cluster.wait_ready()
+    # Both workers started together, yet each schedule exists once (the unique index of migration 0004).
+    names = cluster.query("SELECT name FROM django_q_schedule WHERE name LIKE 'dedup:%' ORDER BY name")
+    assert names == [("dedup: incremental scan",), ("dedup: retry due merges",)]
+    import psutil
+
+    processes = psutil.Process(cluster.proc.pid).children(recursive=True)
+    assert len(processes) >= 4  # Sentinel, two workers, monitor, pusher
+    os.killpg(cluster.proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+    assert cluster.stopped_within(GRACE + 6) < GRACE + 6
+    assert cluster.proc.returncode == 0, cluster.output()
+    gone, alive = psutil.wait_procs(processes, timeout=2)
+    assert not alive, f"left running: {alive}"
