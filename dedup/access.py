@@ -232,8 +232,10 @@ def contacts_visible_to(user: AnyUser) -> QuerySet[Contact]:
     ids = visible_location_ids(user)
     if ids is None:
         return Contact.objects.all()
+    granted = in_values(ids)
     return Contact.objects.filter(
-        Exists(ContactLocation.objects.filter(contact_id=OuterRef("pk"), location_id__in=in_values(ids)))
+        Q(location_id__in=granted)
+        | Exists(ContactLocation.objects.filter(contact_id=OuterRef("pk"), location_id__in=granted))
     )
 
 

@@ -25,7 +25,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 from django_q.signals import post_spawn
 
-from dedup import merging, worker_hooks
+from dedup import merge, worker_hooks
 from dedup.models import ScanRun
 from dedup.scanning import scope_key_for
 from dedup.schedule import SCAN_SCHEDULE_NAME, sync_scan_schedule
@@ -67,7 +67,7 @@ def resumes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             calls.append(threading.current_thread().name)
         return {}
 
-    monkeypatch.setattr(merging, "resume_at_worker_start", resume)
+    monkeypatch.setattr(merge, "resume_at_worker_start", resume)
     return calls
 
 
@@ -163,8 +163,8 @@ def test_concurrent_creation_returns_the_one_schedule_to_every_caller() -> None:
 @pytest.mark.usefixtures("audit_guard_lifted")
 def test_the_migration_removes_duplicates_a_race_left() -> None:
     executor = MigrationExecutor(connection)
-    before = [("dedup", "0003_cluster_queue_index")]
-    after = [("dedup", "0004_one_schedule_per_name")]
+    before = [("dedup", "0006_keyed_audit_chain_and_axes_lockout")]
+    after = [("dedup", "0007_one_schedule_per_name")]
     executor.migrate(before)
     try:
         kept = Schedule.objects.create(name=SCAN_SCHEDULE_NAME, func="dedup.scanning.scheduled_scan", minutes=240)
