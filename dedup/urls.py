@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import path, register_converter
 
 from dedup.health import healthz
 from dedup.views import (
@@ -18,6 +18,21 @@ from dedup.views import (
     uncategorized,
 )
 
+
+class ClusterRefConverter:
+    """A cluster's stable id (``cl_…``, ``clx_…`` for a cross-location one) or, for old links, its database id."""
+
+    regex = r"clx?_[A-Za-z0-9]+|[0-9]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: object) -> str:
+        return str(value)
+
+
+register_converter(ClusterRefConverter, "cluster")
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
@@ -27,12 +42,14 @@ urlpatterns = [
     path("progress/", dashboard.progress, name="progress"),
     path("clusters/", clusters.cluster_list, name="cluster_list"),
     path("clusters/approve-selected/", clusters.approve_selected, name="approve_selected"),
-    path("clusters/<int:cluster_id>/", clusters.cluster_detail, name="cluster_detail"),
-    path("clusters/<int:cluster_id>/approve/", clusters.approve, name="cluster_approve"),
-    path("clusters/<int:cluster_id>/reject/", clusters.reject, name="cluster_reject"),
-    path("clusters/<int:cluster_id>/primary/", clusters.set_primary, name="cluster_primary"),
+    path("clusters/approve-matching/", clusters.approve_matching, name="approve_matching"),
+    path("clusters/<cluster:ref>/", clusters.cluster_detail, name="cluster_detail"),
+    path("clusters/<cluster:ref>/approve/", clusters.approve, name="cluster_approve"),
+    path("clusters/<cluster:ref>/reject/", clusters.reject, name="cluster_reject"),
+    path("clusters/<cluster:ref>/primary/", clusters.set_primary, name="cluster_primary"),
     path("history/", history.history_list, name="history"),
     path("history/<int:operation_id>/", history.history_detail, name="history_detail"),
+    path("history/<int:operation_id>/state/", history.operation_state, name="operation_state"),
     path("history/<int:operation_id>/retry/", history.retry, name="operation_retry"),
     path("history/<int:operation_id>/resolve/", history.resolve, name="operation_resolve"),
     path("audit/", audit.audit_list, name="audit"),

@@ -44,6 +44,6 @@ def test_a_manager_reviews_and_approves_a_cluster_and_sees_it_merged(
     merged_away = Contact.objects.filter(merged_into_uid=cluster.suggested_primary_uid)
     assert merged_away.count() == 2
 
-    browser.go(f"/clusters/{cluster.pk}/")
+    browser.go(f"/clusters/{cluster.cluster_id}/")
     expect(page.locator("#cluster-status")).to_have_text("Merged")
     expect(page.get_by_text("there is nothing left to decide")).to_be_visible()
