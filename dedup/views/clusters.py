@@ -70,11 +70,13 @@ def queue_filter(request: HttpRequest, params: QueryDict) -> tuple[ClusterFilter
         params["status"] = Cluster.OPEN
     form = ClusterFilterForm(params)
     form.limit_locations(access.visible_locations(request.user))
-    flt = QueueFilter.from_cleaned(form.cleaned_data if form.is_valid() else {"status": Cluster.OPEN})
+    # A field with an error is dropped (the page shows the error next to it); the others still apply.
+    form.is_valid()
+    flt = QueueFilter.from_cleaned(form.cleaned_data)
     kept = QueryDict(mutable=True)
     for name in form.fields:
         value = params.get(name, "")
-        if name != "per_page" and isinstance(value, str) and value != "":
+        if name != "per_page" and name not in form.errors and isinstance(value, str) and value != "":
             kept[name] = value
     return form, flt, kept.urlencode()
 
@@ -89,7 +91,7 @@ def _region(flt: QueueFilter) -> str:
 def cluster_list(request: HttpRequest) -> HttpResponse:
     access.require_perm(request, "dedup.view_cluster")
     form, flt, filter_query = queue_filter(request, request.GET)
-    per_page = int(form.cleaned_data.get("per_page") or 25) if form.is_valid() else 25
+    per_page = int(form.cleaned_data.get("per_page") or 25)
     source = queue.SegmentedClusters(
         queue.segments(request.user, queue.matching(request.user, flt, _region(flt))), flt.order, _for_display
     )
