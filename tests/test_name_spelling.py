@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import assume, given
@@ -143,7 +144,7 @@ def test_short_forms_are_symmetric(a: str, b: str) -> None:
 
 
 def _member(uid: str, name: str) -> MemberRecord:
-    return MemberRecord.build(uid=uid, location_uid="loc_sydney", updated_at=None, name=name,
+    return MemberRecord.build(uid=uid, location_uid="loc_sydney", updated_at=datetime(2025, 3, 1, tzinfo=UTC), name=name,
                               phone_channels=[("0412 345 678", "+61412345678")], raw_emails=["jm@example.com"],
                               tags=["VIP"])
 

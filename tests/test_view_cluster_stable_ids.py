@@ -6,7 +6,15 @@ import re
 
 from dedup import audit
 from dedup.models import Cluster, MergeOperation
-from tests.dashboard_base import BURLEIGH, SYDNEY, DashboardTestCase, build_cluster, household, make_operation, same_person
+from tests.dashboard_base import (
+    BURLEIGH,
+    SYDNEY,
+    DashboardTestCase,
+    build_cluster,
+    household,
+    make_operation,
+    same_person,
+)
 
 _NUMERIC_CLUSTER_LINK = re.compile(r'href="/clusters/\d+/')
 

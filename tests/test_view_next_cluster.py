@@ -6,7 +6,15 @@ from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
 from dedup.models import Cluster, MergeOperation
-from tests.dashboard_base import BURLEIGH, SYDNEY, DashboardTestCase, build_cluster, household, make_operation, same_person
+from tests.dashboard_base import (
+    BURLEIGH,
+    SYDNEY,
+    DashboardTestCase,
+    build_cluster,
+    household,
+    make_operation,
+    same_person,
+)
 
 
 class NextClusterTestCase(DashboardTestCase):

@@ -12,7 +12,15 @@ from django.test.utils import CaptureQueriesContext
 
 from dedup import access
 from dedup.models import Cluster, MergeOperation
-from tests.dashboard_base import BURLEIGH, SYDNEY, DashboardTestCase, build_cluster, household, make_operation, same_person
+from tests.dashboard_base import (
+    BURLEIGH,
+    SYDNEY,
+    DashboardTestCase,
+    build_cluster,
+    household,
+    make_operation,
+    same_person,
+)
 from tests.fixtures_emulator import make_contact
 
 _WHEN = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
