@@ -21,7 +21,7 @@ from dedup import access, audit, queue
 from dedup.access import AnyUser
 from dedup.detection import member_records
 from dedup.forms import ApproveMatchingForm, BulkApproveForm, ChangePrimaryForm, ClusterFilterForm, RejectForm
-from dedup.masking import Revealer, mask_email, mask_name, mask_phone, mask_text
+from dedup.masking import Revealer, mask_name
 from dedup.merging import (
     ClusterBusyError,
     MergeRefused,
@@ -356,7 +356,7 @@ def cluster_detail(request: HttpRequest, ref: str) -> HttpResponse:
             "members": ordered,
             "member_locations": [member_locations.get(r.uid, "") for r in ordered],
             "masked_count": len(masked),
-            "rows": _comparison(ordered, masked),
+            "rows": _comparison(ordered, masked, reveal),
             "pairs": _pairs(cluster, names),
             "cluster_reasons": [reason_text(r) for r in cluster.reasons],
             "natural_keys": [reveal.key(k) for k in cluster.natural_keys or []],
@@ -428,12 +428,15 @@ def _primary_first(records: Sequence[MemberRecord], primary_uid: str | None) -> 
     return sorted(records, key=lambda r: (r.uid != primary_uid, r.uid))
 
 
-def _comparison(records: Sequence[MemberRecord], masked: Collection[str] = ()) -> list[_FieldRow]:
+def _comparison(records: Sequence[MemberRecord], masked: Collection[str] = (),
+                reveal: Revealer | None = None) -> list[_FieldRow]:
     """The side-by-side rows; a row ``differs`` when the members do not all hold the same value.
 
     A member in ``masked`` (another location's customer) shows its name, phones, emails, address and
-    attribute values masked; whether the values differ is still said, which is what a reviewer needs.
+    attribute values masked, except values the viewer reads on a member of their own (``reveal``);
+    whether the values differ is still said, which is what a reviewer needs.
     """
+    reveal = reveal or Revealer()
 
     def row(label: str, values: list[list[str]], compare: list[Any] | None = None, opt_out: bool = False) -> _FieldRow:
         keys = compare if compare is not None else [tuple(v) for v in values]
@@ -443,19 +446,20 @@ def _comparison(records: Sequence[MemberRecord], masked: Collection[str] = ()) -
         return [mask(v) for v in values] if r.uid in masked else list(values)
 
     rows = [
-        row("Name", [shown(r, [r.name] if r.name else [], mask_name) for r in records],
+        row("Name", [shown(r, [r.name] if r.name else [], reveal.name) for r in records],
             [r.name.strip().casefold() for r in records]),
-        row("Phones", [shown(r, r.raw_phones, mask_phone) for r in records], [sorted(set(r.phones)) for r in records]),
-        row("Emails", [shown(r, r.raw_emails or r.emails, mask_email) for r in records],
+        row("Phones", [shown(r, r.raw_phones, reveal.phone) for r in records],
+            [sorted(set(r.phones)) for r in records]),
+        row("Emails", [shown(r, r.raw_emails or r.emails, reveal.email) for r in records],
             [sorted(set(r.emails)) for r in records]),
         row("Tags", [list(r.tags) for r in records], [sorted({t.strip().casefold() for t in r.tags}) for r in records]),
         row(
             "Attributes",
-            [[f"{label}: {mask_text(value) if r.uid in masked else value}" for label, value in r.attributes]
+            [[f"{label}: {reveal.text(value) if r.uid in masked else value}" for label, value in r.attributes]
              for r in records],
             [sorted(r.attributes) for r in records],
         ),
-        row("Address", [shown(r, [r.address] if r.address else [], mask_text) for r in records],
+        row("Address", [shown(r, [r.address] if r.address else [], reveal.text) for r in records],
             [r.address or "" for r in records]),
     ]
     for wire, label in OPT_OUT_LABELS:
