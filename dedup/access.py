@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, PermissionsMixin
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Case, Count, Exists, Max, Min, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.http import Http404, HttpRequest
 
 from dedup.models import (
@@ -174,14 +174,19 @@ def count_visible_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> int:
     return within + cross
 
 
-def _touching_outside_q(ids: Iterable[int]) -> Q:
-    """Clusters with a member in a location *not* among ``ids`` (only cross-location clusters can be)."""
-    through = Cluster.locations.through.objects
-    return Q(pk__in=through.exclude(location_id__in=list(ids)).values("cluster_id"))
+def _member_location_exists(ids: Iterable[int], *, inside: bool) -> Exists:
+    """A cluster (the outer row) has a location among ``ids`` (``inside``) or one outside them.
+
+    Correlated on the through table's ``(cluster, location)`` index, so it costs one probe per
+    cross-location cluster met, instead of hashing every cluster-location row of the deployment.
+    """
+    rows = Cluster.locations.through.objects.filter(cluster_id=OuterRef("pk"))
+    rows = rows.filter(location_id__in=list(ids)) if inside else rows.exclude(location_id__in=list(ids))
+    return Exists(rows)
 
 
 def decides_every_visible_cluster(user: AnyUser) -> bool:
-    """Whether every cluster this user sees is one they may also decide (an admin, or nobody's)."""
+    """Whether every cluster this user sees is one they may also decide (an admin)."""
     return has_perm(user, "dedup.approve_cluster") and visible_location_ids(user) is None
 
 
@@ -190,9 +195,9 @@ def split_by_decidable(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[Quer
 
     A manager decides a cluster when every one of its locations is granted to them; a cross-location
     cluster that also touches another location is readable only. Someone without the approve permission
-    (an auditor) decides nothing, and an admin everything. Each half is a plain filter on the queue's
-    indexes: a within-location cluster is decidable exactly when its own location is granted (the
-    ``(location, status)`` index); only the few cross-location clusters consult the locations table.
+    (an auditor) decides nothing, and an admin everything. Each half walks the queue's indexes: a
+    within-location cluster is decidable exactly when its own location is granted; only the few
+    cross-location clusters (no own location) probe the locations table (``bench/bench_views.py``).
     """
     visible = restrict_clusters(user, clusters)
     if not has_perm(user, "dedup.approve_cluster"):
@@ -202,9 +207,18 @@ def split_by_decidable(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[Quer
         return visible, clusters.none()
     if not ids:
         return clusters.none(), clusters.none()
-    cross = Q(location__isnull=True) & clusters_touching_q(ids)
-    decidable = clusters.filter(Q(location_id__in=ids) | (cross & ~_touching_outside_q(ids)))
-    readable_only = clusters.filter(cross & _touching_outside_q(ids))
+    # A cross-location cluster's share of granted locations, as one scalar per row: 1 for "all of them",
+    # read only for rows with no own location (PostgreSQL would hash an IN/EXISTS over the whole table).
+    granted = Case(When(location_id__in=list(ids), then=Value(1)), default=Value(0))
+    rows = Cluster.locations.through.objects.filter(cluster_id=OuterRef("pk")).order_by().values("cluster_id")
+    all_granted = Subquery(rows.annotate(v=Min(granted)).values("v")[:1])  # type: ignore[misc]
+    any_granted = Subquery(rows.annotate(v=Max(granted)).values("v")[:1])  # type: ignore[misc]
+    decidable = clusters.alias(all_granted=all_granted).filter(
+        Q(location_id__in=ids) | Q(location__isnull=True, all_granted=1)
+    )
+    readable_only = clusters.alias(all_granted=all_granted, any_granted=any_granted).filter(
+        location__isnull=True, any_granted=1, all_granted=0
+    )
     return decidable, readable_only
 
 
@@ -218,9 +232,9 @@ def count_split(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[int, int]:
     if not ids:
         return 0, 0
     within = clusters.filter(location_id__in=ids).count()
-    outside = _touching_outside_q(ids)
-    cross = clusters.filter(location__isnull=True).filter(clusters_touching_q(ids)).aggregate(
-        decidable=Count("pk", filter=~outside), readable=Count("pk", filter=outside)
+    outside = _member_location_exists(ids, inside=False)
+    cross = clusters.filter(location__isnull=True).filter(_member_location_exists(ids, inside=True)).aggregate(
+        decidable=Count("pk", filter=~Q(outside)), readable=Count("pk", filter=Q(outside))
     )
     return within + (cross["decidable"] or 0), cross["readable"] or 0
 
