@@ -117,7 +117,6 @@ def cluster_list(request: HttpRequest) -> HttpResponse:
             "filter_query": filter_query,
             "can_bulk": any(r.selectable for r in rows),
             "can_approve": can_approve,
-            "readable_only_from": source.boundary,
             "max_bulk": MAX_BULK,
         },
     )

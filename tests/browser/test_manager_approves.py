@@ -32,7 +32,7 @@ def test_a_manager_reviews_and_approves_a_cluster_and_sees_it_merged(
 
     page.get_by_text("Approve merge…").click()
     page.get_by_role("button", name="Confirm: merge these contacts").click()
-    page.wait_for_url("**/history/*/")
+    page.wait_for_url("**/history/*/?from=*")
     expect(page.locator("#op-state")).to_have_text("Patched")
     expect(page.get_by_text("Merge approved.")).to_be_visible()
     browser.screenshot("merged")
