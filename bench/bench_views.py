@@ -1,6 +1,6 @@
 """Server time and query count of the review queue and a cluster page with 100,000 open clusters.
 
-Runs against its own PostgreSQL database (``dedup_bench_views`` next to ``BENCH_PG_URL``'s, default
+Runs against its own PostgreSQL database (``dedup_bench_views``, or ``$BENCH_DB``, next to ``BENCH_PG_URL``'s, default
 ``postgres://postgres@127.0.0.1:5432/postgres``), created and filled on first use (bulk inserts, about a
 minute) and reused afterwards. Times are measured in-process through Django's test ``Client`` (the whole
 request: middleware, session, view, template), so they are server time without the network.
@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BENCH_DB = "dedup_bench_views"
+BENCH_DB = os.environ.get("BENCH_DB", "dedup_bench_views")
 LOCATIONS = 10
 TARGET_P95_MS = 150.0
 
@@ -156,6 +156,51 @@ def _fill(n_clusters: int) -> None:
     print(f"filled in {time.perf_counter() - started:.1f} s")
 
 
+def _fill_cross(n_cross: int) -> None:
+    """Open cross-location clusters (two members at two locations): a manager reads some, decides few."""
+    from django.db import transaction
+
+    from dedup.clustering import stable_cluster_id
+    from dedup.models import Cluster, ClusterMember, Contact, Location
+
+    have = Cluster.objects.filter(status=Cluster.OPEN, cross_location=True).count()
+    if have >= n_cross:
+        return
+    rng = random.Random(99)
+    locations = list(Location.objects.filter(uid__startswith="loc_bench_").order_by("uid"))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    seq = Contact.objects.count()
+    with transaction.atomic():
+        contacts, pairs = [], []
+        for _ in range(n_cross - have):
+            a, b = rng.sample(locations, 2)
+            first, last = rng.choice(FIRST), rng.choice(LAST)
+            for loc in (a, b):
+                seq += 1
+                contacts.append(Contact(uid=f"ct_x{seq:08d}_bench", location=loc, name=f"{first} {last}",
+                                        normalized_name=f"{first} {last}".lower(), updated_at=now, created_at=now))
+            pairs.append((a, b))
+        created = Contact.objects.bulk_create(contacts, batch_size=5000)
+        clusters = Cluster.objects.bulk_create(
+            [Cluster(cluster_id=stable_cluster_id([created[2 * i].uid, created[2 * i + 1].uid], True), location=None,
+                     cross_location=True, kind=Cluster.CROSS, confidence=Decimal(rng.choice(("0.80", "0.95", "1.00"))),
+                     status=Cluster.OPEN, member_count=2, suggested_primary_uid=created[2 * i].uid)
+             for i in range(len(pairs))],
+            batch_size=5000,
+        )
+        ClusterMember.objects.bulk_create(
+            [ClusterMember(cluster=cl, contact=created[2 * i + m], location=pairs[i][m])
+             for i, cl in enumerate(clusters) for m in (0, 1)],
+            batch_size=5000,
+        )
+        through = Cluster.locations.through
+        through.objects.bulk_create(
+            [through(cluster_id=cl.pk, location_id=loc.pk) for i, cl in enumerate(clusters) for loc in pairs[i]],
+            batch_size=5000,
+        )
+    print(f"added {n_cross - have:,} cross-location clusters")
+
+
 def _vacuum() -> None:
     """What autovacuum does after a bulk load: statistics and the visibility map (index-only counts)."""
     from django.db import connection
@@ -182,7 +227,7 @@ def _users() -> tuple[object, object]:
     return admin, manager
 
 
-def _detail_path(rng: random.Random, ids: list[int]) -> str:
+def _detail_path(rng: random.Random, ids: list[str]) -> str:
     return f"/clusters/{rng.choice(ids)}/"
 
 
@@ -222,6 +267,7 @@ def main() -> int:
     _ensure_database(url)
     _setup_django(url)
     _fill(args.clusters)
+    _fill_cross(args.clusters // 50)
     _vacuum()
 
     from django.test import Client
@@ -239,12 +285,15 @@ def main() -> int:
         client.force_login(user)  # type: ignore[arg-type]
         visible = list(
             Cluster.objects.filter(status=Cluster.OPEN, location__uid__in=["loc_bench_00", "loc_bench_01"])
-            .values_list("pk", flat=True)[:2000]
+            .values_list("cluster_id", flat=True)[:2000]
         )
         cases: list[tuple[str, Callable[[], str]]] = [
             ("/clusters/ (25 rows, first pages)", lambda: f"/clusters/?page={rng.randint(1, 20)}"),
             ("/clusters/?per_page=100", lambda: f"/clusters/?per_page=100&page={rng.randint(1, 20)}"),
             ("/clusters/?kind=review&sort=confidence", lambda: f"/clusters/?kind=review&sort=confidence&page={rng.randint(1, 5)}"),
+            ("/clusters/ (last pages)", lambda: f"/clusters/?page={rng.randint(1180, 1200)}"),
+            ("/clusters/?q=garcia", lambda: f"/clusters/?q=garcia&page={rng.randint(1, 3)}"),
+            ("/clusters/approve-matching/", lambda: "/clusters/approve-matching/"),
             ("/clusters/<id>/", functools.partial(_detail_path, rng, visible)),
             ("/ (dashboard: counts and charts)", lambda: "/"),
         ]

@@ -22,11 +22,11 @@ only when all of them are.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, PermissionsMixin
 from django.core.exceptions import PermissionDenied
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Case, Count, Exists, Max, Min, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.http import Http404, HttpRequest
 
 from dedup.dblimits import SMALL_LIST, JsonListHasAny, in_values
@@ -176,6 +176,82 @@ def count_visible_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> int:
     return within + cross
 
 
+def _member_location_exists(ids: Iterable[int], *, inside: bool) -> Exists:
+    """A cluster (the outer row) has a location among ``ids`` (``inside``) or one outside them.
+
+    Correlated on the through table's ``(cluster, location)`` index, so it costs one probe per
+    cross-location cluster met, instead of hashing every cluster-location row of the deployment.
+    """
+    rows = Cluster.locations.through.objects.filter(cluster_id=OuterRef("pk"))
+    rows = rows.filter(location_id__in=list(ids)) if inside else rows.exclude(location_id__in=list(ids))
+    return Exists(rows)
+
+
+def decides_every_visible_cluster(user: AnyUser) -> bool:
+    """Whether every cluster this user sees is one they may also decide (an admin)."""
+    return has_perm(user, "dedup.approve_cluster") and visible_location_ids(user) is None
+
+
+def split_by_decidable(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[QuerySet[Cluster], QuerySet[Cluster]]:
+    """``clusters`` this user sees, split into those they may decide and those they may only read.
+
+    A manager decides a cluster when every one of its locations is granted to them; a cross-location
+    cluster that also touches another location is readable only. Someone without the approve permission
+    (an auditor) decides nothing, and an admin everything. Each half walks the queue's indexes: a
+    within-location cluster is decidable exactly when its own location is granted; only the few
+    cross-location clusters (no own location) probe the locations table (``bench/bench_views.py``).
+    """
+    visible = restrict_clusters(user, clusters)
+    if not has_perm(user, "dedup.approve_cluster"):
+        return clusters.none(), visible
+    ids = visible_location_ids(user)
+    if ids is None:
+        return visible, clusters.none()
+    if not ids:
+        return clusters.none(), clusters.none()
+    # A cross-location cluster's share of granted locations, as one scalar per row: 1 for "all of them",
+    # read only for rows with no own location (PostgreSQL would hash an IN/EXISTS over the whole table).
+    granted = Case(When(location_id__in=list(ids), then=Value(1)), default=Value(0))
+    rows = Cluster.locations.through.objects.filter(cluster_id=OuterRef("pk")).order_by().values("cluster_id")
+    all_granted = Subquery(rows.annotate(v=Min(granted)).values("v")[:1])  # type: ignore[misc]
+    any_granted = Subquery(rows.annotate(v=Max(granted)).values("v")[:1])  # type: ignore[misc]
+    decidable = clusters.alias(all_granted=all_granted).filter(
+        Q(location_id__in=ids) | Q(location__isnull=True, all_granted=1)
+    )
+    readable_only = clusters.alias(all_granted=all_granted, any_granted=any_granted).filter(
+        location__isnull=True, any_granted=1, all_granted=0
+    )
+    return decidable, readable_only
+
+
+def count_split(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[int, int]:
+    """``(decidable, readable only)`` counts of :func:`split_by_decidable`, the index-friendly way."""
+    if not has_perm(user, "dedup.approve_cluster"):
+        return 0, count_visible_clusters(user, clusters)
+    ids = visible_location_ids(user)
+    if ids is None:
+        return clusters.count(), 0
+    if not ids:
+        return 0, 0
+    within = clusters.filter(location_id__in=ids).count()
+    outside = _member_location_exists(ids, inside=False)
+    cross = clusters.filter(location__isnull=True).filter(_member_location_exists(ids, inside=True)).aggregate(
+        decidable=Count("pk", filter=~Q(outside)), readable=Count("pk", filter=Q(outside))
+    )
+    return within + (cross["decidable"] or 0), cross["readable"] or 0
+
+
+def masks_location(user: AnyUser, location_id: int | None) -> bool:
+    """Whether this user sees the contacts of ``location_id`` only masked.
+
+    A cross-location cluster shows members from locations the viewer was not granted; their name,
+    phones, emails and address are shown masked (``dedup.masking``), so reviewing a cluster never reveals
+    another location's customers. Admins, and auditors without grants, see every location in full.
+    """
+    ids = visible_location_ids(user)
+    return ids is not None and location_id not in ids
+
+
 def cluster_location_ids(cluster: Cluster) -> set[int]:
     """Every location of the cluster: its own and those of its members (prefetch ``locations``)."""
     ids = {loc.pk for loc in cluster.locations.all()}
@@ -202,15 +278,25 @@ def can_act_on_cluster(user: AnyUser, cluster: Cluster, perm: str = "dedup.appro
     return bool(locations) and locations <= ids
 
 
+def is_numeric_ref(ref: str | int) -> bool:
+    """Whether a cluster reference is a database id (the old URLs) rather than a stable ``cl_…`` id."""
+    return isinstance(ref, int) or str(ref).isdigit()
+
+
 def get_cluster_for_user(
-    request: HttpRequest, cluster_id: int, write: bool = False, perm: str = "dedup.approve_cluster"
+    request: HttpRequest, ref: str | int, write: bool = False, perm: str = "dedup.approve_cluster"
 ) -> Cluster:
-    """The cluster if this user may see it (404 otherwise); with ``write``, 403 unless they may act."""
+    """The cluster if this user may see it (404 otherwise); with ``write``, 403 unless they may act.
+
+    ``ref`` is the stable ``cl_…``/``clx_…`` id people see in the CLI, exports and the audit log, or the
+    database id of older links (the views redirect those to the stable form).
+    """
     require_perm(request, "dedup.view_cluster")
+    lookup: dict[str, int | str] = {"pk": int(ref)} if is_numeric_ref(ref) else {"cluster_id": str(ref)}
     cluster = (
-        Cluster.objects.select_related("location", "decided_by")
+        Cluster.objects.select_related("location", "decided_by", "superseded_by")
         .prefetch_related("locations")
-        .filter(pk=cluster_id)
+        .filter(**lookup)
         .first()
     )
     if cluster is None or not can_see_cluster(request.user, cluster):
@@ -223,6 +309,25 @@ def get_cluster_for_user(
                 "locations can act on it."
             )
     return cluster
+
+
+# A successor can itself be superseded by a later scan; the chain is short in practice, bounded here.
+_MAX_SUCCESSOR_HOPS = 20
+
+
+def live_successor(user: AnyUser, cluster: Cluster) -> Cluster | None:
+    """The cluster that now holds a superseded cluster's contacts, following the chain, if this user sees it."""
+    current = cluster
+    for _ in range(_MAX_SUCCESSOR_HOPS):
+        if current.status != Cluster.SUPERSEDED or current.superseded_by_id is None:
+            break
+        nxt = Cluster.objects.prefetch_related("locations").filter(pk=current.superseded_by_id).first()
+        if nxt is None:
+            break
+        current = nxt
+    if current.pk == cluster.pk or not can_see_cluster(user, current):
+        return None
+    return current
 
 
 # --- contacts ------------------------------------------------------------------------------------

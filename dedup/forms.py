@@ -19,16 +19,11 @@ from django.db.models import QuerySet
 
 from dedup import audit
 from dedup.models import Cluster, Location, MergeOperation, Policy
+from dedup.queue import SORTS
 
 PER_PAGE_CHOICES = [(25, "25"), (50, "50"), (100, "100")]
 
-CLUSTER_SORTS = {
-    "-confidence": ("-confidence", "-id"),
-    "confidence": ("confidence", "id"),
-    "-created": ("-created_at", "-id"),
-    "created": ("created_at", "id"),
-    "-members": ("-member_count", "-id"),
-}
+CLUSTER_SORTS = SORTS
 CLUSTER_SORT_CHOICES = [
     ("-confidence", "Confidence, highest first"),
     ("confidence", "Confidence, lowest first"),
@@ -63,6 +58,10 @@ class _LocationChoiceMixin:
 
 
 class ClusterFilterForm(_LocationChoiceMixin, forms.Form):
+    q = forms.CharField(
+        required=False, max_length=200, label="Search",
+        help_text="A name (accents and case do not matter), contact uid, phone or cl_… id",
+    )
     location = forms.ModelChoiceField(
         queryset=Location.objects.none(), required=False, empty_label="All my locations", to_field_name="uid"
     )
@@ -101,6 +100,14 @@ class BulkApproveForm(forms.Form):
         raw = self.data.getlist("clusters") if hasattr(self.data, "getlist") else []
         ids = cluster_ids if cluster_ids is not None else [v for v in raw if str(v).isdigit()]
         self.fields["clusters"].choices = [(int(i), str(i)) for i in ids]  # type: ignore[attr-defined]
+
+
+class ApproveMatchingForm(forms.Form):
+    """The confirmation of "approve all N matching": what the person saw counted, checked again on POST."""
+
+    expected = forms.IntegerField(min_value=0, max_value=10_000_000, widget=forms.HiddenInput)
+    upto = forms.IntegerField(min_value=0, max_value=2**62, widget=forms.HiddenInput)
+    confirm = forms.BooleanField(required=True)
 
 
 class RejectForm(forms.Form):

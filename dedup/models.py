@@ -408,6 +408,12 @@ class Cluster(models.Model):
     def __str__(self) -> str:
         return self.cluster_id
 
+    def get_absolute_url(self) -> str:
+        """The cluster's page, addressed by its stable id (the one the CLI, exports and the audit show)."""
+        from django.urls import reverse
+
+        return reverse("cluster_detail", args=[self.cluster_id])
+
     @property
     def primary_uid(self) -> str:
         """The member that survives: a reviewer's choice (review clusters only) or the rule's."""

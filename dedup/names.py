@@ -24,6 +24,7 @@ the household case that must never merge automatically.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from enum import StrEnum
 from functools import lru_cache
 
@@ -39,6 +40,120 @@ TITLES: frozenset[str] = frozenset(
 )  # fmt: skip
 
 _GENERATIONAL: frozenset[str] = frozenset({"jr", "junior", "sr", "senior", "ii", "iii", "iv"})
+
+# Common short forms of given names, folded like name tokens: short form -> the full names it stands for.
+# A short form and its full name ("Jen" / "Jennifer"), or two short forms of one full name ("Bob" /
+# "Rob"), *could* be one person: ``name_relation`` calls them compatible, never a conflict. They are not
+# "the same name" either: a short form is shared across people ("Alex" is Alexander or Alexandra, "Pat"
+# Patrick or Patricia; a father Robert and his son Bobby share a home phone), so a person confirms it.
+_SHORT_FORMS: dict[str, tuple[str, ...]] = {
+    "robert": ("bob", "bobby", "rob", "robbie", "bert"),
+    "elizabeth": ("liz", "lizzie", "beth", "betty", "betsy", "eliza", "libby"),
+    "katherine": ("kate", "katie", "kathy", "kat", "kit"),
+    "catherine": ("cate", "cathy", "cat", "kate", "katie"),
+    "kathryn": ("kate", "katie", "kathy"),
+    "william": ("bill", "billy", "will", "willy"),
+    "michael": ("mike", "mick", "mickey", "mikey"),
+    "james": ("jim", "jimmy", "jamie"),
+    "jennifer": ("jen", "jenn", "jenny"),
+    "margaret": ("peggy", "maggie", "meg", "marge", "margie"),
+    "patricia": ("pat", "patty", "trish", "tricia"),
+    "patrick": ("pat", "paddy"),
+    "richard": ("rick", "ricky", "rich", "dick"),
+    "joseph": ("joe", "joey"),
+    "josephine": ("jo", "josie"),
+    "christopher": ("chris", "kit"),
+    "christine": ("chris", "chrissy", "tina"),
+    "christina": ("chris", "chrissy", "tina"),
+    "anthony": ("tony",),
+    "nicholas": ("nick", "nicky"),
+    "alexander": ("alex", "xander", "sandy"),
+    "alexandra": ("alex", "lexi", "sandy"),
+    "jonathan": ("jon", "jonny"),
+    "john": ("jack", "johnny"),
+    "timothy": ("tim", "timmy"),
+    "thomas": ("tom", "tommy"),
+    "daniel": ("dan", "danny"),
+    "samuel": ("sam", "sammy"),
+    "samantha": ("sam", "sammy"),
+    "benjamin": ("ben", "benny"),
+    "matthew": ("matt",),
+    "andrew": ("andy", "drew"),
+    "joshua": ("josh",),
+    "jessica": ("jess", "jessie"),
+    "olivia": ("liv", "livvy"),
+    "charlotte": ("charlie", "lottie"),
+    "charles": ("charlie", "chuck", "chas"),
+    "amelia": ("millie",),
+    "hannah": ("annie",),
+    "sarah": ("sally",),
+    "edward": ("ed", "eddie", "ted", "ned"),
+    "david": ("dave", "davy"),
+    "stephen": ("steve",),
+    "steven": ("steve",),
+    "susan": ("sue", "susie"),
+    "deborah": ("deb", "debbie"),
+    "rebecca": ("becky", "bec"),
+    "victoria": ("vicky", "tori"),
+    "gregory": ("greg",),
+    "jeffrey": ("jeff",),
+    "kenneth": ("ken", "kenny"),
+    "ronald": ("ron", "ronnie"),
+    "donald": ("don", "donny"),
+    "douglas": ("doug",),
+    "lawrence": ("larry",),
+    "peter": ("pete",),
+    "philip": ("phil",),
+    "phillip": ("phil",),
+    "raymond": ("ray",),
+    "abigail": ("abby",),
+    "eleanor": ("ellie", "nell"),
+    "emily": ("em", "emmy"),
+    "isabella": ("izzy", "bella"),
+    "isabel": ("izzy", "bel"),
+    "jacqueline": ("jackie",),
+    "judith": ("judy",),
+    "kimberly": ("kim",),
+    "natalie": ("nat",),
+    "nathaniel": ("nate", "nat"),
+    "nathan": ("nate",),
+    "pamela": ("pam",),
+    "penelope": ("penny",),
+    "theodore": ("theo", "ted"),
+    "zachary": ("zach", "zack"),
+    "matilda": ("tilly",),
+    "frederick": ("fred", "freddie"),
+    "henry": ("harry", "hank"),
+    "albert": ("al", "bert"),
+    "alfred": ("alf", "alfie"),
+    "jacob": ("jake",),
+    "angela": ("angie",),
+    "gerald": ("gerry",),
+    "dorothy": ("dot", "dottie"),
+}  # fmt: skip
+
+
+def _given_name_roots(table: dict[str, tuple[str, ...]]) -> dict[str, frozenset[str]]:
+    roots: dict[str, set[str]] = {}
+    for full, shorts in table.items():
+        roots.setdefault(full, set()).add(full)
+        for short in shorts:
+            roots.setdefault(short, set()).add(full)
+    return {token: frozenset(names) for token, names in roots.items()}
+
+
+# Token -> the full given names it may stand for (a full name stands for itself).
+NICKNAME_ROOTS: dict[str, frozenset[str]] = _given_name_roots(_SHORT_FORMS)
+
+
+def is_short_form_of(a: str, b: str) -> bool:
+    """Whether two different name tokens may be one given name, one a short form of the other or both of one
+    full name ("jen"/"jennifer", "bob"/"rob"); tokens as ``normalize_name`` gives them."""
+    if a == b:
+        return False
+    roots_a, roots_b = NICKNAME_ROOTS.get(a), NICKNAME_ROOTS.get(b)
+    return bool(roots_a and roots_b and roots_a & roots_b)
+
 
 # Whole names that are placeholders, compared as token sets after titles are removed.
 PLACEHOLDERS: frozenset[frozenset[str]] = frozenset(
@@ -102,12 +217,15 @@ class NameRelation(StrEnum):
 
 
 def _compatible(a: str, b: str) -> bool:
-    """Whether two tokens may denote the same name part: equal, or one is the initial of the other."""
+    """Whether two tokens may denote the same name part: equal, one the initial of the other, or a short
+    form and its full given name ("jen"/"jennifer")."""
     if a == b:
         return True
     if len(a) == 1 and b.startswith(a):
         return True
-    return len(b) == 1 and a.startswith(b)
+    if len(b) == 1 and a.startswith(b):
+        return True
+    return is_short_form_of(a, b)
 
 
 def _every_token_matched(short: list[str], long: list[str]) -> bool:
@@ -162,9 +280,10 @@ def name_relation(a: str, b: str) -> NameRelation:
     * either name empty after normalization -> MISSING (no evidence either way);
     * identical canonical forms -> SAME;
     * different generational suffixes (one "Jr", the other none or "Sr") -> DIFFERENT (father/son);
-    * every token of the shorter name pairs with its own token of the longer one, equal or as an
-      initial ("M Garcia" / "Maria Garcia", "Maria" / "Maria Garcia Lopez") -> COMPATIBLE: not a
-      conflict, but not a match either, so it adds no name weight;
+    * every token of the shorter name pairs with its own token of the longer one, equal, as an initial
+      or as a common short form ("M Garcia" / "Maria Garcia", "Maria" / "Maria Garcia Lopez",
+      "Jen Murphy" / "Jennifer Murphy") -> COMPATIBLE: not a conflict, but not a match either, so it
+      adds no name weight and a person confirms the merge;
     * otherwise -> DIFFERENT ("Maria Garcia" / "Jose Garcia": a household shares the surname).
     """
     na, nb = normalize_name(a), normalize_name(b)
@@ -193,3 +312,79 @@ def names_conflict(a: str, b: str) -> bool:
     (but not a match either, see ``name_relation``).
     """
     return name_relation(a, b) is NameRelation.DIFFERENT
+
+
+# Lower-case words that are part of a well-formed surname ("Ludwig van Beethoven", "Maria da Silva").
+_PARTICLES: frozenset[str] = frozenset(
+    {"van", "von", "der", "den", "de", "del", "della", "di", "da", "das", "dos", "du", "la", "le", "lo",
+     "bin", "binti", "ibn", "al", "el", "ter", "ten", "af", "zu", "y", "e"}
+)  # fmt: skip
+_ROMAN = frozenset({"ii", "iii", "iv", "vi"})
+
+
+def _badly_cased_words(name: str) -> int:
+    """Words not written as a name is: all lower-case, or all capitals (beyond initials and numerals).
+
+    Each part of a hyphenated or apostrophed word counts ("garcia-Lopez" has one bad part); a word of a
+    script without case (Chinese, Arabic) is always well cased; so are particles in lower case.
+    """
+    bad = 0
+    for word in name.replace(",", " ").split():
+        for part in "".join(ch if ch.isalpha() else " " for ch in word).split():
+            if not any(ch.isupper() or ch.islower() for ch in part):
+                continue
+            lower = part.casefold()
+            if part.islower() and lower not in _PARTICLES:
+                bad += 1
+            elif part.isupper() and len(part) > 1 and lower not in _ROMAN:
+                bad += 1
+    return bad
+
+
+def _written_last_first(name: str) -> bool:
+    """"GARCIA, Maria": a comma after the first word(s), not one before a suffix or title ("Smith, Jr")."""
+    head, comma, tail = name.partition(",")
+    if not comma or not _tokens(head):
+        return False
+    rest = [t for t in _fold(tail).replace(".", " ").replace(",", " ").split() if t not in _GENERATIONAL]
+    return any(t not in TITLES for t in rest)
+
+
+def _accented_letters(name: str) -> int:
+    """Letters carrying a diacritic (é, ñ, ā): a spelling that kept them lost nothing."""
+    return sum(1 for ch in unicodedata.normalize("NFD", name) if unicodedata.combining(ch))
+
+
+def spelling_quality(name: str) -> tuple[int, int, int, int, int]:
+    """How well-formed a spelling of a name is, as a key to maximise (higher is better).
+
+    In order of importance: every word capitalised as a name is (not "inés murphy", not "ZHANG"); the
+    given name first, not "LAST, First"; accents kept ("Inés" over "Ines"); no compatibility forms
+    (full-width letters); spacing tidy.
+    """
+    tidy = " ".join(name.split())
+    return (
+        -_badly_cased_words(name),
+        0 if _written_last_first(name) else 1,
+        _accented_letters(name),
+        1 if unicodedata.normalize("NFKC", name) == name else 0,
+        1 if tidy == name else 0,
+    )
+
+
+def best_spelling(names: Sequence[str]) -> str | None:
+    """The best-formed spelling of the first usable name in ``names``, among the names spelling the same.
+
+    Only names with the same canonical form (``normalize_name``) as the first usable one compete, so a
+    different person's name, or "M Garcia" for "Maria Garcia", is never chosen. Among them the one with the
+    highest ``spelling_quality`` wins, the earliest on a tie (put the survivor's own name first to keep it
+    when nothing is better), returned with its spacing tidied. None when no name is usable. E.g. ``["inés murphy", "Ines Murphy",
+    "Inés Murphy"]`` gives "Inés Murphy"; ``["ZHANG, François", "François Zhang"]`` gives "François Zhang".
+    """
+    usable = [n for n in names if isinstance(n, str) and normalize_name(n)]
+    if not usable:
+        return None
+    canonical = normalize_name(usable[0])
+    same = [n for n in usable if normalize_name(n) == canonical]
+    best = max(range(len(same)), key=lambda i: (spelling_quality(same[i]), -i))
+    return " ".join(same[best].split())

@@ -31,7 +31,20 @@ class PodiumUidConverter:
         return value
 
 
+class ClusterRefConverter:
+    """A cluster's stable id (``cl_…``, ``clx_…`` for a cross-location one) or, for old links, its database id."""
+
+    regex = r"clx?_[A-Za-z0-9]+|[0-9]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: object) -> str:
+        return str(value)
+
+
 register_converter(PodiumUidConverter, "uid")
+register_converter(ClusterRefConverter, "cluster")
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
@@ -42,12 +55,14 @@ urlpatterns = [
     path("progress/", dashboard.progress, name="progress"),
     path("clusters/", clusters.cluster_list, name="cluster_list"),
     path("clusters/approve-selected/", clusters.approve_selected, name="approve_selected"),
-    path("clusters/<int:cluster_id>/", clusters.cluster_detail, name="cluster_detail"),
-    path("clusters/<int:cluster_id>/approve/", clusters.approve, name="cluster_approve"),
-    path("clusters/<int:cluster_id>/reject/", clusters.reject, name="cluster_reject"),
-    path("clusters/<int:cluster_id>/primary/", clusters.set_primary, name="cluster_primary"),
+    path("clusters/approve-matching/", clusters.approve_matching, name="approve_matching"),
+    path("clusters/<cluster:ref>/", clusters.cluster_detail, name="cluster_detail"),
+    path("clusters/<cluster:ref>/approve/", clusters.approve, name="cluster_approve"),
+    path("clusters/<cluster:ref>/reject/", clusters.reject, name="cluster_reject"),
+    path("clusters/<cluster:ref>/primary/", clusters.set_primary, name="cluster_primary"),
     path("history/", history.history_list, name="history"),
     path("history/<int:operation_id>/", history.history_detail, name="history_detail"),
+    path("history/<int:operation_id>/state/", history.operation_state, name="operation_state"),
     path("history/<int:operation_id>/retry/", history.retry, name="operation_retry"),
     path("history/<int:operation_id>/resolve/", history.resolve, name="operation_resolve"),
     path("audit/", audit.audit_list, name="audit"),

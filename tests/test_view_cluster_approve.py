@@ -12,13 +12,13 @@ class ApproveClusterTestCase(PodiumMixin, DashboardTestCase):
     def approve(self, cluster: Cluster | None = None) -> object:
         cluster = cluster or self.sydney_cluster
         with self.captureOnCommitCallbacks(execute=True):
-            return self.client.post(f"/clusters/{cluster.pk}/approve/")
+            return self.client.post(f"/clusters/{cluster.cluster_id}/approve/")
 
     def test_the_sydney_manager_approves_and_the_merge_completes(self) -> None:
         self.login(self.sydney_manager)
         response = self.approve()
         op = MergeOperation.objects.get(cluster=self.sydney_cluster)
-        assert response["Location"] == f"/history/{op.pk}/"  # type: ignore[index]
+        assert response["Location"].startswith(f"/history/{op.pk}/")  # type: ignore[index]
         assert op.state == MergeOperation.PATCHED
         assert op.requested_by == self.sydney_manager
         primary = self.emulator.state.get(op.primary_uid)
@@ -35,7 +35,7 @@ class ApproveClusterTestCase(PodiumMixin, DashboardTestCase):
         self.login(self.sydney_manager)
         self.approve()
         self.login(self.admin)  # an admin looking at the same cluster a moment later
-        response = self.client.post(f"/clusters/{self.sydney_cluster.pk}/approve/", follow=True)
+        response = self.client.post(f"/clusters/{self.sydney_cluster.cluster_id}/approve/", follow=True)
         assert response.status_code == 200
         messages = [str(m) for m in response.context["messages"]]
         assert messages[-1].startswith(f"Cluster {self.sydney_cluster.cluster_id} was already merged by sydney_manager")
@@ -43,23 +43,23 @@ class ApproveClusterTestCase(PodiumMixin, DashboardTestCase):
 
     def test_the_burleigh_manager_gets_404(self) -> None:
         self.login(self.burleigh_manager)
-        assert self.client.post(f"/clusters/{self.sydney_cluster.pk}/approve/").status_code == 404
+        assert self.client.post(f"/clusters/{self.sydney_cluster.cluster_id}/approve/").status_code == 404
         assert not MergeOperation.objects.exists()
 
     def test_the_auditor_gets_403(self) -> None:
         self.login(self.auditor)
-        assert self.client.post(f"/clusters/{self.sydney_cluster.pk}/approve/").status_code == 403
+        assert self.client.post(f"/clusters/{self.sydney_cluster.cluster_id}/approve/").status_code == 403
         assert not MergeOperation.objects.exists()
 
     def test_get_is_not_allowed(self) -> None:
         self.login(self.sydney_manager)
-        assert self.client.get(f"/clusters/{self.sydney_cluster.pk}/approve/").status_code == 405
+        assert self.client.get(f"/clusters/{self.sydney_cluster.cluster_id}/approve/").status_code == 405
 
     def test_anonymous_is_sent_to_sign_in(self) -> None:
-        self.assert_login_redirect(self.client.post(f"/clusters/{self.sydney_cluster.pk}/approve/"), "/")
+        self.assert_login_redirect(self.client.post(f"/clusters/{self.sydney_cluster.cluster_id}/approve/"), "/")
         assert not MergeOperation.objects.exists()
 
     def test_a_post_without_csrf_is_refused(self) -> None:
-        response = self.csrf_client(self.sydney_manager).post(f"/clusters/{self.sydney_cluster.pk}/approve/")
+        response = self.csrf_client(self.sydney_manager).post(f"/clusters/{self.sydney_cluster.cluster_id}/approve/")
         assert response.status_code == 403
         assert not MergeOperation.objects.exists()

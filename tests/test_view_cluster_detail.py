@@ -19,7 +19,7 @@ class ClusterDetailTestCase(DashboardTestCase):
         cls.cross = build_cluster([same_person(SYDNEY, "ct_500")[0], same_person(BURLEIGH, "ct_510")[1]])
 
     def get(self, cluster: Cluster) -> Any:
-        return self.client.get(f"/clusters/{cluster.pk}/")
+        return self.client.get(f"/clusters/{cluster.cluster_id}/")
 
     def test_the_sydney_manager_reviews_a_sydney_cluster(self) -> None:
         self.login(self.sydney_manager)

@@ -15,7 +15,7 @@ class ChangePrimaryTestCase(DashboardTestCase):
         cls.household = build_cluster(household(SYDNEY, "ct_200"))
 
     def url(self, cluster: Cluster | None = None) -> str:
-        return f"/clusters/{(cluster or self.household).pk}/primary/"
+        return f"/clusters/{(cluster or self.household).cluster_id}/primary/"
 
     def other_member(self) -> str:
         uids = sorted(self.household.members.values_list("contact__uid", flat=True))

@@ -15,7 +15,7 @@ class RejectClusterTestCase(DashboardTestCase):
         cls.household = build_cluster(household(SYDNEY, "ct_200"))
 
     def url(self) -> str:
-        return f"/clusters/{self.household.pk}/reject/"
+        return f"/clusters/{self.household.cluster_id}/reject/"
 
     def test_the_sydney_manager_rejects_a_household(self) -> None:
         self.login(self.sydney_manager)

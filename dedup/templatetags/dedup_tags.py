@@ -100,3 +100,16 @@ def actor_name(actor: str) -> str:
         return f"{name} (worker)"
     return str(actor)
 
+
+
+@register.filter
+def cluster_url(ref: str) -> str:
+    """The page of a cluster named by its stable id (as the audit log names it), or "" for anything else."""
+    from django.urls import NoReverseMatch, reverse
+
+    if not ref:
+        return ""
+    try:
+        return reverse("cluster_detail", args=[ref])
+    except NoReverseMatch:
+        return ""

@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.db.models import Prefetch, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.db import transaction
+from django.db.models import Max, Prefetch, QuerySet
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from dedup import access
+from dedup import access, audit, queue
+from dedup.access import AnyUser
 from dedup.detection import member_records
-from dedup.forms import CLUSTER_SORTS, BulkApproveForm, ChangePrimaryForm, ClusterFilterForm, RejectForm
+from dedup.forms import ApproveMatchingForm, BulkApproveForm, ChangePrimaryForm, ClusterFilterForm, RejectForm
+from dedup.masking import Revealer, mask_name
 from dedup.merge import (
     ClusterBusyError,
     MergeRefused,
     approve_cluster,
     approve_many,
     change_primary,
+    person_of,
     reject_cluster,
 )
 from dedup.merge.planning import current_strategy, plan_for
-from dedup.models import Cluster, ClusterMember, MergeOperation, Policy
+from dedup.models import Cluster, ClusterMember, MergeBatch, MergeOperation, Policy
+from dedup.queue import QueueFilter
 from dedup.records import MemberRecord
 from dedup.scoring import (
     EMAIL_POINTS,
@@ -52,26 +60,53 @@ EVIDENCE_WEIGHTS: dict[str, float] = {
 MAX_BULK = 100
 
 
-@login_required
-@require_GET
-def cluster_list(request: HttpRequest) -> HttpResponse:
-    access.require_perm(request, "dedup.view_cluster")
-    params = request.GET.copy()
+def queue_filter(request: HttpRequest, params: QueryDict) -> tuple[ClusterFilterForm, QueueFilter, str]:
+    """The queue's filter from query parameters: the bound form, the filter, and its canonical query string.
+
+    The query string carries the filter from the queue to a cluster's page and on to the next cluster;
+    only the form's own fields go into it, each as the form cleaned it.
+    """
+    params = params.copy()
     if "status" not in params:
         params["status"] = Cluster.OPEN
     form = ClusterFilterForm(params)
     form.limit_locations(access.visible_locations(request.user))
-    filters = form.cleaned_data if form.is_valid() else {}
-    matching = _filtered_clusters(filters)
-    per_page = int(filters.get("per_page") or 25)
-    page = paginate(
-        request,
-        _for_display(access.restrict_clusters(request.user, matching), filters),
-        per_page,
-        count=access.count_visible_clusters(request.user, matching),
+    # A field with an error is dropped (the page shows the error next to it); the others still apply.
+    form.is_valid()
+    flt = QueueFilter.from_cleaned(form.cleaned_data)
+    kept = QueryDict(mutable=True)
+    for name in form.fields:
+        value = params.get(name, "")
+        if name != "per_page" and name not in form.errors and isinstance(value, str) and value != "":
+            kept[name] = value
+    return form, flt, kept.urlencode()
+
+
+def _region(flt: QueueFilter) -> str:
+    # The policy row is read only when a search may hold a phone number written in national format.
+    return Policy.current().default_region if flt.q else "AU"
+
+
+@login_required
+@require_GET
+def cluster_list(request: HttpRequest) -> HttpResponse:
+    access.require_perm(request, "dedup.view_cluster")
+    form, flt, filter_query = queue_filter(request, request.GET)
+    per_page = int(form.cleaned_data.get("per_page") or 25)
+    source = queue.SegmentedClusters(
+        queue.segments(request.user, queue.matching(request.user, flt, _region(flt))), flt.order, _for_display
     )
+    page = paginate(request, source, per_page, count=len(source))
     can_approve = access.has_perm(request.user, "dedup.approve_cluster")
-    rows = [_ClusterRow.of(c, can_approve and access.can_act_on_cluster(request.user, c)) for c in page]
+    rows = [
+        _ClusterRow.of(c, request.user, can_approve and access.can_act_on_cluster(request.user, c), filter_query)
+        for c in page
+    ]
+    if can_approve and source.boundary is not None:
+        # Mark where the clusters this person may decide end and those they may only read begin.
+        first = page.start_index() - 1
+        for i, row in enumerate(rows):
+            row.starts_readable_only = first + i == source.boundary
     return render(
         request,
         "clusters/list.html",
@@ -79,44 +114,26 @@ def cluster_list(request: HttpRequest) -> HttpResponse:
             "form": form,
             "page": page,
             "rows": rows,
-            "query": query_without_page(params),
+            "query": query_without_page(form.data),  # type: ignore[arg-type]
+            "filter_query": filter_query,
             "can_bulk": any(r.selectable for r in rows),
+            "can_approve": can_approve,
             "max_bulk": MAX_BULK,
         },
     )
 
 
-def _filtered_clusters(filters: dict[str, Any]) -> QuerySet[Cluster]:
-    """Every cluster matching the queue's filters, before the user's locations narrow them."""
-    qs = Cluster.objects.all()
-    if filters.get("location"):
-        qs = qs.filter(access.clusters_touching_q([filters["location"].pk]))
-    if filters.get("kind"):
-        qs = qs.filter(kind=filters["kind"])
-    if filters.get("status"):
-        qs = qs.filter(status=filters["status"])
-    if filters.get("min_confidence") is not None:
-        qs = qs.filter(confidence__gte=filters["min_confidence"])
-    if filters.get("max_confidence") is not None:
-        qs = qs.filter(confidence__lte=filters["max_confidence"])
-    return qs
-
-
-def _for_display(qs: QuerySet[Cluster], filters: dict[str, Any]) -> QuerySet[Cluster]:
-    """Sorted, with what a row shows fetched in a fixed number of queries (no N+1)."""
-    order = CLUSTER_SORTS.get(filters.get("sort") or "-confidence", CLUSTER_SORTS["-confidence"])
+def _for_display(qs: QuerySet[Cluster]) -> QuerySet[Cluster]:
+    """What a row shows, fetched in a fixed number of queries (no N+1)."""
     members = Prefetch(
         "members",
         queryset=ClusterMember.objects.select_related("contact").only(
-            "id", "cluster_id", "contact__id", "contact__uid", "contact__name"
+            "id", "cluster_id", "location_id", "contact__id", "contact__uid", "contact__name"
         ).order_by("id"),
     )
     # The pair scores and reasons are for the review page; decoding them for 100 rows is wasted work.
-    return (
-        qs.select_related("location")
-        .defer("pair_scores", "reasons", "natural_keys")
-        .prefetch_related("locations", members)
-        .order_by(*order)
+    return qs.select_related("location").defer("pair_scores", "reasons", "natural_keys").prefetch_related(
+        "locations", members
     )
 
 
@@ -125,24 +142,33 @@ class _ClusterRow:
     """One line of the queue, with its text prepared here: 100 rows render in a fraction of the time."""
 
     cluster: Cluster
+    url: str
     names: str
     location_names: str
     selectable: bool
+    decidable: bool
     kind_label: str
     status_label: str
     found: str
+    starts_readable_only: bool = False
 
     @classmethod
-    def of(cls, cluster: Cluster, can_act: bool) -> _ClusterRow:
-        names = " · ".join(m.contact.name or m.contact.uid for m in cluster.members.all())
+    def of(cls, cluster: Cluster, user: AnyUser, can_act: bool, filter_query: str) -> _ClusterRow:
+        names = " · ".join(
+            mask_name(m.contact.name) if m.contact.name and access.masks_location(user, m.location_id)
+            else m.contact.name or m.contact.uid
+            for m in cluster.members.all()
+        )
         locs = {loc.name for loc in cluster.locations.all()}
         if cluster.location is not None:
             locs.add(cluster.location.name)
         return cls(
             cluster=cluster,
+            url=cluster.get_absolute_url() + (f"?{filter_query}" if filter_query else ""),
             names=names if len(names) <= 160 else names[:159] + "…",
             location_names=", ".join(sorted(locs)),
             selectable=can_act and cluster.kind == Cluster.AUTO and cluster.status == Cluster.OPEN,
+            decidable=can_act,
             kind_label=cluster.get_kind_display(),
             status_label=cluster.get_status_display(),
             found=f"{cluster.created_at:%d %b %Y}",
@@ -183,6 +209,75 @@ def approve_selected(request: HttpRequest) -> HttpResponse:
     for item in refused:
         messages.warning(request, f"{item['clusterId']} did not start: {item['message']}")
     return redirect(reverse("dashboard"))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def approve_matching(request: HttpRequest) -> HttpResponse:
+    """Approve every open auto cluster matching the queue's filter that this person may decide.
+
+    GET counts them and asks for confirmation; POST (CSRF-checked) checks the count again, records the
+    request in the audit log and hands the work to a background job, whose progress is on the dashboard.
+    Review and cross-location clusters are never included: each needs its own page's confirmation.
+    """
+    access.require_perm(request, "dedup.approve_cluster")
+    query = request.POST.get("filters", "") if request.method == "POST" else request.GET.urlencode()
+    _form, flt, filter_query = queue_filter(request, QueryDict(query))
+    region = _region(flt)
+    approvable = queue.approvable(request.user, flt, region)
+    confirm = ApproveMatchingForm(request.POST or None)
+    if request.method == "POST" and confirm.is_valid():
+        upto = confirm.cleaned_data["upto"]
+        expected = confirm.cleaned_data["expected"]
+        count = approvable.filter(pk__lte=upto).count()
+        if count == 0:
+            messages.info(request, "No open auto-mergeable cluster you can decide matches this filter any more.")
+            return redirect(reverse("cluster_list") + f"?{filter_query}")
+        if count <= expected:
+            batch = _start_matching_batch(request, flt, count, upto, region)
+            messages.success(
+                request,
+                f"Approving {count} cluster{pluralize(count)} in the background. Progress is on the dashboard.",
+            )
+            return redirect(reverse("dashboard") + f"#batch-{batch.pk}")
+        messages.warning(request, "More clusters match than when you looked; check the new count and confirm again.")
+    n_auto, n_other = queue.count_approvable(request.user, flt, region)
+    upto = approvable.aggregate(top=Max("pk"))["top"] or 0
+    return render(
+        request,
+        "clusters/approve_matching.html",
+        {
+            "count": n_auto,
+            "others": n_other,
+            "upto": upto,
+            "filter_query": filter_query,
+            "filter": flt,
+            "form": ApproveMatchingForm(initial={"expected": n_auto, "upto": upto}),
+        },
+    )
+
+
+def _start_matching_batch(request: HttpRequest, flt: QueueFilter, count: int, upto: int, region: str) -> MergeBatch:
+    from django_q.tasks import async_task
+
+    actor, actor_user_id = audit.actor_for(request.user)
+    with transaction.atomic():
+        batch = MergeBatch.objects.create(
+            label=f"Approve {count} matching cluster(s) — {actor} {timezone.now():%Y-%m-%d %H:%M}",
+            requested_by=person_of(request.user),
+        )
+        audit.record(
+            "merge.bulk_requested",
+            actor=actor,
+            actor_user_id=actor_user_id,
+            location_uids=sorted(access.visible_location_uids(request.user) or []),
+            payload={"batch": batch.pk, "count": count, "upto": upto, "filters": flt.to_dict()},
+        )
+        args = (batch.pk, request.user.pk, flt.to_dict(), upto, region)
+        transaction.on_commit(
+            lambda: async_task("dedup.queue.approve_matching", *args, task_name=f"approve-matching-{args[0]}")
+        )
+    return batch
 
 
 @dataclass
@@ -232,22 +327,29 @@ OPT_OUT_MEANING = {
 
 @login_required
 @require_GET
-def cluster_detail(request: HttpRequest, cluster_id: int) -> HttpResponse:
-    cluster = access.get_cluster_for_user(request, cluster_id)
+def cluster_detail(request: HttpRequest, ref: str) -> HttpResponse:
+    cluster = access.get_cluster_for_user(request, ref)
+    if access.is_numeric_ref(ref):
+        # Old links by database id lead to the stable address people see everywhere else.
+        query = request.GET.urlencode()
+        return redirect(cluster.get_absolute_url() + (f"?{query}" if query else ""))
+    _form, flt, filter_query = queue_filter(request, request.GET)
     records = member_records(cluster)
     # Only a reviewer's choice is passed on: without one the rule picks, as the merge itself will.
     primary_uid = cluster.chosen_primary_uid if cluster.chosen_primary_uid and not cluster.auto_merge else None
-    names = {r.uid: r.name or r.uid for r in records}
-    preview = _preview(cluster, records)
+    members = list(cluster.members.select_related("contact", "location"))
+    member_locations = {m.contact.uid: m.location.name for m in members}
+    masked = {m.contact.uid for m in members if access.masks_location(request.user, m.location_id)}
+    reveal = _revealer([r for r in records if r.uid not in masked], everything=not masked)
+    names = {r.uid: (reveal.name(r.name) if r.name else r.uid) for r in records}
+    preview = _preview(cluster, records, reveal)
     ordered = _primary_first(records, preview.plan.primary_uid if preview else primary_uid)
     can_approve = access.can_act_on_cluster(request.user, cluster, "dedup.approve_cluster")
     can_reject = access.can_act_on_cluster(request.user, cluster, "dedup.reject_cluster")
     operations = list(
         MergeOperation.objects.filter(cluster=cluster).select_related("requested_by").order_by("-created_at")[:10]
     )
-    member_locations = {
-        m.contact.uid: m.location.name for m in cluster.members.select_related("contact", "location")
-    }
+    upcoming = queue.next_cluster(request.user, flt, cluster, _region(flt))
     return render(
         request,
         "clusters/detail.html",
@@ -255,9 +357,11 @@ def cluster_detail(request: HttpRequest, cluster_id: int) -> HttpResponse:
             "cluster": cluster,
             "members": ordered,
             "member_locations": [member_locations.get(r.uid, "") for r in ordered],
-            "rows": _comparison(ordered),
+            "masked_count": len(masked),
+            "rows": _comparison(ordered, masked, reveal),
             "pairs": _pairs(cluster, names),
             "cluster_reasons": [reason_text(r) for r in cluster.reasons],
+            "natural_keys": [reveal.key(k) for k in cluster.natural_keys or []],
             "preview": preview,
             "threshold": Policy.current().auto_merge_threshold,
             "is_open": cluster.status == Cluster.OPEN,
@@ -267,15 +371,33 @@ def cluster_detail(request: HttpRequest, cluster_id: int) -> HttpResponse:
             "reject_form": RejectForm(),
             "primary_form": ChangePrimaryForm(
                 initial={"primary_uid": preview.plan.primary_uid if preview else ""},
-                member_uids=[(r.uid, f"{r.name or '(no name)'} · {r.uid}") for r in ordered],
+                member_uids=[(r.uid, f"{names[r.uid] if r.name else '(no name)'} · {r.uid}") for r in ordered],
             ),
             "operations": operations,
             "is_cross": cluster.cross_location,
+            "successor": access.live_successor(request.user, cluster) if cluster.status == Cluster.SUPERSEDED else None,
+            "filter_query": filter_query,
+            "next_url": _cluster_url(upcoming, filter_query) if upcoming else "",
         },
     )
 
 
-def _preview(cluster: Cluster, records: Sequence[MemberRecord]) -> _Preview | None:
+def _cluster_url(cluster: Cluster, filter_query: str) -> str:
+    return cluster.get_absolute_url() + (f"?{filter_query}" if filter_query else "")
+
+
+def _revealer(readable: Sequence[MemberRecord], *, everything: bool) -> Revealer:
+    """What of a cluster's values this viewer reads in full: those of the members in their locations."""
+    if everything:
+        return Revealer(reveal_all=True)
+    seen: set[str] = set()
+    for r in readable:
+        seen.update([r.name, r.address or "", *r.raw_phones, *r.phones, *r.raw_emails, *r.emails])
+        seen.update(value for _label, value in r.attributes)
+    return Revealer(seen)
+
+
+def _preview(cluster: Cluster, records: Sequence[MemberRecord], reveal: Revealer) -> _Preview | None:
     """The record that will survive, and what the merge cannot carry (losses) or cannot do (blockers)."""
     if not records:
         return None
@@ -293,16 +415,19 @@ def _preview(cluster: Cluster, records: Sequence[MemberRecord]) -> _Preview | No
     address = ", ".join(v for v in (plan.address or {}).values() if v) if plan.address else (primary.address or "")
     return _Preview(
         plan=plan,
-        name=plan.name or primary.name,
-        address=address,
-        phones=[*primary.raw_phones, *([plan.phone] if plan.phone else [])],
-        emails=[*(primary.raw_emails or primary.emails), *([plan.email] if plan.email else [])],
+        name=reveal.name(plan.name or primary.name),
+        address=reveal.text(address),
+        phones=[reveal.phone(p) for p in [*primary.raw_phones, *([plan.phone] if plan.phone else [])]],
+        emails=[reveal.email(e) for e in [*(primary.raw_emails or primary.emails), *([plan.email] if plan.email else [])]],
         tags=[*primary.tags, *(t.label for t in plan.tags)],
-        attributes=[*primary.attributes, *((a.label, a.value) for a in plan.attributes)],
+        attributes=[
+            (label, reveal.text(value))
+            for label, value in [*primary.attributes, *((a.label, a.value) for a in plan.attributes)]
+        ],
         opt_outs=[
             (label, union[wire], sources.get(wire, []), OPT_OUT_MEANING[wire]) for wire, label in OPT_OUT_LABELS
         ],
-        losses=[loss.to_dict() for loss in plan.losses],
+        losses=[{**loss.to_dict(), "value": reveal.text(loss.value)} for loss in plan.losses],
         blockers=list(plan.blockers),
         strategy=current_strategy(),
     )
@@ -312,23 +437,39 @@ def _primary_first(records: Sequence[MemberRecord], primary_uid: str | None) -> 
     return sorted(records, key=lambda r: (r.uid != primary_uid, r.uid))
 
 
-def _comparison(records: Sequence[MemberRecord]) -> list[_FieldRow]:
-    """The side-by-side rows; a row ``differs`` when the members do not all hold the same value."""
+def _comparison(records: Sequence[MemberRecord], masked: Collection[str] = (),
+                reveal: Revealer | None = None) -> list[_FieldRow]:
+    """The side-by-side rows; a row ``differs`` when the members do not all hold the same value.
+
+    A member in ``masked`` (another location's customer) shows its name, phones, emails, address and
+    attribute values masked, except values the viewer reads on a member of their own (``reveal``);
+    whether the values differ is still said, which is what a reviewer needs.
+    """
+    reveal = reveal or Revealer()
 
     def row(label: str, values: list[list[str]], compare: list[Any] | None = None, opt_out: bool = False) -> _FieldRow:
         keys = compare if compare is not None else [tuple(v) for v in values]
         return _FieldRow(label, values, differs=len({_freeze(k) for k in keys}) > 1, opt_out=opt_out)
 
+    def shown(r: MemberRecord, values: Sequence[str], mask: Any) -> list[str]:
+        return [mask(v) for v in values] if r.uid in masked else list(values)
+
     rows = [
-        row("Name", [[r.name] if r.name else [] for r in records], [r.name.strip().casefold() for r in records]),
-        row("Phones", [list(r.raw_phones) for r in records], [sorted(set(r.phones)) for r in records]),
-        row("Emails", [list(r.raw_emails or r.emails) for r in records], [sorted(set(r.emails)) for r in records]),
+        row("Name", [shown(r, [r.name] if r.name else [], reveal.name) for r in records],
+            [r.name.strip().casefold() for r in records]),
+        row("Phones", [shown(r, r.raw_phones, reveal.phone) for r in records],
+            [sorted(set(r.phones)) for r in records]),
+        row("Emails", [shown(r, r.raw_emails or r.emails, reveal.email) for r in records],
+            [sorted(set(r.emails)) for r in records]),
         row("Tags", [list(r.tags) for r in records], [sorted({t.strip().casefold() for t in r.tags}) for r in records]),
         row(
             "Attributes",
-            [[f"{label}: {value}" for label, value in r.attributes] for r in records],
+            [[f"{label}: {reveal.text(value) if r.uid in masked else value}" for label, value in r.attributes]
+             for r in records],
+            [sorted(r.attributes) for r in records],
         ),
-        row("Address", [[r.address] if r.address else [] for r in records]),
+        row("Address", [shown(r, [r.address] if r.address else [], reveal.text) for r in records],
+            [r.address or "" for r in records]),
     ]
     for wire, label in OPT_OUT_LABELS:
         flags = [r.opt_outs.to_wire()[wire] for r in records]
@@ -377,18 +518,27 @@ def _pairs(cluster: Cluster, names: dict[str, str]) -> list[_PairRow]:
     return sorted(rows, key=lambda p: (p.score, p.uid_a, p.uid_b))
 
 
+def _decision_filter(request: HttpRequest) -> tuple[QueueFilter, str]:
+    """The queue filter a decision was taken under (posted back by the cluster page), for "next cluster"."""
+    _form, flt, filter_query = queue_filter(request, QueryDict(request.POST.get("filters", "")))
+    return flt, filter_query
+
+
 @login_required
 @require_POST
-def approve(request: HttpRequest, cluster_id: int) -> HttpResponse:
-    cluster = access.get_cluster_for_user(request, cluster_id, write=True, perm="dedup.approve_cluster")
+def approve(request: HttpRequest, ref: str) -> HttpResponse:
+    cluster = access.get_cluster_for_user(request, ref, write=True, perm="dedup.approve_cluster")
+    _flt, filter_query = _decision_filter(request)
     try:
         op = approve_cluster(cluster, user=request.user, accept_losses=request.POST.get("accept_losses") == "1")
     except (ClusterBusyError, MergeRefused) as exc:
         messages.error(request, str(exc))
-        return redirect(reverse("cluster_detail", args=[cluster.pk]))
+        return redirect(_cluster_url(cluster, filter_query))
     op.refresh_from_db()
     messages.success(request, f"Merge approved. {_state_sentence(op)}")
-    return redirect(reverse("history_detail", args=[op.pk]))
+    # The merge page polls its state and offers the next cluster of the same filter.
+    url = reverse("history_detail", args=[op.pk])
+    return redirect(url + (f"?{urlencode({'from': filter_query})}" if filter_query else ""))
 
 
 def _state_sentence(op: MergeOperation) -> str:
@@ -398,30 +548,36 @@ def _state_sentence(op: MergeOperation) -> str:
         return "The merge ran but the opt-out write-back failed: this is a compliance incident and is retried."
     if op.is_terminal:
         return f"The merge stopped: {op.get_state_display()} {op.error_code}".strip() + "."
-    return "The merge is running; this page shows its state."
+    return "The merge is running; this page shows its state as it changes."
 
 
 @login_required
 @require_POST
-def reject(request: HttpRequest, cluster_id: int) -> HttpResponse:
-    cluster = access.get_cluster_for_user(request, cluster_id, write=True, perm="dedup.reject_cluster")
+def reject(request: HttpRequest, ref: str) -> HttpResponse:
+    cluster = access.get_cluster_for_user(request, ref, write=True, perm="dedup.reject_cluster")
+    flt, filter_query = _decision_filter(request)
     form = RejectForm(request.POST)
     note = form.cleaned_data["note"] if form.is_valid() else ""
     try:
         reject_cluster(cluster, user=request.user, note=note)
     except (ClusterBusyError, MergeRefused) as exc:
         messages.error(request, str(exc))
-        return redirect(reverse("cluster_detail", args=[cluster.pk]))
+        return redirect(_cluster_url(cluster, filter_query))
     messages.success(
         request, "Rejected: these contacts are remembered as different people and will not be proposed together again."
     )
-    return redirect(reverse("cluster_list"))
+    upcoming = queue.next_cluster(request.user, flt, cluster, _region(flt))
+    if upcoming is None:
+        messages.info(request, "That was the last cluster you can decide in this filter.")
+        return redirect(reverse("cluster_list") + (f"?{filter_query}" if filter_query else ""))
+    return redirect(_cluster_url(upcoming, filter_query))
 
 
 @login_required
 @require_POST
-def set_primary(request: HttpRequest, cluster_id: int) -> HttpResponse:
-    cluster = access.get_cluster_for_user(request, cluster_id, write=True, perm="dedup.approve_cluster")
+def set_primary(request: HttpRequest, ref: str) -> HttpResponse:
+    cluster = access.get_cluster_for_user(request, ref, write=True, perm="dedup.approve_cluster")
+    _flt, filter_query = _decision_filter(request)
     uids = list(cluster.members.values_list("contact__uid", flat=True))
     form = ChangePrimaryForm(request.POST, member_uids=[(u, u) for u in uids])
     if cluster.kind == Cluster.AUTO:
@@ -435,4 +591,4 @@ def set_primary(request: HttpRequest, cluster_id: int) -> HttpResponse:
             messages.error(request, str(exc))
         else:
             messages.success(request, "Primary changed. The preview below shows the record that will survive.")
-    return redirect(reverse("cluster_detail", args=[cluster.pk]))
+    return redirect(_cluster_url(cluster, filter_query))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -50,7 +50,7 @@ def is_htmx(request: HttpRequest) -> bool:
 class _CountedPaginator(Paginator):
     """A paginator told its total, for lists whose count has a faster formulation than ``.count()``."""
 
-    def __init__(self, object_list: QuerySet[Any], per_page: int, count: int) -> None:
+    def __init__(self, object_list: QuerySet[Any] | Sequence[Any], per_page: int, count: int) -> None:
         super().__init__(object_list, per_page)
         self._known_count = count
 
@@ -59,7 +59,9 @@ class _CountedPaginator(Paginator):
         return self._known_count
 
 
-def paginate(request: HttpRequest, queryset: QuerySet[Any], per_page: int, count: int | None = None) -> Page[Any]:
+def paginate(
+    request: HttpRequest, queryset: QuerySet[Any] | Sequence[Any], per_page: int, count: int | None = None
+) -> Page[Any]:
     """The requested page; an out-of-range or mangled page number shows the nearest real page."""
     paginator = Paginator(queryset, per_page) if count is None else _CountedPaginator(queryset, per_page, count)
     return paginator.get_page(request.GET.get("page"))

@@ -15,6 +15,7 @@ from dedup.merge import MergeRefused
 from dedup.merge.restoring import RestoreError, restore_contact
 from dedup.models import ContactKey, Policy, RestoreRecord
 from dedup.phones import normalize_phone
+from dedup.queue import name_search_q
 from dedup.views.common import login_required, paginate, query_without_page
 from podium_client import PodiumError
 
@@ -29,7 +30,7 @@ def deleted_list(request: HttpRequest) -> HttpResponse:
     )
     q = form.cleaned_data.get("q", "").strip() if form.is_valid() else ""
     if q:
-        match = Q(uid=q) | Q(merged_into_uid=q) | Q(name__icontains=q)
+        match = Q(uid=q) | Q(merged_into_uid=q) | name_search_q(q)
         phone = normalize_phone(q, Policy.current().default_region)
         if phone.valid and phone.e164:
             match |= Q(pk__in=ContactKey.objects.filter(key=phone.e164).values("contact_id"))

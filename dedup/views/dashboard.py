@@ -34,7 +34,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     user = request.user
     by_kind, per_location = _open_cluster_counts(user)
     ops = access.operations_visible_to(user)
-    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
     incidents = ops.filter(state__in=INCIDENT_STATES).select_related("cluster").order_by("created_at")
     context: dict[str, Any] = {
         "contacts_indexed": access.contacts_visible_to(user).filter(deleted_at__isnull=True, merged_into_uid="").count(),
@@ -42,7 +41,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "open_review": by_kind.get(Cluster.REVIEW, 0),
         "open_cross": by_kind.get(Cluster.CROSS, 0),
         "uncategorized": access.uncategorized_visible_to(user).count(),
-        "merges_today": ops.filter(state=MergeOperation.PATCHED, finished_at__gte=today).count(),
+        "merges_today": _merges_today(ops),
         "incidents": list(incidents[:20]),
         "incident_count": incidents.count(),
         "rate_chart": charts.line_chart(_duplicate_rates(user), title="Duplicate rate per scan", percent=True,
@@ -63,7 +62,20 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 def progress(request: HttpRequest) -> HttpResponse:
     """The running scans and merge batches; the dashboard swaps this in every few seconds."""
     access.require_perm(request, "dedup.view_cluster")
-    return render(request, "dashboard/_progress.html", _progress(request.user))
+    context = _progress(request.user)
+    # The figures a running batch changes ride along as out-of-band swaps, so they move with the bars.
+    context["live_figures"] = {
+        "merges_today": _merges_today(access.operations_visible_to(request.user)),
+        "open_auto": access.count_visible_clusters(
+            request.user, Cluster.objects.filter(status=Cluster.OPEN, kind=Cluster.AUTO)
+        ),
+    }
+    return render(request, "dashboard/_progress.html", context)
+
+
+def _merges_today(ops: Any) -> int:
+    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    return int(ops.filter(state=MergeOperation.PATCHED, finished_at__gte=today).count())
 
 
 def _progress(user: AnyUser) -> dict[str, Any]:

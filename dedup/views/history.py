@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from dedup import access
+from dedup.access import AnyUser
 from dedup.forms import HistoryFilterForm, ResolveForm
+from dedup.masking import Revealer
 from dedup.merge import ClusterBusyError, MergeRefused, resolve_operation, retry_operation
-from dedup.models import AuditEvent, MergeOperation
-from dedup.views.clusters import OPT_OUT_LABELS
+from dedup.models import AuditEvent, ClusterMember, ContactKey, MergeOperation, Policy
+from dedup.queue import next_cluster
+from dedup.views.clusters import OPT_OUT_LABELS, queue_filter
 from dedup.views.common import INCIDENT_STATES, login_required, paginate, query_without_page
 
 
@@ -56,6 +59,42 @@ def _opt_out_table(op: MergeOperation) -> dict[str, Any]:
     }
 
 
+# While a merge moves, its page polls for the state; a merge waiting for its automatic retry changes
+# rarely; a finished one, or one waiting for a person, does not change by itself, so the poll stops.
+POLL_LIVE_SECONDS = 2
+POLL_RETRY_SECONDS = 10
+_LIVE_STATES = (MergeOperation.PENDING, MergeOperation.MERGING, MergeOperation.MERGED)
+_RETRYING_STATES = (MergeOperation.COMPLIANCE_FAILED, MergeOperation.CONFLICT_PENDING)
+
+
+def poll_seconds(op: MergeOperation) -> int | None:
+    """How often the merge page asks for this merge's state; None once it will not change by itself."""
+    if op.state in _LIVE_STATES:
+        return POLL_LIVE_SECONDS
+    if op.state in _RETRYING_STATES:
+        return POLL_RETRY_SECONDS
+    return None
+
+
+def _state_context(op: MergeOperation) -> dict[str, Any]:
+    return {"op": op, "poll_seconds": poll_seconds(op), "is_incident": op.state in INCIDENT_STATES}
+
+
+@login_required
+@require_GET
+def operation_state(request: HttpRequest, operation_id: int) -> HttpResponse:
+    """The merge's state as a fragment; the merge page swaps it in until the state settles.
+
+    The fragment of a settled merge carries no polling trigger, so swapping it in stops the polling
+    (htmx polls with the attributes of the element it swapped in).
+    """
+    op = access.get_operation_for_user(request, operation_id)
+    context = _state_context(op)
+    context["polled"] = True
+    context["seen_state"] = request.GET.get("seen", "")
+    return render(request, "history/_state.html", context)
+
+
 @login_required
 @require_GET
 def history_detail(request: HttpRequest, operation_id: int) -> HttpResponse:
@@ -70,28 +109,54 @@ def history_detail(request: HttpRequest, operation_id: int) -> HttpResponse:
         request.user, op.cluster, "dedup.resolve_operation"
     )
     channels = write_back.get("channels") or []
+    reveal = _revealer(request.user, op)
+    # Approving from a filtered queue comes here with the filter, so the next cluster is one click away.
+    upcoming_url = ""
+    if request.GET.get("from"):
+        _form, flt, filter_query = queue_filter(request, QueryDict(request.GET["from"]))
+        upcoming = next_cluster(request.user, flt, op.cluster, Policy.current().default_region)
+        if upcoming is not None:
+            upcoming_url = upcoming.get_absolute_url() + (f"?{filter_query}" if filter_query else "")
     return render(
         request,
         "history/detail.html",
         {
-            "op": op,
+            **_state_context(op),
             "opt_outs": _opt_out_table(op),
             "write_back": {
-                "name": write_back.get("name", ""),
-                "address": write_back.get("address", ""),
-                "phones": [c.get("identifier", "") for c in channels if c.get("type") == "PHONE"],
-                "emails": [c.get("identifier", "") for c in channels if c.get("type") == "EMAIL"],
+                "name": reveal.name(str(write_back.get("name", "") or "")),
+                "address": reveal.text(str(write_back.get("address", "") or "")),
+                "phones": [reveal.phone(c.get("identifier", "")) for c in channels if c.get("type") == "PHONE"],
+                "emails": [reveal.email(c.get("identifier", "")) for c in channels if c.get("type") == "EMAIL"],
                 "tags": [t.get("label", "") for t in write_back.get("tags") or []],
-                "attributes": [(a.get("label", ""), a.get("value", "")) for a in write_back.get("attributes") or []],
+                "attributes": [(a.get("label", ""), reveal.text(str(a.get("value", "") or "")))
+                               for a in write_back.get("attributes") or []],
             },
-            "conflicts": plan.get("conflicts") or [],
+            "conflicts": [{**c, "kept": reveal.text(str(c.get("kept", ""))),
+                           "dropped": reveal.text(str(c.get("dropped", "")))} for c in plan.get("conflicts") or []],
             "events": events,
             "can_retry": can_retry,
             "can_resolve": can_resolve,
             "resolve_form": ResolveForm(),
-            "is_incident": op.state in INCIDENT_STATES,
+            "next_url": upcoming_url,
         },
     )
+
+
+def _revealer(user: AnyUser, op: MergeOperation) -> Revealer:
+    """The write-back shows in full what members in the viewer's locations hold; the rest is masked."""
+    members = list(ClusterMember.objects.filter(cluster_id=op.cluster_id).select_related("contact"))
+    if not any(access.masks_location(user, m.location_id) for m in members):
+        return Revealer(reveal_all=True)
+    seen: set[str] = set()
+    readable = [m.contact for m in members if not access.masks_location(user, m.location_id)]
+    for contact in readable:
+        seen.add(contact.name)
+        seen.add(str(contact.address or ""))
+        seen.update(str(ch.get("identifier", "")) for ch in contact.channels or [])
+        seen.update(str(a.get("value", "") or "") for a in contact.attributes or [])
+    seen.update(ContactKey.objects.filter(contact__in=readable).values_list("key", flat=True))
+    return Revealer(seen)
 
 
 @login_required

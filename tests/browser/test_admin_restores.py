@@ -6,7 +6,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from dedup.merging import approve_cluster
+from dedup.merge import approve_cluster
 from dedup.models import MergeOperation, RestoreRecord, ReviewDecision
 from tests.browser.conftest import Browser, People
 from tests.dashboard_base import SYDNEY, build_cluster, same_person

@@ -7,7 +7,7 @@ import io
 
 from playwright.sync_api import expect
 
-from dedup.merging import reject_cluster
+from dedup.merge import reject_cluster
 from tests.browser.conftest import Browser, People
 from tests.dashboard_base import SYDNEY, build_cluster, household, same_person
 

@@ -32,7 +32,7 @@ def test_a_manager_reviews_and_approves_a_cluster_and_sees_it_merged(
 
     page.get_by_text("Approve merge…").click()
     page.get_by_role("button", name="Confirm: merge these contacts").click()
-    page.wait_for_url("**/history/*/")
+    page.wait_for_url("**/history/*/?from=*")
     expect(page.locator("#op-state")).to_have_text("Patched")
     expect(page.get_by_text("Merge approved.")).to_be_visible()
     browser.screenshot("merged")
@@ -44,6 +44,6 @@ def test_a_manager_reviews_and_approves_a_cluster_and_sees_it_merged(
     merged_away = Contact.objects.filter(merged_into_uid=cluster.suggested_primary_uid)
     assert merged_away.count() == 2
 
-    browser.go(f"/clusters/{cluster.pk}/")
+    browser.go(f"/clusters/{cluster.cluster_id}/")
     expect(page.locator("#cluster-status")).to_have_text("Merged")
     expect(page.get_by_text("there is nothing left to decide")).to_be_visible()

@@ -22,8 +22,10 @@ def test_a_manager_rejects_a_household(browser: Browser, people: People) -> None
     page.get_by_label("Note (optional)").fill("Wei and Li Chen share the home phone")
     browser.screenshot("household")
     page.get_by_role("button", name="Confirm: these are different people").click()
-    page.wait_for_url("**/clusters/")
+    # It was the only review cluster: back to the queue, in the same filter.
+    page.wait_for_url("**/clusters/?kind=review&status=open")
     expect(page.get_by_text("remembered as different people")).to_be_visible()
+    expect(page.get_by_text("That was the last cluster you can decide in this filter.")).to_be_visible()
     expect(page.get_by_role("link", name=cluster.cluster_id)).to_have_count(0)
     browser.screenshot("after")
 

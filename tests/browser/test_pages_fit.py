@@ -42,8 +42,8 @@ def test_every_main_page_fits_a_phone(browser: Browser, people: People) -> None:
     pages = {
         "dashboard": "/",
         "clusters": "/clusters/",
-        "cluster": f"/clusters/{hostile.pk}/",
-        "cross-cluster": f"/clusters/{cross.pk}/",
+        "cluster": f"/clusters/{hostile.cluster_id}/",
+        "cross-cluster": f"/clusters/{cross.cluster_id}/",
         "history": "/history/",
         "merge": f"/history/{op.pk}/",
         "audit": "/audit/",
