@@ -252,8 +252,11 @@ class PodiumClient:
         while True:
             page = self.list_locations_page(cursor=cursor)
             out.extend(page)
-            if page.next_cursor is None or page.next_cursor == cursor:
+            if page.next_cursor is None:
                 return out
+            if page.next_cursor == cursor:
+                # Following it would loop; stopping quietly would hand back a partial list as if whole.
+                raise MalformedResponse("server returned the same locations cursor it was given")
             cursor = page.next_cursor
 
     def get_location(self, uid: str) -> Location:
