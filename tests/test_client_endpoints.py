@@ -105,7 +105,9 @@ def test_locations_are_paged_and_carry_their_region(client: PodiumClient, org: E
 # --- reading contacts --------------------------------------------------------------------------------
 
 
-def test_contacts_are_listed_organization_wide_page_by_page(client: PodiumClient, org: EmulatorServer) -> None:
+def test_contacts_are_listed_organization_wide_page_by_page(
+    client: PodiumClient, org: EmulatorServer
+) -> None:
     pages = list(client.iter_contact_pages(limit=3))
     assert [len(p) for p in pages] == [3, 1]
     assert pages[0].next_cursor and pages[1].next_cursor is None
@@ -119,7 +121,9 @@ def test_contacts_are_listed_organization_wide_page_by_page(client: PodiumClient
     assert third.location_uids == (SYDNEY, AUCKLAND) and third.location_uid == SYDNEY
 
 
-def test_a_page_size_podium_refuses_is_refused_before_calling(client: PodiumClient, org: EmulatorServer) -> None:
+def test_a_page_size_podium_refuses_is_refused_before_calling(
+    client: PodiumClient, org: EmulatorServer
+) -> None:
     for limit in (0, 101):
         with pytest.raises(ValueError):
             client.list_contacts_page(limit=limit)
@@ -165,7 +169,9 @@ def test_a_contact_is_read_by_conversation_email_or_e164_phone_never_by_its_uid(
 # --- writing contacts --------------------------------------------------------------------------------
 
 
-def test_create_answers_an_identifier_that_reads_the_contact_back(client: PodiumClient, org: EmulatorServer) -> None:
+def test_create_answers_an_identifier_that_reads_the_contact_back(
+    client: PodiumClient, org: EmulatorServer
+) -> None:
     identifier = client.create_contact(
         "José Núñez", [BURLEIGH], phone_number="+61400111222", email="jose@example.com",
         address=Address("9 Gold Coast Hwy", city="Burleigh Heads"),
@@ -206,10 +212,16 @@ def test_update_is_202_then_read_back(client: PodiumClient, org: EmulatorServer)
     assert after.name == "Solo Person" and after.location_uids == (BURLEIGH, SYDNEY)
     assert after.address == Address("2 Pitt St", city="Sydney") and after.phones == ("+61400999888",)
     assert after.created_at == before.created_at
-    assert after.updated_at is not None and before.updated_at is not None and after.updated_at > before.updated_at
+    assert (
+        after.updated_at is not None
+        and before.updated_at is not None
+        and after.updated_at > before.updated_at
+    )
 
 
-def test_update_refuses_fields_podium_does_not_accept_without_calling(client: PodiumClient, org: EmulatorServer) -> None:
+def test_update_refuses_fields_podium_does_not_accept_without_calling(
+    client: PodiumClient, org: EmulatorServer
+) -> None:
     for fields in ({"tags": ["vip"]}, {"uid": MARIA}, {"marketingOptOut": True}, {}):
         with pytest.raises(ValueError):
             client.update_contact("solo@example.com", fields)
@@ -283,10 +295,15 @@ def test_webhooks_are_registered_listed_and_removed(client: PodiumClient) -> Non
     hook = client.create_webhook("https://dedup.example.com/hooks/podium", ["contact.updated", "contact.deleted"],
                                  "s3cret-value", organization_uid=ORGANIZATION_UID)  # fmt: skip
     assert hook.uid and hook.has_secret and not hook.disabled
-    assert hook.event_types == ("contact.updated", "contact.deleted") and hook.organization_uid == ORGANIZATION_UID
+    assert (
+        hook.event_types == ("contact.updated", "contact.deleted")
+        and hook.organization_uid == ORGANIZATION_UID
+    )
     assert "s3cret-value" not in repr(hook)
     assert client.list_webhooks() == [hook]
-    located = client.create_webhook("https://dedup.example.com/hooks/2", ["contact.created"], "s", location_uid=SYDNEY)
+    located = client.create_webhook(
+        "https://dedup.example.com/hooks/2", ["contact.created"], "s", location_uid=SYDNEY
+    )
     assert located.location_uid == SYDNEY
     client.delete_webhook(hook.uid)
     assert client.list_webhooks() == [located]
@@ -328,7 +345,9 @@ def test_a_missing_scope_is_permission_denied(client: PodiumClient, org: Emulato
 
 
 def test_the_client_offers_no_purge(client: PodiumClient, org: EmulatorServer) -> None:
-    public = {name for name, _ in inspect.getmembers(PodiumClient, inspect.isfunction) if not name.startswith("_")}
+    public = {
+        name for name, _ in inspect.getmembers(PodiumClient, inspect.isfunction) if not name.startswith("_")
+    }
     assert not {name for name in public if "purge" in name or "hard" in name}
     assert list(inspect.signature(PodiumClient.delete_contact).parameters) == ["self", "identifier"]
     client.delete_contact("solo@example.com")
@@ -353,7 +372,9 @@ def test_capability_calls_are_refused_before_sending_without_the_capability(
         PodiumClient(org.url, access_token=org.token, capabilities=["time-travel"])
 
 
-def test_merge_keeps_the_primarys_own_fields_and_moves_conversations(caps_client: PodiumClient, caps: EmulatorServer) -> None:
+def test_merge_keeps_the_primarys_own_fields_and_moves_conversations(
+    caps_client: PodiumClient, caps: EmulatorServer
+) -> None:
     before = caps_client.get_contact(MARIA)
     primary = caps_client.merge(MARIA, [SECOND])
     assert primary.uid == MARIA and not primary.is_hidden
@@ -380,7 +401,9 @@ def test_soft_delete_hides_and_restore_brings_back(caps_client: PodiumClient) ->
 
 @pytest.mark.parametrize("duplicates", [["00000000-0000-4000-8000-00000000dead"], [MARIA], [SECOND, "00000000-0000-4000-8000-00000000dead"]],
                          ids=["unknown", "the-primary", "one-unknown"])  # fmt: skip
-def test_merge_of_an_invalid_duplicate(caps_client: PodiumClient, caps: EmulatorServer, duplicates: list[str]) -> None:
+def test_merge_of_an_invalid_duplicate(
+    caps_client: PodiumClient, caps: EmulatorServer, duplicates: list[str]
+) -> None:
     with pytest.raises(InvalidDuplicateError) as info:
         caps_client.merge(MARIA, duplicates)
     assert (info.value.http_status, info.value.code) == (400, "invalid_duplicate_uid")
@@ -395,7 +418,9 @@ def test_merge_into_an_unknown_primary_is_not_found(caps_client: PodiumClient) -
         caps_client.merge("00000000-0000-4000-8000-00000000dead", [SECOND])
 
 
-def test_concurrent_merges_touching_a_contact_conflict(caps: EmulatorServer, caps_client: PodiumClient) -> None:
+def test_concurrent_merges_touching_a_contact_conflict(
+    caps: EmulatorServer, caps_client: PodiumClient
+) -> None:
     caps.latency_ms = 400
     results: dict[str, object] = {}
     thread = threading.Thread(target=lambda: results.update(first=caps_client.merge(MARIA, [SECOND])))
@@ -411,7 +436,9 @@ def test_concurrent_merges_touching_a_contact_conflict(caps: EmulatorServer, cap
     assert caps.state.get(SECOND)["mergedIntoUid"] == MARIA and "first" in results
 
 
-def test_cross_location_merge_is_blocked_only_when_the_tenant_blocks_it(caps: EmulatorServer, caps_client: PodiumClient) -> None:
+def test_cross_location_merge_is_blocked_only_when_the_tenant_blocks_it(
+    caps: EmulatorServer, caps_client: PodiumClient
+) -> None:
     caps.block_cross_location = True
     with pytest.raises(UnprocessableError) as info:
         caps_client.merge(MARIA, [THIRD])

@@ -68,7 +68,9 @@ def raw(body: bytes, status: int = 200, ctype: str = "text/html") -> Answer:
 
 def error(status: int, code: Any, message: str = "refused", headers: dict[str, str] | None = None) -> Answer:
     """Podium's top-level error envelope."""
-    return answer({"code": code, "message": message, "moreInfo": "https://docs.podium.com/docs/errors"}, status, headers)
+    return answer(
+        {"code": code, "message": message, "moreInfo": "https://docs.podium.com/docs/errors"}, status, headers
+    )
 
 
 class ScriptedServer:
@@ -109,7 +111,9 @@ class ScriptedServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self.thread.start()
 
     @property
@@ -235,7 +239,9 @@ def test_malformed_locations(scripted: ScriptedServer, client: PodiumClient) -> 
     _malformed(client.list_locations)
 
 
-@pytest.mark.parametrize("payload", [{"data": {"identifier": 5}}, {"data": "+15555555555"}, {"identifier": "x"}])
+@pytest.mark.parametrize(
+    "payload", [{"data": {"identifier": 5}}, {"data": "+15555555555"}, {"identifier": "x"}]
+)
 def test_a_malformed_write_answer(scripted: ScriptedServer, client: PodiumClient, payload: Any) -> None:
     scripted.on(CONTACT_PATH, answer(payload, 202))
     _malformed(lambda: client.update_contact("john.doe@podium.com", {"name": "John"}))
@@ -271,7 +277,12 @@ def test_the_error_envelope_is_read_at_the_top_level(scripted: ScriptedServer, c
     with pytest.raises(NotFoundError) as info:
         client.get_contact("john.doe@podium.com")
     err = info.value
-    assert (err.http_status, err.code, err.message, err.request_id) == (404, "resource_not_found", "contact not found", "req_scripted")
+    assert (err.http_status, err.code, err.message, err.request_id) == (
+        404,
+        "resource_not_found",
+        "contact not found",
+        "req_scripted",
+    )
     assert err.body["moreInfo"].startswith("https://")
     assert str(err) == "contact not found (http_status=404, code=resource_not_found, request_id=req_scripted)"
 

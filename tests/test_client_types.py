@@ -102,7 +102,9 @@ def example_of(schema: dict[str, Any], document: str, path: str = "", key: str =
     return _TYPE_FILLER.get(kind or "")
 
 
-def documented_paths(schema: dict[str, Any], prefix: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], dict[str, Any]]]:
+def documented_paths(
+    schema: dict[str, Any], prefix: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], dict[str, Any]]]:
     """Every documented property path of an object schema (list items as index 0), with its schema."""
     for name, sub in schema.get("properties", {}).items():
         here = (*prefix, name)
@@ -185,7 +187,11 @@ def test_the_documented_example_contact_reads_into_typed_objects() -> None:
     assert contact.deleted_at is None and contact.merged_into_uid is None and not contact.is_hidden
     assert contact.request_id == "req_doc"
     # The example's channel is opted in at the contact's location and opted out of transactional texts.
-    assert consent_flags(contact).to_wire() == {"marketingOptOut": False, "smsOptOut": True, "emailOptOut": False}
+    assert consent_flags(contact).to_wire() == {
+        "marketingOptOut": False,
+        "smsOptOut": True,
+        "emailOptOut": False,
+    }
 
 
 def test_a_parsed_contact_writes_back_a_strictly_documented_object() -> None:
@@ -264,7 +270,11 @@ def test_a_contact_with_nothing_but_its_uid() -> None:
     contact = Contact.from_wire({"uid": ZERO})
     assert contact == Contact(ZERO)
     assert contact.phones == contact.emails == contact.location_uids == ()
-    assert consent_flags(contact).to_wire() == {"marketingOptOut": False, "smsOptOut": False, "emailOptOut": False}
+    assert consent_flags(contact).to_wire() == {
+        "marketingOptOut": False,
+        "smsOptOut": False,
+        "emailOptOut": False,
+    }
     assert Location.from_wire({"uid": ZERO}) == Location(ZERO, ZERO)
 
 
@@ -283,13 +293,22 @@ def test_an_email_only_contact() -> None:
     data = example_contact()
     data["phoneNumbers"] = []
     data["channels"] = [
-        {**data["channels"][0], "type": "EMAIL", "identifier": "john.doe@podium.com", "transactionalOptedOutAt": None}
+        {
+            **data["channels"][0],
+            "type": "EMAIL",
+            "identifier": "john.doe@podium.com",
+            "transactionalOptedOutAt": None,
+        }
     ]
     contact = Contact.from_wire(data)
     assert contact.phones == ()
     assert contact.emails == ("john.doe@podium.com",)
     assert [c.type for c in contact.channels] == ["EMAIL"]
-    assert consent_flags(contact).to_wire() == {"marketingOptOut": False, "smsOptOut": False, "emailOptOut": False}
+    assert consent_flags(contact).to_wire() == {
+        "marketingOptOut": False,
+        "smsOptOut": False,
+        "emailOptOut": False,
+    }
 
 
 def _every_object(node: Any) -> Iterator[dict[str, Any]]:
@@ -393,7 +412,10 @@ def test_timestamps_are_read_as_utc() -> None:
     assert wire.format_timestamp(datetime(2026, 5, 1, 20, 0, tzinfo=timezone(timedelta(hours=10)))) == (
         "2026-05-01T10:00:00Z"
     )
-    assert wire.format_filter_timestamp(datetime(2026, 5, 1, 10, 0, 0, 999999, tzinfo=UTC)) == "2026-05-01T10:00:00Z"
+    assert (
+        wire.format_filter_timestamp(datetime(2026, 5, 1, 10, 0, 0, 999999, tzinfo=UTC))
+        == "2026-05-01T10:00:00Z"
+    )
 
 
 def test_the_request_id_takes_no_part_in_equality_or_the_wire() -> None:
@@ -403,7 +425,11 @@ def test_the_request_id_takes_no_part_in_equality_or_the_wire() -> None:
 
 
 def test_capability_fields_are_read_when_a_tenant_sends_them() -> None:
-    data = {**example_contact(), "deletedAt": "2026-05-11T00:00:00Z", "mergedIntoUid": "11111111-0000-4000-8000-000000000001"}
+    data = {
+        **example_contact(),
+        "deletedAt": "2026-05-11T00:00:00Z",
+        "mergedIntoUid": "11111111-0000-4000-8000-000000000001",
+    }
     contact = Contact.from_wire(data)
     assert contact.is_hidden and contact.merged_into_uid == "11111111-0000-4000-8000-000000000001"
     assert contact.deleted_at == datetime(2026, 5, 11, tzinfo=UTC)
@@ -415,7 +441,9 @@ def test_capability_fields_are_read_when_a_tenant_sends_them() -> None:
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
     max_leaves=6,
 )
 _PATHS = [p for p, _ in documented_paths(CONTACT_SCHEMA)]
@@ -440,7 +468,10 @@ def test_any_corruption_is_read_or_malformed_never_another_error(
     # What reads writes back in a form that reads again to the same wire object.
     out = contact.to_wire()
     assert Contact.from_wire(out).to_wire() == out
-    assert Contact.from_wire(out).phones == contact.phones and Contact.from_wire(out).channels == contact.channels
+    assert (
+        Contact.from_wire(out).phones == contact.phones
+        and Contact.from_wire(out).channels == contact.channels
+    )
 
 
 # --- envelopes ----------------------------------------------------------------------------------------
@@ -451,14 +482,18 @@ def test_a_page_with_one_malformed_contact_reads_the_rest_into_rejected() -> Non
     for i, c in enumerate(good):
         c["uid"] = f"{i:08d}-0000-4000-8000-000000000000"
     bad = {**example_contact(), "uid": "bad00000-0000-4000-8000-000000000000", "channels": "+15555555555"}
-    page = wire.parse_contact_page({"data": [good[0], bad, good[1], 7, good[2]], "metadata": {"nextCursor": "abc"}}, "req_9")
+    page = wire.parse_contact_page(
+        {"data": [good[0], bad, good[1], 7, good[2]], "metadata": {"nextCursor": "abc"}}, "req_9"
+    )
     assert [c.uid for c in page] == [c["uid"] for c in good]
     assert page.next_cursor == "abc" and page.request_id == "req_9" and page[0].request_id == "req_9"
     assert [item for item, _ in page.rejected] == [bad, 7]
     assert "field 'channels'" in page.rejected[0][1].message and bad["uid"] in page.rejected[0][1].message
 
 
-@pytest.mark.parametrize("metadata", [None, {}, {"nextCursor": None}, {"nextCursor": ""}, {"url": "https://x/"}])
+@pytest.mark.parametrize(
+    "metadata", [None, {}, {"nextCursor": None}, {"nextCursor": ""}, {"url": "https://x/"}]
+)
 def test_no_next_cursor_means_the_last_page(metadata: dict[str, Any] | None) -> None:
     body: dict[str, Any] = {"data": []}
     if metadata is not None:
@@ -504,7 +539,10 @@ def test_request_bodies_follow_the_documented_request_schemas() -> None:
     assert openapi.validate(patch, openapi.request_schema("PATCH", "/v4/contacts/{identifier}") or {}) == []
     assert patch["locations"] == [ZERO] and patch["address"]["city"] == "Lehi"
     opt_out = wire.opt_out_body("+15555555555")
-    assert openapi.validate(opt_out, openapi.request_schema("POST", "/v4/contacts/campaigns/opt_out") or {}) == []
+    assert (
+        openapi.validate(opt_out, openapi.request_schema("POST", "/v4/contacts/campaigns/opt_out") or {})
+        == []
+    )
 
 
 @pytest.mark.parametrize("fields", [{"uid": ZERO}, {"tags": ["vip"]}, {"marketingOptOut": True}, {}])
@@ -529,7 +567,9 @@ def test_export_lines_round_trip_and_the_old_shape_is_refused() -> None:
         wire.parse_export_line(json.dumps(old_contact))
     assert "expected Podium's v4 export" in info.value.message
     with pytest.raises(wire.OldExportShape, match="top-level 'country'"):
-        wire.parse_export_line(json.dumps({"object": "location", "uid": "loc_1", "name": "X", "country": "AU"}))
+        wire.parse_export_line(
+            json.dumps({"object": "location", "uid": "loc_1", "name": "X", "country": "AU"})
+        )
 
 
 def test_a_webhook_event_carries_documented_contacts() -> None:
@@ -542,9 +582,19 @@ def test_a_webhook_event_carries_documented_contacts() -> None:
     assert event.event_type == "contact.updated" and event.event_uid == ZERO
     assert event.before is not None and event.after is not None and event.contact is event.after
     assert (event.before.name, event.after.name) == ("John Doe", "Jane Doe")
-    deleted = WebhookEvent.from_wire({"data": {"before": before}, "metadata": {"eventType": "contact.deleted"}})
-    assert deleted.after is None and deleted.contact == Contact.from_wire(before) and deleted.event_uid is None
-    for bad in ({**body, "metadata": {"eventType": "review.created"}}, {"data": {}}, {"metadata": {}}, []):
+    deleted = WebhookEvent.from_wire(
+        {"data": {"before": before}, "metadata": {"eventType": "contact.deleted"}}
+    )
+    assert (
+        deleted.after is None and deleted.contact == Contact.from_wire(before) and deleted.event_uid is None
+    )
+    bads: list[Any] = [
+        {**body, "metadata": {"eventType": "review.created"}},
+        {"data": {}},
+        {"metadata": {}},
+        [],
+    ]
+    for bad in bads:
         with pytest.raises(MalformedResponse):
             WebhookEvent.from_wire(bad)
     with pytest.raises(MalformedResponse, match="'name'"):
@@ -557,5 +607,7 @@ def test_podium_client_never_imports_django() -> None:
         "podium_client.webhooks; "
         "sys.exit(1 if any(m == 'django' or m.startswith('django.') for m in sys.modules) else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=False
+    )
     assert result.returncode == 0
