@@ -604,7 +604,7 @@ def test_a_webhook_event_carries_documented_contacts() -> None:
 def test_podium_client_never_imports_django() -> None:
     code = (
         "import sys, podium_client, podium_client.emulator, podium_client.emulator.cli, podium_client.corpus, "
-        "podium_client.webhooks; "
+        "podium_client.webhooks, podium_client.probe; "
         "sys.exit(1 if any(m == 'django' or m.startswith('django.') for m in sys.modules) else 0)"
     )
     result = subprocess.run(
