@@ -46,16 +46,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from jsonschema.exceptions import ValidationError
 
-from podium_client import openapi
 from podium_client import types as wire
 from podium_client.client import PodiumClient
 from podium_client.errors import (
@@ -66,15 +64,15 @@ from podium_client.errors import (
     PermissionDeniedError,
     PodiumError,
 )
+from podium_client.probe_report import FAIL, INFO, OK, WARN, Capability, Check, Exchange, ProbeReport
+from podium_client.probe_schema import schema_deviations
 from podium_client.types import AttributeDefinition, Location, Webhook
 
-OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 PRESENT, ABSENT, UNKNOWN = "present", "absent", "unknown"
 #: Podium's published budget: "most routes are limited to 300 requests per minute".
 PUBLISHED_PER_MINUTE = 300
 #: Locations are few; a tenant paging beyond this is looping.
 _MAX_LOCATION_PAGES = 500
-_SHOWN = 5
 
 CAPABILITY_METHODS = {
     "merge": 'POST /v4/contacts/{random uid}/merge {"duplicateUids": []}: no such primary and nothing to merge; '
@@ -84,107 +82,6 @@ CAPABILITY_METHODS = {
     "soft-delete": "GET /v4/contacts?includeDeleted=true: a contact listed with deletedAt/mergedIntoUid set = present, "
     "contacts without those fields = absent, fields never set = unknown",
 }
-
-
-@dataclass
-class Check:
-    """One line of the report: what was checked, how it went, and what a deployer should know."""
-
-    name: str
-    status: str
-    summary: str
-    details: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Capability:
-    """What the probe found about one Part 2 capability."""
-
-    name: str
-    declared: bool
-    detected: str
-    evidence: str
-    method: str
-
-
-@dataclass
-class Exchange:
-    """One HTTP exchange the probe's client made (retries and token refreshes included)."""
-
-    method: str
-    path: str
-    status: int
-    seconds: float
-
-
-@dataclass
-class ProbeReport:
-    """Everything the probe found; ``ok`` is False when something would stop the product working."""
-
-    base_url: str
-    api_version: str
-    auth: str
-    checks: list[Check] = field(default_factory=list)
-    locations: dict[str, Any] = field(default_factory=dict)
-    contacts: dict[str, Any] = field(default_factory=dict)
-    capabilities: list[Capability] = field(default_factory=list)
-    schema: dict[str, Any] = field(default_factory=dict)
-    latency_ms: dict[str, Any] = field(default_factory=dict)
-    rate_limit: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """No check failed."""
-        return not self.failures
-
-    @property
-    def failures(self) -> list[Check]:
-        """The checks that would stop the product working."""
-        return [c for c in self.checks if c.status == FAIL]
-
-    @property
-    def warnings(self) -> list[Check]:
-        """The checks a deployer should look at."""
-        return [c for c in self.checks if c.status == WARN]
-
-    def check(self, name: str) -> Check | None:
-        """The first check of that name."""
-        return next((c for c in self.checks if c.name == name), None)
-
-    def to_json(self) -> dict[str, Any]:
-        """The report as JSON-ready data (what ``--json`` prints)."""
-        out = asdict(self)
-        out["ok"] = self.ok
-        out["verdict"] = self.verdict()
-        return out
-
-    def verdict(self) -> str:
-        """One sentence: ready or not, and why."""
-        if self.ok:
-            extra = (
-                f" ({len(self.warnings)} warning{'s' if len(self.warnings) != 1 else ''})"
-                if self.warnings
-                else ""
-            )
-            return f"READY: the product can work with this tenant{extra}."
-        names = ", ".join(c.name for c in self.failures)
-        return f"NOT READY: {len(self.failures)} problem{'s' if len(self.failures) != 1 else ''} would stop the product ({names})."
-
-    def render(self) -> str:
-        """The report as a deployer reads it: one screen, the verdict last."""
-        lines = [f"Podium tenant probe: {self.base_url} (podium-version {self.api_version}, {self.auth})", ""]
-        width = max([len(c.name) for c in self.checks] + [10])
-        for c in self.checks:
-            lines.append(f"  {c.status.upper():<5} {c.name:<{width}}  {c.summary}")
-            shown = c.details[:_SHOWN]
-            lines.extend(f"  {'':<5} {'':<{width}}    - {d}" for d in shown)
-            if len(c.details) > len(shown):
-                lines.append(
-                    f"  {'':<5} {'':<{width}}    … and {len(c.details) - len(shown)} more (see --json)"
-                )
-        lines += ["", self.verdict()]
-        return "\n".join(lines)
 
 
 class _Stop(Exception):
@@ -657,24 +554,7 @@ class TenantProbe:
 
     def _schemas(self) -> None:
         with_caps = self._capability_fields()
-        checkers: dict[tuple[str, str], Any] = {}
-        groups: dict[tuple[str, str], dict[str, Any]] = {}
-        objects = 0
-        for method, template, body in self._bodies:
-            key = (method, template)
-            if key not in checkers:
-                schema = openapi.response_schema(method, template)
-                if with_caps:
-                    _add_capability_fields(schema)
-                checkers[key] = openapi.validator(openapi.strict(schema))
-            data = body.get("data") if isinstance(body, dict) else None
-            objects += len(data) if isinstance(data, list) else 1
-            for error in checkers[key].iter_errors(body):
-                for where, what in _deviations(error):
-                    group = groups.setdefault((where, what), {"path": where, "deviation": what, "count": 0,
-                                                               "example_uid": _uid_at(body, error), "where": template})  # fmt: skip
-                    group["count"] += 1
-        deviations = sorted(groups.values(), key=lambda g: (-g["count"], g["path"]))
+        objects, deviations = schema_deviations(self._bodies, with_caps)
         self.report.schema = {
             "objects_checked": objects,
             "capability_fields": with_caps,
@@ -688,9 +568,9 @@ class TenantProbe:
             + (f", e.g. {g['example_uid']})" if g["example_uid"] else ")")
             for g in deviations
         ]
-        self._add("schema", WARN, f"{len(deviations)} kind{'s' if len(deviations) != 1 else ''} of deviation from "
-                  f"Podium's documents in {objects} objects (the client reads past those of readable objects)",
-                  details)  # fmt: skip
+        kinds = f"{len(deviations)} kind{'s' if len(deviations) != 1 else ''}"
+        self._add("schema", WARN, f"{kinds} of deviation from Podium's documents in {objects} objects (the client "
+                  "reads past those of readable objects)", details)  # fmt: skip
 
     # --- latency and rate budget --------------------------------------------------------------------------
 
@@ -757,70 +637,6 @@ def _uid_of(item: Any) -> str:
     return uid if isinstance(uid, str) and uid else "(no uid)"
 
 
-def _uid_at(body: Any, error: ValidationError) -> str | None:
-    path = list(error.absolute_path)
-    if len(path) >= 2 and path[0] == "data" and isinstance(path[1], int) and isinstance(body, dict):
-        items = body.get("data")
-        if isinstance(items, list) and path[1] < len(items):
-            uid = _uid_of(items[path[1]])
-            return None if uid == "(no uid)" else uid
-    if path and path[0] == "data" and isinstance(body, dict) and isinstance(body.get("data"), dict):
-        uid = _uid_of(body["data"])
-        return None if uid == "(no uid)" else uid
-    return None
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
-
-
-def _deviations(error: ValidationError) -> Iterator[tuple[str, str]]:
-    """(path with list indexes as [*], what is wrong) for one validation error, never quoting a value."""
-    path = (
-        "".join("[*]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".") or "(body)"
-    )
-    instance = error.instance
-    if error.validator == "required" and isinstance(instance, dict):
-        for key in error.validator_value:
-            if key not in instance:
-                yield (f"{path}.{key}" if path != "(body)" else key), "documented field missing"
-    elif error.validator == "additionalProperties" and isinstance(instance, dict):
-        documented = set(error.schema.get("properties", {}))
-        for key in sorted(set(instance) - documented):
-            yield (f"{path}.{key}" if path != "(body)" else key), "undocumented field"
-    elif error.validator == "type":
-        yield path, f"{_json_type(instance)} where the documents say {error.validator_value}"
-    elif error.validator == "format":
-        yield path, f"not a {error.validator_value}"
-    elif error.validator == "enum":
-        yield path, "not one of the documented values"
-    else:
-        yield path, f"breaks the documented '{error.validator}'"
-
-
-def _add_capability_fields(node: Any) -> None:
-    """deletedAt / mergedIntoUid on every contact object schema inside `node` (capability tenants)."""
-    if isinstance(node, dict):
-        props = node.get("properties")
-        if isinstance(props, dict) and "channels" in props and "phoneNumbers" in props:
-            props.update(json.loads(json.dumps(openapi.CAPABILITY_CONTACT_PROPERTIES)))
-        for value in node.values():
-            _add_capability_fields(value)
-    elif isinstance(node, list):
-        for item in node:
-            _add_capability_fields(item)
-
-
 def _percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile of sorted values."""
     rank = max(1, -(-len(values) * pct // 100))
@@ -836,4 +652,7 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-__all__ = ["CAPABILITY_METHODS", "Capability", "Check", "ProbeReport", "TenantProbe"]
+__all__ = [
+    "CAPABILITY_METHODS", "FAIL", "INFO", "OK", "PUBLISHED_PER_MINUTE", "WARN", "Capability", "Check", "Exchange",
+    "ProbeReport", "TenantProbe",
+]  # fmt: skip
