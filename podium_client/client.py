@@ -117,6 +117,10 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(seconds, 0.0)
 
 
+def _tag_key(label: str) -> str:
+    return label.casefold()
+
+
 def _segment(value: str) -> str:
     return quote(value, safe="@+")
 
@@ -252,8 +256,11 @@ class PodiumClient:
         while True:
             page = self.list_locations_page(cursor=cursor)
             out.extend(page)
-            if page.next_cursor is None or page.next_cursor == cursor:
+            if page.next_cursor is None:
                 return out
+            if page.next_cursor == cursor:
+                # Following it would loop; stopping quietly would hand back a partial list as if whole.
+                raise MalformedResponse("server returned the same locations cursor it was given")
             cursor = page.next_cursor
 
     def get_location(self, uid: str) -> Location:
@@ -393,7 +400,7 @@ class PodiumClient:
         """The organization's tags."""
         body, _ = self._request("GET", "/v4/contact_tags", "GET /v4/contact_tags")
         tags = wire.parse_tag_list(body)
-        self._tags_by_label = {t.label: t for t in tags}
+        self._tags_by_label = {_tag_key(t.label): t for t in tags}
         return tags
 
     def create_tag(self, label: str, description: str = "") -> Tag:
@@ -407,15 +414,20 @@ class PodiumClient:
         )
         tag = wire.Tag.from_wire(wire.unwrap_object(body))
         if self._tags_by_label is not None:
-            self._tags_by_label[tag.label] = tag
+            self._tags_by_label[_tag_key(tag.label)] = tag
         return tag
 
     def ensure_tag(self, label: str, description: str = "") -> Tag:
-        """The organization's tag with that label, created when it does not exist."""
-        if self._tags_by_label is None or label not in self._tags_by_label:
+        """The organization's tag with that label, created when it does not exist.
+
+        Labels are matched case-insensitively: the organization holds one tag per label in any case,
+        so creating ``VIP`` beside ``vip`` would be refused.
+        """
+        key = _tag_key(label)
+        if self._tags_by_label is None or key not in self._tags_by_label:
             self.list_tags()
         assert self._tags_by_label is not None
-        found = self._tags_by_label.get(label)
+        found = self._tags_by_label.get(key)
         return found if found is not None else self.create_tag(label, description)
 
     def attach_tag(self, identifier: str, tag_uid: str) -> None:

@@ -175,6 +175,7 @@ _BY_STATUS: dict[int, type[PodiumError]] = {
     422: UnprocessableError,
     429: RateLimitError,
 }
+_STATUS_CLASSES = frozenset(_BY_STATUS.values())
 
 
 def error_class_for(http_status: int, code: str | None) -> type[PodiumError]:
@@ -191,6 +192,10 @@ def error_class_for(http_status: int, code: str | None) -> type[PodiumError]:
         return ServerError
     by_status = _BY_STATUS.get(http_status, PodiumError)
     by_code = _BY_CODE.get(code or "")
-    if by_code is not None and issubclass(by_code, by_status):
-        return by_code
-    return by_status
+    if by_code is None or not issubclass(by_code, by_status):
+        return by_status
+    if http_status in _BY_STATUS and by_code is not by_status and by_code in _STATUS_CLASSES:
+        # A code naming another status's family (a 401 saying "unauthorized") does not override the
+        # status: the token was refused, which is not a missing scope.
+        return by_status
+    return by_code

@@ -1,4 +1,9 @@
-"""Every endpoint of the contract, through the client, against the emulator over real HTTP."""
+"""Every call of the contract through the client, against the emulator over real HTTP.
+
+Part 1 (what every tenant serves) on an emulator serving only the published API; Part 2 (merge,
+restore, soft-delete) on one started with the capabilities, and refused by the client before anything
+is sent when the tenant was not declared to have them.
+"""
 
 from __future__ import annotations
 
@@ -6,353 +11,438 @@ import inspect
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import requests
 
 from podium_client import (
-    AuthenticationError,
-    Channel,
+    Address,
+    CapabilityMissing,
     ConflictError,
+    InvalidCursorError,
     InvalidDuplicateError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
     PodiumClient,
     UnprocessableError,
+    consent_flags,
 )
+from podium_client.corpus import AUCKLAND, BURLEIGH, ORGANIZATION_UID, POPUP, SYDNEY
 from podium_client.emulator import EmulatorServer
 from tests.fixtures_emulator import empty_state, make_contact
 
+Factory = Callable[..., EmulatorServer]
+ClientFactory = Callable[..., PodiumClient]
+ALL_CAPABILITIES = ("merge", "restore", "soft-delete")
+EARLY = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)
 
-@pytest.fixture
-def org(emulator_factory: Callable[..., EmulatorServer]) -> EmulatorServer:
-    """An emulator with a hand-made cluster: Maria typed three ways in Sydney, once in Auckland."""
-    state = empty_state()
-    state.add_contact(
-        make_contact(
-            "ct_0000001_aaaaaa",
-            name="Maria Garcia",
-            phones=["0412 345 678"],
-            emails=["maria@example.com"],
-            tags=["vip"],
-            attributes=[("birthday", "1990-01-01")],
-            conversation_count=3,
-        )
-    )
-    state.add_contact(
-        make_contact(
-            "ct_0000002_bbbbbb",
-            name="GARCIA, Maria",
-            phones=["+61412345678"],
-            tags=["newsletter"],
-            marketing_opt_out=True,
-            conversation_count=2,
-            address="1 George St",
-        )
-    )
-    state.add_contact(make_contact("ct_0000003_cccccc", name="Mrs Maria Garcia", phones=["(04) 1234-5678"]))
-    state.add_contact(
-        make_contact("ct_0000004_dddddd", location_uid="loc_auckland", phones=["+61 412 345 678"])
-    )
-    return emulator_factory(state)
+MARIA_CONVERSATIONS = ("c1000000-0000-4000-8000-000000000001", "c1000000-0000-4000-8000-000000000002")
+SECOND_CONVERSATION = "c1000000-0000-4000-8000-000000000003"
+
+
+def _org(capabilities: tuple[str, ...] = ()) -> Any:
+    """Maria typed three ways in Sydney (one also in Auckland), and an email-only contact in Burleigh."""
+    state = empty_state(capabilities=capabilities or None)
+    state.add_contact(make_contact("a0000000-0000-4000-8000-000000000001", name="Maria Garcia",
+                                   phones=["0412 345 678"], emails=["maria@example.com"], tags=["vip"],
+                                   attributes=[("birthday", "1990-01-01")], conversations=MARIA_CONVERSATIONS,
+                                   address={"addressLine1": "1 George St", "city": "Sydney"}))  # fmt: skip
+    state.add_contact(make_contact("a0000000-0000-4000-8000-000000000002", name="GARCIA, Maria",
+                                   phones=["+61412345678"], tags=["newsletter"], marketing_opted_in=False,
+                                   conversations=[SECOND_CONVERSATION]))  # fmt: skip
+    state.add_contact(make_contact("a0000000-0000-4000-8000-000000000003", name="Mrs Maria Garcia",
+                                   locations=[SYDNEY, AUCKLAND], phones=["(04) 1234-5678"], conversations=0))  # fmt: skip
+    state.add_contact(make_contact("a0000000-0000-4000-8000-000000000004", name="Solo Email", locations=[BURLEIGH],
+                                   phones=[], emails=["solo@example.com"], conversations=0))  # fmt: skip
+    return state
+
+
+MARIA, SECOND, THIRD, SOLO = (f"a0000000-0000-4000-8000-00000000000{i}" for i in range(1, 5))
 
 
 @pytest.fixture
-def client(org: EmulatorServer, podium_factory: Callable[..., PodiumClient]) -> PodiumClient:
+def org(emulator_factory: Factory) -> EmulatorServer:
+    return emulator_factory(_org())
+
+
+@pytest.fixture
+def client(org: EmulatorServer, podium_factory: ClientFactory) -> PodiumClient:
     return podium_factory(org)
 
 
-def test_list_locations(client: PodiumClient) -> None:
-    locations = client.list_locations()
-    assert [(loc.uid, loc.name, loc.country) for loc in locations] == [
-        ("loc_sydney", "Sydney CBD", "AU"),
-        ("loc_burleigh", "Burleigh Heads", "AU"),
-        ("loc_auckland", "Auckland", "NZ"),
-    ]
+@pytest.fixture
+def caps(emulator_factory: Factory) -> EmulatorServer:
+    return emulator_factory(_org(ALL_CAPABILITIES))
 
 
-def test_iter_contacts_lists_a_location(client: PodiumClient) -> None:
-    uids = [c.uid for c in client.iter_contacts("loc_sydney")]
-    assert uids == ["ct_0000001_aaaaaa", "ct_0000002_bbbbbb", "ct_0000003_cccccc"]
-    assert [c.uid for c in client.iter_contacts("loc_auckland")] == ["ct_0000004_dddddd"]
-    assert list(client.iter_contacts("loc_burleigh")) == []
+@pytest.fixture
+def caps_client(caps: EmulatorServer, podium_factory: ClientFactory) -> PodiumClient:
+    return podium_factory(caps, capabilities=ALL_CAPABILITIES)
 
 
-def test_pages_carry_cursor_and_request_id(client: PodiumClient) -> None:
-    pages = list(client.iter_contact_pages("loc_sydney", page_size=2))
-    assert [len(p) for p in pages] == [2, 1]
-    assert pages[0].next_cursor and pages[1].next_cursor is None
-    assert all(c.request_id and c.request_id.startswith("req_") for p in pages for c in p)
-    resumed = list(client.iter_contact_pages("loc_sydney", page_size=2, cursor=pages[0].next_cursor))
-    assert [c.uid for p in resumed for c in p] == ["ct_0000003_cccccc"]
+# --- locations ---------------------------------------------------------------------------------------
 
 
-def test_page_size_is_checked_before_calling(client: PodiumClient, org: EmulatorServer) -> None:
-    with pytest.raises(ValueError):
-        client.list_contacts_page("loc_sydney", page_size=101)
-    assert org.stats()["requests"] == 0
+def test_locations_are_paged_and_carry_their_region(client: PodiumClient, org: EmulatorServer) -> None:
+    assert [(loc.uid, loc.name, loc.country) for loc in client.list_locations()] == [
+        (SYDNEY, "Sydney CBD", "AU"), (BURLEIGH, "Burleigh Heads", "AU"), (AUCKLAND, "Auckland", "NZ"),
+        (POPUP, "Pop-up Van", None),
+    ]  # fmt: skip
+    first = client.list_locations_page(limit=3)
+    assert len(first) == 3 and first.next_cursor
+    rest = client.list_locations_page(cursor=first.next_cursor)
+    assert [loc.uid for loc in rest] == [POPUP] and rest.next_cursor is None
+    popup = client.get_location(POPUP)
+    assert popup.country is None and popup.display_name == "Podium Demo Pop-up"
+    assert popup.organization_uid == ORGANIZATION_UID and not popup.archived
+    assert list(client.list_locations_page(updated_after=datetime(2099, 1, 1, tzinfo=UTC))) == []
+    with pytest.raises(NotFoundError):
+        client.get_location("00000000-0000-4000-8000-00000000dead")
 
 
-def test_unknown_location_is_invalid_request(client: PodiumClient) -> None:
-    with pytest.raises(InvalidRequestError) as info:
-        client.list_contacts_page("loc_nowhere")
-    assert info.value.code == "invalid_request" and info.value.http_status == 400
-    assert not isinstance(info.value, InvalidDuplicateError)
+# --- reading contacts --------------------------------------------------------------------------------
 
 
-def test_get_contact_and_not_found(client: PodiumClient) -> None:
-    contact = client.get_contact("ct_0000002_bbbbbb")
-    assert contact.name == "GARCIA, Maria" and contact.marketing_opt_out
-    with pytest.raises(NotFoundError) as info:
-        client.get_contact("ct_9999999_ffffff")
-    err = info.value
-    assert (err.http_status, err.code, err.uid) == (404, "contact_not_found", "ct_9999999_ffffff")
-    assert err.request_id and err.request_id.startswith("req_")
-
-
-def test_create_contact(client: PodiumClient, org: EmulatorServer) -> None:
-    created = client.create_contact(
-        "loc_burleigh",
-        name="José Núñez",
-        channels=[Channel.phone("0400 111 222"), Channel.email("jose@example.com")],
-        tags=["walk-in"],
-        sms_opt_out=True,
-    )
-    assert created.uid.startswith("ct_") and created.location_uid == "loc_burleigh"
-    assert created.tags == ("walk-in",) and created.sms_opt_out and not created.marketing_opt_out
-    assert created.created_at == created.updated_at and created.deleted_at is None
-    assert org.state.get(created.uid) == created
-    with pytest.raises(InvalidRequestError):
-        client.create_contact("loc_nowhere", name="X")
-
-
-def test_update_contact_patches_and_moves_updated_at(client: PodiumClient, org: EmulatorServer) -> None:
-    before = client.get_contact("ct_0000001_aaaaaa")
-    after = client.update_contact(
-        "ct_0000001_aaaaaa",
-        {
-            "tags": ["vip", "newsletter"],
-            "channels": [*before.channels, Channel.phone("+61 400 000 001")],
-            "marketingOptOut": True,
-            "address": "1 George St",
-        },
-    )
-    assert after.tags == ("vip", "newsletter")
-    assert after.phones == ("0412 345 678", "+61 400 000 001")
-    assert after.marketing_opt_out and after.address == "1 George St"
-    assert after.name == before.name and after.attributes == before.attributes
-    assert after.updated_at > before.updated_at
-    assert org.state.get("ct_0000001_aaaaaa") == after
-
-
-def test_update_contact_refuses_unknown_fields_without_calling(
+def test_contacts_are_listed_organization_wide_page_by_page(
     client: PodiumClient, org: EmulatorServer
 ) -> None:
+    pages = list(client.iter_contact_pages(limit=3))
+    assert [len(p) for p in pages] == [3, 1]
+    assert pages[0].next_cursor and pages[1].next_cursor is None
+    assert [c.uid for p in pages for c in p] == [MARIA, SECOND, THIRD, SOLO]
+    assert all(p.request_id and p.request_id.startswith("req_") and p.rejected == [] for p in pages)
+    assert all(c.request_id == p.request_id for p in pages for c in p)
+    resumed = list(client.iter_contact_pages(limit=3, cursor=pages[0].next_cursor))
+    assert [c.uid for p in resumed for c in p] == [SOLO]
+    assert [c.uid for c in client.iter_contacts()] == [MARIA, SECOND, THIRD, SOLO]
+    third = pages[0][2]
+    assert third.location_uids == (SYDNEY, AUCKLAND) and third.location_uid == SYDNEY
+
+
+def test_a_page_size_podium_refuses_is_refused_before_calling(
+    client: PodiumClient, org: EmulatorServer
+) -> None:
+    for limit in (0, 101):
+        with pytest.raises(ValueError):
+            client.list_contacts_page(limit=limit)
+        with pytest.raises(ValueError):
+            client.list_locations_page(limit=limit)
+    assert org.stats()["requests"] == 0 and client.requests_sent == 0
+
+
+def test_updated_after_lists_contacts_changed_after_it(client: PodiumClient) -> None:
+    assert list(client.iter_contacts(updated_after=datetime(2025, 6, 1, tzinfo=UTC))) == []
+    client.update_contact("solo@example.com", {"name": "Solo Changed"})
+    changed = list(client.iter_contacts(updated_after=datetime(2025, 6, 1, tzinfo=UTC)))
+    assert [(c.uid, c.name) for c in changed] == [(SOLO, "Solo Changed")]
+    assert changed[0].updated_at is not None and changed[0].updated_at > EARLY
+
+
+def test_a_stale_cursor_is_invalid_cursor(client: PodiumClient, org: EmulatorServer) -> None:
+    first = client.list_contacts_page(limit=2)
+    org.state.invalidate_cursors()
+    with pytest.raises(InvalidCursorError) as info:
+        client.list_contacts_page(cursor=first.next_cursor)
+    assert (info.value.http_status, info.value.code) == (400, "invalid_cursor")
+
+
+def test_a_contact_is_read_by_conversation_email_or_e164_phone_never_by_its_uid(
+    client: PodiumClient, org: EmulatorServer
+) -> None:
+    assert client.get_contact(MARIA_CONVERSATIONS[1]).uid == MARIA
+    assert client.get_contact("MARIA@Example.com").uid == MARIA
+    assert client.get_contact("solo@example.com").uid == SOLO
+    maria = client.get_contact(SECOND_CONVERSATION)
+    assert maria.uid == SECOND and maria.conversation_uids == (SECOND_CONVERSATION,)
+    # The published API has no contact-uid route: a uid reaches nobody.
+    with pytest.raises(NotFoundError) as info:
+        client.get_contact(MARIA)
+    assert (info.value.http_status, info.value.code) == (404, "resource_not_found")
+    assert info.value.request_id and info.value.request_id.startswith("req_")
     with pytest.raises(ValueError):
-        client.update_contact("ct_0000001_aaaaaa", {"deletedAt": None})
+        client.get_contact("")
+    assert org.stats()["ambiguous_identifier_uses"] == 0
+
+
+# --- writing contacts --------------------------------------------------------------------------------
+
+
+def test_create_answers_an_identifier_that_reads_the_contact_back(
+    client: PodiumClient, org: EmulatorServer
+) -> None:
+    identifier = client.create_contact(
+        "José Núñez", [BURLEIGH], phone_number="+61400111222", email="jose@example.com",
+        address=Address("9 Gold Coast Hwy", city="Burleigh Heads"),
+    )  # fmt: skip
+    assert identifier is not None
+    created = client.get_contact(identifier)
+    assert (created.name, created.location_uids) == ("José Núñez", (BURLEIGH,))
+    assert created.phones == ("+61400111222",) and created.emails == ("jose@example.com",)
+    assert created.address == Address("9 Gold Coast Hwy", city="Burleigh Heads")
+    # A channel Podium adds is opted in for marketing nowhere: the product never assumes consent.
+    assert consent_flags(created).marketing_opt_out is True
+    assert client.request_counts["POST /v4/contacts"] == 1
+
+
+def test_create_is_an_upsert_on_a_matching_email(client: PodiumClient, org: EmulatorServer) -> None:
+    before = len(org.state)
+    identifier = client.create_contact("Solo Renamed", [SYDNEY], email="SOLO@example.com")
+    assert len(org.state) == before
+    solo = client.get_contact(identifier or "")
+    assert solo.uid == SOLO and solo.name == "Solo Renamed" and solo.location_uids == (BURLEIGH, SYDNEY)
+
+
+def test_create_with_a_bad_value_is_invalid_request_naming_the_field(client: PodiumClient) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        client.create_contact("X", [SYDNEY], phone_number="0400 111 222")
+    assert info.value.code == "invalid_request_values" and info.value.message.startswith("phoneNumber")
+
+
+def test_update_is_202_then_read_back(client: PodiumClient, org: EmulatorServer) -> None:
+    before = client.get_contact("solo@example.com")
+    answered = client.update_contact(
+        "solo@example.com",
+        {"name": "Solo Person", "address": Address("2 Pitt St", city="Sydney"), "locations": [BURLEIGH, SYDNEY],
+         "phoneNumber": "+61400999888"},
+    )  # fmt: skip
+    assert answered == "solo@example.com"
+    after = client.get_contact("solo@example.com")
+    assert after.name == "Solo Person" and after.location_uids == (BURLEIGH, SYDNEY)
+    assert after.address == Address("2 Pitt St", city="Sydney") and after.phones == ("+61400999888",)
+    assert after.created_at == before.created_at
+    assert (
+        after.updated_at is not None
+        and before.updated_at is not None
+        and after.updated_at > before.updated_at
+    )
+
+
+def test_update_refuses_fields_podium_does_not_accept_without_calling(
+    client: PodiumClient, org: EmulatorServer
+) -> None:
+    for fields in ({"tags": ["vip"]}, {"uid": MARIA}, {"marketingOptOut": True}, {}):
+        with pytest.raises(ValueError):
+            client.update_contact("solo@example.com", fields)
     assert org.stats()["requests"] == 0
 
 
-def test_update_with_a_bad_value_is_invalid_request(client: PodiumClient) -> None:
+def test_update_of_nobody_is_not_found(client: PodiumClient) -> None:
+    with pytest.raises(NotFoundError):
+        client.update_contact("nobody@example.com", {"name": "x"})
+
+
+def test_delete_removes_the_contact(client: PodiumClient, org: EmulatorServer) -> None:
+    client.delete_contact("solo@example.com")
+    with pytest.raises(NotFoundError):
+        client.get_contact("solo@example.com")
+    assert SOLO not in [c.uid for c in client.iter_contacts()]
+    assert [d["uid"] for d in org.state.deleted()] == [SOLO]
+    assert org.stats()["purge_attempts"] == 0
+
+
+def test_opt_out_withdraws_the_numbers_marketing_consent_wherever_it_is_held(client: PodiumClient) -> None:
+    assert consent_flags(client.get_contact(MARIA_CONVERSATIONS[0])).marketing_opt_out is False
+    answered = client.opt_out_phone("+61412345678")
+    # Podium answers a contact holding that number (one of the three spellings of Maria's).
+    assert answered is not None and answered.uid in {MARIA, SECOND, THIRD}
+    for conversation in (MARIA_CONVERSATIONS[0], SECOND_CONVERSATION):
+        contact = client.get_contact(conversation)
+        phones = [c for c in contact.channels if c.type == "PHONE"]
+        assert phones and all(c.marketing_opted_in_location_uids == () for c in phones)
+        assert consent_flags(contact).marketing_opt_out is True
+
+
+# --- tags and attributes -------------------------------------------------------------------------------
+
+
+def test_ensure_tag_finds_the_organizations_tag_in_any_case_and_creates_a_missing_one_once(
+    client: PodiumClient, org: EmulatorServer
+) -> None:
+    vip = next(t for t in client.list_tags() if t.label == "vip")
+    assert client.ensure_tag("vip") == vip
+    # Podium holds one tag per label whatever its case: asking for VIP must not try to create another.
+    assert client.ensure_tag("VIP") == vip
+    assert client.request_counts["POST /v4/contact_tags"] == 0
+    made = client.ensure_tag("walk-in", "came in off the street")
+    assert made.uid and made.label == "walk-in" and made.description == "came in off the street"
+    assert client.ensure_tag("walk-in") == made
+    assert client.request_counts["POST /v4/contact_tags"] == 1
     with pytest.raises(InvalidRequestError):
-        client.update_contact("ct_0000001_aaaaaa", {"marketingOptOut": "yes"})
+        client.create_tag("Walk-In")
+
+
+def test_attach_a_tag_and_set_attributes(client: PodiumClient) -> None:
+    tag = client.ensure_tag("newsletter")
+    client.attach_tag("solo@example.com", tag.uid or "")
+    birthday = next(a for a in client.list_attribute_definitions() if a.label == "birthday")
+    client.set_attribute("solo@example.com", birthday.uid, "1991-02-02")
+    solo = client.get_contact("solo@example.com")
+    assert solo.tag_labels == ("newsletter",)
+    assert [(a.uid, a.label, a.text) for a in solo.attributes] == [(birthday.uid, "birthday", "1991-02-02")]
+    client.set_attribute("solo@example.com", birthday.uid, "1992-03-03", existing=True)
+    assert client.get_contact("solo@example.com").attributes[0].value == "1992-03-03"
+    assert client.request_counts["PATCH /v4/contacts/{identifier}/attributes/{uid}"] == 1
     with pytest.raises(NotFoundError):
-        client.update_contact("ct_9999999_ffffff", {"name": "x"})
+        client.set_attribute(MARIA_CONVERSATIONS[0], "00000000-0000-4000-8000-00000000dead", "x")
 
 
-def test_delete_is_soft_and_restore_undoes_it(client: PodiumClient) -> None:
-    client.delete_contact("ct_0000003_cccccc")
-    assert "ct_0000003_cccccc" not in [c.uid for c in client.iter_contacts("loc_sydney")]
-    with_deleted = [c.uid for c in client.iter_contacts("loc_sydney", include_deleted=True)]
-    assert "ct_0000003_cccccc" in with_deleted
-    deleted = client.get_contact("ct_0000003_cccccc")
-    assert deleted.is_deleted and deleted.updated_at == deleted.deleted_at
-    client.delete_contact("ct_0000003_cccccc")  # deleting twice is harmless
-    restored = client.restore_contact("ct_0000003_cccccc")
-    assert restored.deleted_at is None and restored.updated_at > deleted.updated_at
-    assert "ct_0000003_cccccc" in [c.uid for c in client.iter_contacts("loc_sydney")]
+# --- webhooks ---------------------------------------------------------------------------------------------
 
 
-def test_updated_since_lists_changed_contacts_only(client: PodiumClient) -> None:
-    baseline = client.get_contact("ct_0000001_aaaaaa").updated_at + timedelta(seconds=1)
-    assert list(client.iter_contacts("loc_sydney", updated_since=baseline)) == []
-    changed = client.update_contact("ct_0000002_bbbbbb", {"tags": ["x"]})
-    listed = list(client.iter_contacts("loc_sydney", updated_since=changed.updated_at))
-    assert [c.uid for c in listed] == ["ct_0000002_bbbbbb"]
+def test_webhooks_are_registered_listed_and_removed(client: PodiumClient) -> None:
+    hook = client.create_webhook("https://dedup.example.com/hooks/podium", ["contact.updated", "contact.deleted"],
+                                 "s3cret-value", organization_uid=ORGANIZATION_UID)  # fmt: skip
+    assert hook.uid and hook.has_secret and not hook.disabled
+    assert (
+        hook.event_types == ("contact.updated", "contact.deleted")
+        and hook.organization_uid == ORGANIZATION_UID
+    )
+    assert "s3cret-value" not in repr(hook)
+    assert client.list_webhooks() == [hook]
+    located = client.create_webhook(
+        "https://dedup.example.com/hooks/2", ["contact.created"], "s", location_uid=SYDNEY
+    )
+    assert located.location_uid == SYDNEY
+    client.delete_webhook(hook.uid)
+    assert client.list_webhooks() == [located]
+    for kwargs in ({}, {"organization_uid": ORGANIZATION_UID, "location_uid": SYDNEY}):
+        with pytest.raises(ValueError):
+            client.create_webhook("https://x.example.com/", ["contact.created"], "s", **kwargs)
 
 
-def test_merge_keeps_the_primarys_own_fields(client: PodiumClient, org: EmulatorServer) -> None:
-    primary_before = client.get_contact("ct_0000001_aaaaaa")
-    primary = client.merge("ct_0000001_aaaaaa", ["ct_0000002_bbbbbb", "ct_0000003_cccccc"])
-    assert primary.uid == "ct_0000001_aaaaaa"
-    # Podium drops what only the duplicates held: the opt-out, the tag, the address.
-    assert primary.marketing_opt_out is False
-    assert primary.tags == ("vip",) and primary.address is None
-    assert primary.channels == primary_before.channels and primary.name == primary_before.name
-    assert primary.conversation_count == 5
-    assert primary.updated_at > primary_before.updated_at
-    for uid in ("ct_0000002_bbbbbb", "ct_0000003_cccccc"):
-        dup = client.get_contact(uid)
-        assert dup.is_deleted and dup.merged_into_uid == "ct_0000001_aaaaaa" and dup.conversation_count == 0
-    assert [c.uid for c in client.iter_contacts("loc_sydney")] == ["ct_0000001_aaaaaa"]
-    assert org.stats()["merges"] == 1
+# --- headers, scopes, what was sent ------------------------------------------------------------------------
 
 
-def test_restore_of_a_merged_duplicate_clears_merged_into(client: PodiumClient) -> None:
-    client.merge("ct_0000001_aaaaaa", ["ct_0000002_bbbbbb"])
-    restored = client.restore_contact("ct_0000002_bbbbbb")
-    assert restored.deleted_at is None and restored.merged_into_uid is None
-    assert restored.marketing_opt_out is True
+def test_podium_version_is_sent_on_every_call(
+    org: EmulatorServer, client: PodiumClient, podium_factory: ClientFactory
+) -> None:
+    client.list_locations()
+    client.get_contact("solo@example.com")
+    other = podium_factory(org, api_version="2099.01.01")
+    other.list_locations()
+    assert org.stats()["podium_versions"] == {"2021.04.01": 2, "2099.01.01": 1}
 
 
-@pytest.mark.parametrize(
-    "duplicates",
-    [["ct_9999999_ffffff"], ["ct_0000001_aaaaaa"], ["ct_0000002_bbbbbb", "ct_0000009_eeeeee"]],
-    ids=["unknown", "equals-primary", "one-unknown"],
-)
-def test_merge_invalid_duplicate(client: PodiumClient, org: EmulatorServer, duplicates: list[str]) -> None:
+def test_request_counts_are_kept_by_route(client: PodiumClient) -> None:
+    client.get_contact("solo@example.com")
+    client.get_contact(MARIA_CONVERSATIONS[0])
+    client.update_contact("solo@example.com", {"name": "S"})
+    assert client.request_counts == {"GET /v4/contacts/{identifier}": 2, "PATCH /v4/contacts/{identifier}": 1}
+    assert client.requests_sent == 3
+
+
+def test_a_missing_scope_is_permission_denied(client: PodiumClient, org: EmulatorServer) -> None:
+    org.configure(scopes=["read_contacts"])
+    with pytest.raises(PermissionDeniedError) as info:
+        client.list_locations()
+    assert (info.value.http_status, info.value.code) == (403, "unauthorized")
+    assert "read_locations" in info.value.message
+    with pytest.raises(PermissionDeniedError):
+        client.update_contact("solo@example.com", {"name": "x"})
+    assert client.get_contact("solo@example.com").uid == SOLO
+
+
+def test_the_client_offers_no_purge(client: PodiumClient, org: EmulatorServer) -> None:
+    public = {
+        name for name, _ in inspect.getmembers(PodiumClient, inspect.isfunction) if not name.startswith("_")
+    }
+    assert not {name for name in public if "purge" in name or "hard" in name}
+    assert list(inspect.signature(PodiumClient.delete_contact).parameters) == ["self", "identifier"]
+    client.delete_contact("solo@example.com")
+    assert org.stats()["purge_attempts"] == 0
+
+
+# --- Part 2: capabilities --------------------------------------------------------------------------------------
+
+
+def test_capability_calls_are_refused_before_sending_without_the_capability(
+    client: PodiumClient, org: EmulatorServer
+) -> None:
+    assert not client.has("merge")
+    with pytest.raises(CapabilityMissing, match="merge"):
+        client.merge(MARIA, [SECOND])
+    with pytest.raises(CapabilityMissing, match="restore"):
+        client.restore_contact(SECOND)
+    with pytest.raises(CapabilityMissing, match="soft-delete"):
+        client.list_contacts_page(include_deleted=True)
+    assert org.stats()["requests"] == 0
+    with pytest.raises(ValueError, match="unknown capabilities"):
+        PodiumClient(org.url, access_token=org.token, capabilities=["time-travel"])
+
+
+def test_merge_keeps_the_primarys_own_fields_and_moves_conversations(
+    caps_client: PodiumClient, caps: EmulatorServer
+) -> None:
+    before = caps_client.get_contact(MARIA)
+    primary = caps_client.merge(MARIA, [SECOND])
+    assert primary.uid == MARIA and not primary.is_hidden
+    assert primary.conversation_uids == (*MARIA_CONVERSATIONS, SECOND_CONVERSATION)
+    # Only the primary's own fields: the duplicate's tag did not come along.
+    assert primary.tag_labels == ("vip",) and primary.channels == before.channels
+    dup = caps_client.get_contact(SECOND)
+    assert dup.merged_into_uid == MARIA and dup.is_hidden and dup.conversation_uids == ()
+    assert SECOND not in [c.uid for c in caps_client.iter_contacts()]
+    hidden = [c for p in caps_client.iter_contact_pages(include_deleted=True) for c in p if c.is_hidden]
+    assert [c.uid for c in hidden] == [SECOND]
+    restored = caps_client.restore_contact(SECOND)
+    assert not restored.is_hidden and restored.merged_into_uid is None
+    assert caps.stats()["merges"] == 1 and caps.stats()["restores"] == 1
+
+
+def test_soft_delete_hides_and_restore_brings_back(caps_client: PodiumClient) -> None:
+    caps_client.delete_contact("solo@example.com")
+    gone = caps_client.get_contact(SOLO)
+    assert gone.deleted_at is not None and gone.is_hidden
+    assert SOLO in [c.uid for c in next(caps_client.iter_contact_pages(include_deleted=True))]
+    assert caps_client.restore_contact(SOLO).deleted_at is None
+
+
+@pytest.mark.parametrize("duplicates", [["00000000-0000-4000-8000-00000000dead"], [MARIA], [SECOND, "00000000-0000-4000-8000-00000000dead"]],
+                         ids=["unknown", "the-primary", "one-unknown"])  # fmt: skip
+def test_merge_of_an_invalid_duplicate(
+    caps_client: PodiumClient, caps: EmulatorServer, duplicates: list[str]
+) -> None:
     with pytest.raises(InvalidDuplicateError) as info:
-        client.merge("ct_0000001_aaaaaa", duplicates)
-    err = info.value
-    assert (err.http_status, err.code) == (400, "invalid_duplicate_uid")
-    assert err.uid in duplicates
-    assert isinstance(err, InvalidRequestError)
-    assert org.stats()["merges"] == 0 and not org.state.get("ct_0000002_bbbbbb").is_deleted
-
-
-def test_merge_of_a_soft_deleted_duplicate_is_invalid(client: PodiumClient) -> None:
-    client.delete_contact("ct_0000002_bbbbbb")
-    with pytest.raises(InvalidDuplicateError) as info:
-        client.merge("ct_0000001_aaaaaa", ["ct_0000002_bbbbbb"])
-    assert info.value.uid == "ct_0000002_bbbbbb"
-
-
-def test_merge_into_unknown_or_deleted_primary_is_not_found(client: PodiumClient) -> None:
-    with pytest.raises(NotFoundError) as info:
-        client.merge("ct_9999999_ffffff", ["ct_0000002_bbbbbb"])
-    assert info.value.uid == "ct_9999999_ffffff"
-    client.delete_contact("ct_0000001_aaaaaa")
-    with pytest.raises(NotFoundError):
-        client.merge("ct_0000001_aaaaaa", ["ct_0000002_bbbbbb"])
-
-
-def test_merge_needs_duplicates(client: PodiumClient) -> None:
+        caps_client.merge(MARIA, duplicates)
+    assert (info.value.http_status, info.value.code) == (400, "invalid_duplicate_uid")
+    assert isinstance(info.value, InvalidRequestError)
+    assert caps.stats()["merges"] == 0 and not caps.state.get(SECOND)["deletedAt"]
     with pytest.raises(ValueError):
-        client.merge("ct_0000001_aaaaaa", [])
+        caps_client.merge(MARIA, [])
+
+
+def test_merge_into_an_unknown_primary_is_not_found(caps_client: PodiumClient) -> None:
+    with pytest.raises(NotFoundError):
+        caps_client.merge("00000000-0000-4000-8000-00000000dead", [SECOND])
 
 
 def test_concurrent_merges_touching_a_contact_conflict(
-    org: EmulatorServer, podium_factory: Callable[..., PodiumClient]
+    caps: EmulatorServer, caps_client: PodiumClient
 ) -> None:
-    org.latency_ms = 400
-    client = podium_factory(org)
+    caps.latency_ms = 400
     results: dict[str, object] = {}
-
-    def first() -> None:
-        results["first"] = client.merge("ct_0000001_aaaaaa", ["ct_0000002_bbbbbb"])
-
-    thread = threading.Thread(target=first)
+    thread = threading.Thread(target=lambda: results.update(first=caps_client.merge(MARIA, [SECOND])))
     thread.start()
     deadline = time.monotonic() + 2
-    while not org.state.in_flight():
+    while not caps.state.in_flight():
         assert time.monotonic() < deadline, "the first merge never went in flight"
         time.sleep(0.005)
     with pytest.raises(ConflictError) as info:
-        client.merge("ct_0000003_cccccc", ["ct_0000002_bbbbbb"])
+        caps_client.merge(THIRD, [SECOND])
     thread.join()
     assert (info.value.http_status, info.value.code) == (409, "merge_in_progress")
-    assert info.value.uid == "ct_0000002_bbbbbb"
-    assert org.state.get("ct_0000002_bbbbbb").merged_into_uid == "ct_0000001_aaaaaa"
-    assert org.state.in_flight() == frozenset()
+    assert caps.state.get(SECOND)["mergedIntoUid"] == MARIA and "first" in results
 
 
-def test_cross_location_merge_blocked_only_when_configured(client: PodiumClient, org: EmulatorServer) -> None:
-    org.block_cross_location = True
+def test_cross_location_merge_is_blocked_only_when_the_tenant_blocks_it(
+    caps: EmulatorServer, caps_client: PodiumClient
+) -> None:
+    caps.block_cross_location = True
     with pytest.raises(UnprocessableError) as info:
-        client.merge("ct_0000001_aaaaaa", ["ct_0000004_dddddd"])
+        caps_client.merge(MARIA, [THIRD])
     assert (info.value.http_status, info.value.code) == (422, "cross_location_merge_blocked")
-    assert not org.state.get("ct_0000004_dddddd").is_deleted
-    org.block_cross_location = False
-    client.merge("ct_0000001_aaaaaa", ["ct_0000004_dddddd"])
-    assert org.state.get("ct_0000004_dddddd").merged_into_uid == "ct_0000001_aaaaaa"
-
-
-def test_bad_token_is_unauthorized_and_not_retried(
-    org: EmulatorServer, podium_factory: Callable[..., PodiumClient]
-) -> None:
-    client = podium_factory(org, access_token="wrong")
-    with pytest.raises(AuthenticationError) as info:
-        client.list_locations()
-    assert (info.value.http_status, info.value.code) == (401, "unauthorized")
-    assert org.stats()["requests"] == 1
-
-
-def test_hard_delete_is_refused_for_lack_of_scope_and_counted(
-    client: PodiumClient, org: EmulatorServer
-) -> None:
-    resp = requests.delete(
-        f"{org.url}/v4/contacts/ct_0000001_aaaaaa",
-        params={"hard": "true"},
-        headers={"Authorization": f"Bearer {org.token}"},
-        timeout=5,
-    )
-    assert resp.status_code == 403
-    assert resp.json()["error"]["code"] == "insufficient_scope"
-    assert resp.headers["X-Request-Id"].startswith("req_")
-    assert org.stats()["hard_delete_attempts"] == 1
-    assert not org.state.get("ct_0000001_aaaaaa").is_deleted
-    # The client maps that answer to its class (there is no public method that could send it).
-    with pytest.raises(PermissionDeniedError) as info:
-        client._request("DELETE", "/v4/contacts/ct_0000001_aaaaaa", params={"hard": "true"})
-    assert info.value.code == "insufficient_scope" and isinstance(info.value, AuthenticationError)
-
-
-def test_the_client_offers_no_hard_delete(client: PodiumClient, org: EmulatorServer) -> None:
-    public = {name for name, _ in inspect.getmembers(PodiumClient, callable) if not name.startswith("_")}
-    assert public == {
-        "close",
-        "list_locations",
-        "list_contacts_page",
-        "iter_contact_pages",
-        "iter_contacts",
-        "get_contact",
-        "create_contact",
-        "update_contact",
-        "delete_contact",
-        "restore_contact",
-        "merge",
-    }
-    assert list(inspect.signature(PodiumClient.delete_contact).parameters) == ["self", "uid"]
-    # Exercise every method; not one of them may reach for the hard delete.
-    client.list_locations()
-    list(client.iter_contacts("loc_sydney", include_deleted=True))
-    created = client.create_contact("loc_sydney", name="Temp", channels=[Channel.phone("0400 000 009")])
-    client.update_contact(created.uid, {"name": "Temp 2"})
-    client.delete_contact(created.uid)
-    client.restore_contact(created.uid)
-    client.merge("ct_0000001_aaaaaa", [created.uid])
-    assert org.stats()["hard_delete_attempts"] == 0
-
-
-def test_every_response_carries_a_request_id(org: EmulatorServer) -> None:
-    auth = {"Authorization": f"Bearer {org.token}"}
-    calls: list[tuple[str, str, dict[str, Any]]] = [
-        ("GET", "/v4/locations", {}),
-        ("GET", "/v4/contacts", {}),
-        ("GET", "/v4/contacts", {"params": {"locationUid": "loc_sydney", "limit": "101"}}),
-        ("GET", "/v4/contacts", {"params": {"locationUid": "loc_sydney", "cursor": "garbage!"}}),
-        ("GET", "/v4/nothing", {}),
-        ("PUT", "/v4/contacts/ct_0000001_aaaaaa", {"json": {}}),
-        ("POST", "/v4/contacts/ct_0000001_aaaaaa/merge", {"data": b"not json"}),
-        ("GET", "/_emulator/stats", {}),
-    ]
-    for method, path, kwargs in calls:
-        resp = requests.request(method, org.url + path, headers=auth, timeout=5, **kwargs)
-        assert resp.headers.get("X-Request-Id", "").startswith("req_"), (method, path)
-        if path.startswith("/v4/contacts") and resp.status_code == 400:
-            assert resp.json()["error"]["code"] == "invalid_request"
-    missing = requests.get(org.url + "/v4/contacts", headers=auth, timeout=5)
-    assert missing.status_code == 400 and "locationUid" in missing.json()["error"]["message"]
+    caps.block_cross_location = False
+    caps_client.merge(MARIA, [THIRD])
+    assert caps.state.get(THIRD)["mergedIntoUid"] == MARIA
