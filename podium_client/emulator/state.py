@@ -314,7 +314,8 @@ class EmulatorState:
                 after, since, hidden, size = cur.after, cur.since_us, cur.include_hidden, limit or cur.limit
             else:
                 after, since, hidden, size = 0, updated_after_us, include_hidden, limit or DEFAULT_LIMIT
-            hidden = hidden and self.serves_hidden
+            # Listing hidden contacts is the soft-delete capability's; merge alone only hides them.
+            hidden = hidden and "soft-delete" in self._capabilities
 
             def keep(rec: Rec) -> bool:
                 return (hidden or not rec.hidden) and (since is None or rec.updated_us > since)
