@@ -762,10 +762,15 @@ def write_quarantining(
     when something was refused); each is appended to ``rejected`` with the database's reason and its
     line and raw text from ``source_of``. Must run inside a transaction.
     """
+    # The bulk paths write through the driver's own cursor (COPY), whose errors Django does not wrap.
+    driver: Any = getattr(connection, "Database", None)
+    refused: tuple[type[BaseException], ...] = (DataError, IntegrityError)
+    if driver is not None:
+        refused += (driver.DataError, driver.IntegrityError)
     try:
         with transaction.atomic():
             return writer.write(items)
-    except (DataError, IntegrityError) as exc:
+    except refused as exc:
         # Placeholder locations created by the rolled-back write are gone with it.
         writer.reload_locations()
         if len(items) == 1:
