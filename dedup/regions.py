@@ -93,6 +93,9 @@ def set_region(location: Location, region: str, user: Any) -> RegionChange:
                 "after": {"regionOverride": region, "region": current.country, "source": current.region_source},
             },
         )
+    if not current.needs_reparse:
+        # The region in force did not change (the default was right): nothing to re-parse.
+        return RegionChange(current, changed=True)
     return RegionChange(current, changed=True, **_start_reparse(current, user))
 
 

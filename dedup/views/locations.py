@@ -102,6 +102,8 @@ def _report(request: HttpRequest, change: regions.RegionChange) -> None:
     if change.changed:
         messages.success(request, f"{location.name} now parses phone numbers as {location.country}. "
                                   "The change is in the audit log.")  # fmt: skip
+        if change.reparse is None and change.waiting_for is None:
+            return  # the region in force is the one its contacts were parsed with
     elif change.reparse is None and change.waiting_for is None:
         messages.info(request, f"{location.name} already had the region {location.country}; nothing changed.")
         return
