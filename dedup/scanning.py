@@ -893,6 +893,7 @@ def _scan_file(state: _Run) -> None:
         start_after_line=int(file_state.get("line", 0)),
     ):
         items = [p for p in chunk.contacts if not scope or scope.intersection(p.location_uids)]
+        read = len(chunk.contacts) + len(chunk.rejected)  # before the write adds what the database refuses
         with transaction.atomic():
             result = write_quarantining(
                 state.writer, items, chunk.rejected, lambda p: (p.line_number, read_line(run.source_file, p.line_number or 0))
@@ -905,7 +906,7 @@ def _scan_file(state: _Run) -> None:
                 location_state["watermark"] = _newer(location_state.get("watermark"), newest)
             state.save(
                 pages=run.pages + 1,
-                contacts_seen=run.contacts_seen + len(chunk.contacts) + len(chunk.rejected),
+                contacts_seen=run.contacts_seen + read,
                 invalid_phones=run.invalid_phones + result.invalid_phones,
                 rejected_count=run.rejected_count + len(chunk.rejected),
             )

@@ -151,7 +151,7 @@ def test_records_the_database_refuses_for_an_unforeseen_reason_are_found_among_t
     lines = [location_export_line(LOCATIONS[0]), *map(json.dumps, good[:1234]), first, *map(json.dumps, good[1234:2500]),
              second, *map(json.dumps, good[2500:])]  # fmt: skip
     run = start_scan(from_file=write_file(tmp_path / "big.ndjson", lines), run_async=False)
-    assert run.state == ScanRun.SUCCEEDED and run.rejected_count == 2
+    assert run.state == ScanRun.SUCCEEDED and run.rejected_count == 2 and run.contacts_seen == 3001
     assert Contact.objects.count() == 2999
     records = list(RejectedRecord.objects.order_by("line_number"))
     assert [r.line_number for r in records] == [1236, 2503]
