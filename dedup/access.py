@@ -38,6 +38,7 @@ from dedup.models import (
     Location,
     LocationGrant,
     MergeOperation,
+    RejectedRecord,
     ScanRun,
     UncategorizedPhone,
 )
@@ -124,6 +125,13 @@ def visible_location_uids(user: AnyUser) -> list[str] | None:
 def has_perm(user: AnyUser, perm: str) -> bool:
     """Whether the user holds ``perm`` through their role group (or is a superuser)."""
     return isinstance(user, PermissionsMixin) and user.is_active and user.has_perm(perm)
+
+
+def require_admin(request: HttpRequest) -> None:
+    """403 unless the user is an admin: pages that show what no location owns (a scan's rejected records,
+    raw and from any location) and what only admins decide (a location's region)."""
+    if not is_admin(request.user):
+        raise PermissionDenied("Only admins can see or do this.")
 
 
 def require_perm(request: HttpRequest, perm: str) -> None:
@@ -437,3 +445,23 @@ def scan_scope_for(user: AnyUser) -> list[str] | None:
     uids = visible_location_uids(user)
     return None if uids is None else sorted(uids)
 
+
+
+def rejected_records_visible_to(user: AnyUser) -> QuerySet[RejectedRecord]:
+    """Records scans set aside. Admins only: their raw text may be any location's, so no grant covers it."""
+    if not is_admin(user):
+        return RejectedRecord.objects.none()
+    return RejectedRecord.objects.all()
+
+
+# --- locations ------------------------------------------------------------------------------------
+
+def get_location_for_user(request: HttpRequest, location_id: int, write: bool = False) -> Location:
+    """The location if the user sees it (404 otherwise); with ``write`` (its region), 403 unless an admin."""
+    require_perm(request, "dedup.view_location")
+    location = visible_locations(request.user).filter(pk=location_id).first()
+    if location is None:
+        raise Http404("No such location.")
+    if write:
+        require_admin(request)
+    return location

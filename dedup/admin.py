@@ -12,8 +12,11 @@ from dedup import models
 
 @admin.register(models.Location)
 class LocationAdmin(admin.ModelAdmin):
-    list_display = ["uid", "name", "country"]
+    list_display = ["uid", "name", "country", "podium_country", "region_override"]
     search_fields = ["uid", "name"]
+    # The region is set on the dashboard's Locations page, where the change is audited and the
+    # location's contacts are re-parsed; editing it here would do neither.
+    readonly_fields = ["uid", "country", "podium_country", "region_override", "region_parsed"]
 
 
 @admin.register(models.LocationGrant)

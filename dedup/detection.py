@@ -852,17 +852,27 @@ def _score_groups(start: int, groups: Sequence[ClusterGroup], scoring: _Scoring)
     """Score ``groups`` (the slice starting at ``start``), skipping those whose cluster is unchanged."""
     id_of = _ids_of(sorted({uid for g in groups for uid in g.member_uids}))
     member_ids = [tuple(id_of[uid] for uid in g.member_uids) for g in groups]
-    unchanged = _unchanged_clusters([g.stable_id for g in groups], scoring)
-    wanted = sorted({i for g, ids in zip(groups, member_ids, strict=True) if g.stable_id not in unchanged for i in ids})
+    candidates = [_stored_ids(g) for g in groups]
+    unchanged = _unchanged_clusters([sid for ids in candidates for sid in ids], scoring)
+    hits = [next((sid for sid in ids if sid in unchanged), None) for ids in candidates]
+    wanted = sorted({i for hit, ids in zip(hits, member_ids, strict=True) if hit is None for i in ids})
     records = _scoring_records(wanted, scoring) if wanted else {}
     out: list[_Proposal | _Unchanged] = []
-    for offset, (group, ids) in enumerate(zip(groups, member_ids, strict=True)):
-        known = unchanged.get(group.stable_id)
-        if known is not None:
-            out.append(_Unchanged(start + offset, group.stable_id, known[0], group.cross_location, ids))
+    for offset, (group, ids, hit) in enumerate(zip(groups, member_ids, hits, strict=True)):
+        if hit is not None:
+            cross = group.cross_location and hit == group.stable_id
+            out.append(_Unchanged(start + offset, hit, unchanged[hit][0], cross, ids))
         else:
             out.append(_propose(start + offset, group, records, ids, scoring))
     return out
+
+
+def _stored_ids(group: ClusterGroup) -> tuple[str, ...]:
+    """The ids this group's cluster may be stored under: a group read across home locations whose
+    members share a location was stored as a within-location cluster (see ``_propose``)."""
+    if not group.cross_location:
+        return (group.stable_id,)
+    return (group.stable_id, stable_cluster_id(group.member_uids, False))
 
 
 def _score_task(start: int, groups: list[ClusterGroup], scoring: _Scoring) -> list[_Proposal | _Unchanged]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing
 import os
 from collections import deque
@@ -135,6 +136,9 @@ class PreparedContact(NamedTuple):
     # channels, tags, attributes, address and conversations as the JSON text the index stores,
     # serialized where the contact was prepared (a worker process, for big files) not by the writer.
     json_text: tuple[str, str, str, str | None, str] | None = None
+    # The export line it was read from (file scans), so a record the database refuses can be shown
+    # to an admin with its line.
+    line_number: int | None = None
 
 
 def _channel_json(channel: PodiumChannel) -> dict[str, Any]:
@@ -356,6 +360,15 @@ class IndexWriter:
             uid: (pk, country) for pk, uid, country in Location.objects.values_list("pk", "uid", "country")
         }
 
+    def reload_locations(self) -> None:
+        """Forget what this writer knows about locations and read them again.
+
+        After a rolled-back write: placeholder locations it created in that transaction are gone.
+        """
+        self._locations = {
+            uid: (pk, country) for pk, uid, country in Location.objects.values_list("pk", "uid", "country")
+        }
+
     def location_id(self, uid: str) -> int | None:
         """The row id of a known location."""
         known = self._locations.get(uid)
@@ -379,16 +392,21 @@ class IndexWriter:
         reported = {loc.uid: loc for loc in locations}
         if not reported:
             return []
-        rows = [
-            Location(
-                uid=loc.uid,
-                name=loc.name[:200],
-                podium_country=(loc.country or "")[:2].upper(),
-                archived=loc.archived,
-                country=(loc.country or self.default_region)[:2].upper(),
+        rows: list[Location] = []
+        for reported_location in reported.values():
+            region = (reported_location.country or self.default_region)[:2].upper()
+            # region_parsed is only set on insert (it is not among the update fields): a known
+            # location whose region changes keeps the old one until its contacts are re-parsed.
+            rows.append(
+                Location(
+                    uid=reported_location.uid,
+                    name=reported_location.name[:200],
+                    podium_country=(reported_location.country or "")[:2].upper(),
+                    archived=reported_location.archived,
+                    country=region,
+                    region_parsed=region,
+                )
             )
-            for loc in reported.values()
-        ]
         Location.objects.bulk_create(
             rows,
             update_conflicts=True,
@@ -808,10 +826,20 @@ class ExportFileError(ValueError):
     """An export that cannot be scanned at all (wrong shape, empty); the message says what is expected."""
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _decode(line: bytes, lineno: int) -> str:
-    if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+    if lineno == 1 and line.startswith(_BOM):
         line = line[3:]  # a byte-order mark some tools write; not part of the JSON
     return line.decode("utf-8")
+
+
+def _is_blank(line: bytes, lineno: int) -> bool:
+    """A line holding nothing but whitespace (and, on the first line, a byte-order mark)."""
+    if lineno == 1 and line.startswith(_BOM):
+        line = line[3:]
+    return not line.strip()
 
 
 def _raw_text(line: bytes | str) -> str:
@@ -834,7 +862,7 @@ def survey_file(path: str) -> FileSurvey:
     first_contact_checked = False
     with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+            if _is_blank(line, lineno):
                 continue
             if b'"object"' in line or not first_contact_checked:
                 try:
@@ -856,6 +884,15 @@ def survey_file(path: str) -> FileSurvey:
     return FileSurvey(locations, contacts, rejected)
 
 
+def read_line(path: str, line_number: int) -> str:
+    """The text of one line of an export (for showing a record the database refused), or ""."""
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if lineno == line_number:
+                return _raw_text(line)
+    return ""
+
+
 def _reject_reason(exc: BaseException) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at column {exc.start + 1})"
@@ -867,32 +904,53 @@ def _reject_reason(exc: BaseException) -> str:
 def unstorable_reason(p: PreparedContact) -> str | None:
     """Why the index cannot hold this contact as read, or None.
 
-    NUL characters (PostgreSQL text cannot hold them), lone surrogates (not encodable as UTF-8) and a
-    uid longer than the index's column cannot be stored; the contact is set aside for a person instead
-    of failing the whole write.
+    NUL characters (PostgreSQL text cannot hold them), lone surrogates (not encodable as UTF-8), numbers
+    JSON cannot carry (infinity, NaN) and uids longer than the index's column cannot be stored; the
+    contact is set aside for a person instead of failing the whole write.
     """
     if len(p.uid) > _UID_MAX:
         return f"uid is {len(p.uid)} characters long; Podium uids are at most {_UID_MAX}"
-    for text in _strings_of((p.uid, p.name, p.channels, p.tags, p.attributes, p.address, p.conversations)):
-        if "\x00" in text:
+    for field_name, uid in [("mergedIntoUid", p.merged_into_uid), *(("locations", u) for u in p.location_uids)]:
+        if len(uid) > _UID_MAX:
+            return f"a uid in {field_name} is {len(uid)} characters long; Podium uids are at most {_UID_MAX}"
+    for value in _scalars_of((p.uid, p.name, p.channels, p.tags, p.attributes, p.address, p.conversations)):
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                # JSON has no Infinity or NaN (a number like 1e400 reads as infinity): no database
+                # stores it in a JSON column.
+                return f"holds the number {value!r}, which JSON cannot carry; fix the contact in Podium"
+            continue
+        if "\x00" in value:
             return "contains a NUL character (U+0000), which the database cannot store; fix the contact in Podium"
         try:
-            text.encode("utf-8")
+            value.encode("utf-8")
         except UnicodeEncodeError:
             return "contains an unpaired surrogate (invalid Unicode); fix the contact in Podium"
     return None
 
 
-def _strings_of(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
+def storable_uid(uid: str) -> str:
+    """The uid to file a set-aside record under: the uid itself when the index could hold it, else ""."""
+    if len(uid) > _UID_MAX or "\x00" in uid:
+        return ""
+    try:
+        uid.encode("utf-8")
+    except UnicodeEncodeError:
+        return ""
+    return uid
+
+
+def _scalars_of(value: Any) -> Iterator[str | float]:
+    """Every string (keys included) and float inside a JSON-like value."""
+    if isinstance(value, str | float):
         yield value
     elif isinstance(value, dict):
         for key, item in value.items():
             yield key
-            yield from _strings_of(item)
+            yield from _scalars_of(item)
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from _strings_of(item)
+            yield from _scalars_of(item)
 
 
 def _prepare_lines(
@@ -914,13 +972,13 @@ def _prepare_lines(
             home = parsed.location_uid
             prepared = prepare_contact(parsed, regions.get(home, default_region) if home else default_region)
         except (MalformedResponse, UnicodeDecodeError, ValueError) as exc:
-            rejected.append(RejectedLine(lineno, uid[:_UID_MAX], _reject_reason(exc), _raw_text(line)))
+            rejected.append(RejectedLine(lineno, storable_uid(uid), _reject_reason(exc), _raw_text(line)))
             continue
         problem = unstorable_reason(prepared)
         if problem is not None:
-            rejected.append(RejectedLine(lineno, "", problem, _raw_text(line)))
+            rejected.append(RejectedLine(lineno, storable_uid(uid), problem, _raw_text(line)))
             continue
-        out.append(prepared)
+        out.append(prepared._replace(line_number=lineno))
     return out, rejected
 
 
@@ -968,7 +1026,7 @@ def _read_chunks(
     chunk: list[tuple[int, bytes]] = []
     lineno = start_after_line
     for lineno, line in enumerate(fh, 1):
-        if lineno <= start_after_line or not line.strip() or _is_location_line(line):
+        if lineno <= start_after_line or _is_blank(line, lineno) or _is_location_line(line):
             continue
         chunk.append((lineno, line))
         if len(chunk) >= chunk_lines:

@@ -39,6 +39,13 @@ class Location(models.Model):
     region_override = models.CharField(
         max_length=2, blank=True, default="", help_text="a region an admin chose (used when Podium has none)"
     )
+    region_parsed = models.CharField(
+        max_length=2,
+        blank=True,
+        default="",
+        help_text="the region the index last parsed this location's contacts with; differs from the "
+        "region in force until they are re-parsed",
+    )
     archived = models.BooleanField(default=False)
 
     class Meta:
@@ -46,6 +53,11 @@ class Location(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.uid})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self._state.adding and not self.region_parsed:
+            self.region_parsed = self.country  # a new location has no contact parsed with another region
+        super().save(*args, **kwargs)
 
     @property
     def region_source(self) -> str:
@@ -60,6 +72,11 @@ class Location(models.Model):
     def needs_region(self) -> bool:
         """True when neither Podium nor an admin gave this location a region."""
         return not self.podium_country and not self.region_override
+
+    @property
+    def needs_reparse(self) -> bool:
+        """True when the region in force changed since this location's contacts were last parsed."""
+        return self.region_parsed != self.country
 
     @staticmethod
     def effective_region(podium_country: str, region_override: str, default_region: str) -> str:
@@ -220,7 +237,9 @@ class ScanRun(models.Model):
     FULL = "full"
     INCREMENTAL = "incremental"
     FILE = "file"
-    KIND_CHOICES = [(FULL, "Full"), (INCREMENTAL, "Incremental"), (FILE, "Export file")]
+    # Re-parses indexed contacts after their location's region changed; reads the index, not Podium.
+    REPARSE = "reparse"
+    KIND_CHOICES = [(FULL, "Full"), (INCREMENTAL, "Incremental"), (FILE, "Export file"), (REPARSE, "Re-parse")]
 
     QUEUED = "queued"
     RUNNING = "running"

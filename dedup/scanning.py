@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -50,8 +50,11 @@ from dedup.indexing import (
     IndexWriter,
     PreparedContact,
     RejectedLine,
+    WriteResult,
     iter_prepared_file,
     prepare_contact,
+    read_line,
+    storable_uid,
     survey_file,
     unstorable_reason,
 )
@@ -67,6 +70,7 @@ from dedup.models import (
     ScanRun,
 )
 from dedup.podium import get_client, read_indexed_contacts
+from dedup.reparsing import contacts_homed_at, reparse_location, stale_locations
 from podium_client import Contact as PodiumContact
 from podium_client import InvalidCursorError, PodiumClient, PodiumError
 from podium_client.types import format_timestamp, parse_timestamp
@@ -221,6 +225,7 @@ def start_scan(
     locations: list[str] | None = None,
     full: bool = False,
     from_file: str | None = None,
+    reparse: bool = False,
     requested_by: Any = None,
     actor: str | None = None,
     run_async: bool = True,
@@ -229,14 +234,19 @@ def start_scan(
     """Create a scan run for ``locations`` (``None``/empty: every location) and run it.
 
     ``full`` re-reads every contact; otherwise the scan is incremental per location. ``from_file``
-    indexes an NDJSON export instead of calling Podium. Raises ``ConcurrentRunError`` while a scan of an
+    indexes an NDJSON export instead of calling Podium. ``reparse`` reads neither: it re-parses the
+    indexed contacts of the locations whose region changed (``dedup.reparsing``), which every other
+    kind of scan also does at its end. Raises ``ConcurrentRunError`` while a scan of an
     overlapping scope is queued or running; a crashed one is taken over and resumed instead (see the
     module docstring). With ``run_async`` the work is a django-q2 task (``run_scan_task``) enqueued
     when the surrounding transaction commits; otherwise it runs here (reporting to
     ``progress_callback`` after every page) and ``ScanError`` reports a failure.
     """
     scope = sorted(set(locations or []))
-    kind = ScanRun.FILE if from_file else (ScanRun.FULL if full else ScanRun.INCREMENTAL)
+    if reparse:
+        kind = ScanRun.REPARSE
+    else:
+        kind = ScanRun.FILE if from_file else (ScanRun.FULL if full else ScanRun.INCREMENTAL)
     source = os.path.abspath(from_file) if from_file else ""
     if from_file and not os.path.isfile(source):
         raise ScanError(f"export file {from_file} does not exist or is not a file", code="ERR_DEDUP_003")
@@ -368,9 +378,10 @@ def run_scan(scan_run: ScanRun, progress: Progress | None = None) -> ScanRun:
         state.report()
         if scan_run.kind == ScanRun.FILE:
             _scan_file(state)
-        else:
+        elif scan_run.kind != ScanRun.REPARSE:
             with get_client() as client:
                 _scan_podium(state, client)
+        _reparse_stale_locations(state)
         _analyze_if_grown(state)
         summary = _detect_after(state)
         _finish(state, summary)
@@ -525,12 +536,44 @@ def _analyze_if_grown(state: _Run) -> None:
             cursor.execute(f"ANALYZE {model._meta.db_table}")
 
 
+def _reparse_stale_locations(state: _Run) -> None:
+    """Re-parse the contacts of the scope's locations whose region changed (see ``dedup.reparsing``).
+
+    Runs after the read, so contacts this scan wrote with a region that changed while it ran are
+    re-parsed too. A ``reparse`` run does only this and counts the contacts as its progress; another
+    scan notes them in its checkpoint. A region changed again during the pass is picked up by one
+    more pass (a few at most: each pass reads the regions afresh).
+    """
+    run = state.run
+    counts: dict[str, int] = state.checkpoint.setdefault("reparsed", {})
+    for _pass in range(3):
+        stale = stale_locations(run.scope)
+        if not stale:
+            return
+        if run.kind == ScanRun.REPARSE:
+            state.save(contacts_total=run.contacts_seen + contacts_homed_at([loc.pk for loc in stale]))
+        for location in stale:
+
+            def on_batch(result: WriteResult, rows: int, uid: str = location.uid) -> None:
+                state.touched_ids.update(result.contact_ids)
+                counts[uid] = counts.get(uid, 0) + rows
+                if run.kind == ScanRun.REPARSE:
+                    state.save(contacts_seen=run.contacts_seen + rows, pages=run.pages + 1,
+                               invalid_phones=run.invalid_phones + result.invalid_phones)  # fmt: skip
+                else:
+                    state.save()
+                state.report()
+
+            reparse_location(state.writer, location, on_batch)
+            state.writer.reload_locations()
+
+
 def _detect_after(state: _Run) -> DetectionSummary:
     run = state.run
     state.save()
     actor = run.holder or "system"
     mode = (state.checkpoint.get("stream") or {}).get("mode")
-    if run.kind == ScanRun.INCREMENTAL and mode == "incremental":
+    if (run.kind == ScanRun.INCREMENTAL and mode == "incremental") or run.kind == ScanRun.REPARSE:
         # Only what changed, plus what it connects to: the contacts written since this scan (or the
         # crashed scan it resumes) began.
         touched = set(state.touched_ids)
@@ -689,7 +732,10 @@ def _write_pages(
         if item is not None:
             prepared.append(item)
     with transaction.atomic():
-        result = state.writer.write(prepared)
+        by_uid = {contact.uid: contact for contact in changed}
+        result = write_quarantining(
+            state.writer, prepared, rejected, lambda p: (None, _contact_json(by_uid[p.uid]))
+        )
         state.touched_ids.update(result.contact_ids)
         _record_rejected(state, rejected, source="podium")
         stream["cursor"] = next_cursor
@@ -719,13 +765,68 @@ def _prepare_or_reject(
     try:
         prepared = prepare_contact(contact, region)
     except ValueError as exc:
-        rejected.append(RejectedLine(None, contact.uid[:64], str(exc), _contact_json(contact)))
+        rejected.append(RejectedLine(None, storable_uid(contact.uid), str(exc), _contact_json(contact)))
         return None
     problem = unstorable_reason(prepared)
     if problem is not None:
-        rejected.append(RejectedLine(None, "", problem, _contact_json(contact)))
+        rejected.append(RejectedLine(None, storable_uid(contact.uid), problem, _contact_json(contact)))
         return None
     return prepared
+
+
+def write_quarantining(
+    writer: IndexWriter,
+    items: Sequence[PreparedContact],
+    rejected: list[RejectedLine],
+    source_of: Callable[[PreparedContact], tuple[int | None, str]],
+) -> WriteResult:
+    """Write ``items``; when the database refuses the batch, set aside only the records it refuses.
+
+    ``unstorable_reason`` catches what is known to be unstorable before any write; this is the net
+    under it, for whatever else a database refuses (a value PostgreSQL and SQLite disagree on, a
+    limit nobody thought of): one bad record must never stop a scan that re-running cannot finish
+    either. The batch is halved until the refused records are alone (a few extra savepoints, only
+    when something was refused); each is appended to ``rejected`` with the database's reason and its
+    line and raw text from ``source_of``. Must run inside a transaction.
+    """
+    # The bulk paths write through the driver's own cursor (COPY), whose errors Django does not wrap.
+    driver: Any = getattr(connection, "Database", None)
+    refused: tuple[type[BaseException], ...] = (DataError, IntegrityError)
+    if driver is not None:
+        refused += (driver.DataError, driver.IntegrityError)
+    try:
+        with transaction.atomic():
+            return writer.write(items)
+    except refused as exc:
+        # Placeholder locations created by the rolled-back write are gone with it.
+        writer.reload_locations()
+        if len(items) == 1:
+            line_number, raw = source_of(items[0])
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            rejected.append(
+                RejectedLine(line_number, storable_uid(items[0].uid), f"the database refused it: {reason}", raw)
+            )
+            logger.warning("a record was refused by the database and set aside: %s", type(exc).__name__)
+            return WriteResult()
+    half = len(items) // 2
+    first = write_quarantining(writer, items[:half], rejected, source_of)
+    second = write_quarantining(writer, items[half:], rejected, source_of)
+    return _combined(first, second)
+
+
+def _combined(a: WriteResult, b: WriteResult) -> WriteResult:
+    newest = max((t for t in (a.newest_updated_at, b.newest_updated_at) if t is not None), default=None)
+    max_updated = dict(a.max_updated_at)
+    for uid, moment in b.max_updated_at.items():
+        if uid not in max_updated or moment > max_updated[uid]:
+            max_updated[uid] = moment
+    return WriteResult(
+        contacts=a.contacts + b.contacts,
+        invalid_phones=a.invalid_phones + b.invalid_phones,
+        contact_ids=a.contact_ids + b.contact_ids,
+        max_updated_at=max_updated,
+        newest_updated_at=newest,
+    )
 
 
 def _contact_json(contact: PodiumContact) -> str:
@@ -822,8 +923,11 @@ def _scan_file(state: _Run) -> None:
         start_after_line=int(file_state.get("line", 0)),
     ):
         items = [p for p in chunk.contacts if not scope or scope.intersection(p.location_uids)]
+        read = len(chunk.contacts) + len(chunk.rejected)  # before the write adds what the database refuses
         with transaction.atomic():
-            result = state.writer.write(items)
+            result = write_quarantining(
+                state.writer, items, chunk.rejected, lambda p: (p.line_number, read_line(run.source_file, p.line_number or 0))
+            )
             _record_rejected(state, chunk.rejected, source=run.source_file)
             file_state["line"] = chunk.last_line
             for uid, newest in result.max_updated_at.items():
@@ -832,7 +936,7 @@ def _scan_file(state: _Run) -> None:
                 location_state["watermark"] = _newer(location_state.get("watermark"), newest)
             state.save(
                 pages=run.pages + 1,
-                contacts_seen=run.contacts_seen + len(chunk.contacts) + len(chunk.rejected),
+                contacts_seen=run.contacts_seen + read,
                 invalid_phones=run.invalid_phones + result.invalid_phones,
                 rejected_count=run.rejected_count + len(chunk.rejected),
             )
@@ -887,6 +991,7 @@ def rescan_keys_task(
     rejected: list[RejectedLine] = []
     missing: list[str] = []
     unaddressable: list[str] = []
+    live: dict[str, PodiumContact] = {}
     if uids:
         with get_client() as client:
             reads = read_indexed_contacts(client, sorted(uids))
@@ -895,13 +1000,14 @@ def rescan_keys_task(
             if outcome is None:
                 missing.append(uid)
             elif isinstance(outcome, PodiumContact):
+                live[outcome.uid] = outcome
                 item = _prepare_or_reject(writer, outcome, rejected)
                 if item is not None:
                     prepared.append(item)
             else:
                 unaddressable.append(uid)
     with transaction.atomic():
-        result = writer.write(prepared)
+        result = write_quarantining(writer, prepared, rejected, lambda p: (None, _contact_json(live[p.uid])))
         if missing:
             # Podium does not know them at all any more: they must never join a cluster again.
             Contact.objects.filter(uid__in=in_values(missing), deleted_at__isnull=True).update(

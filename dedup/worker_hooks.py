@@ -91,7 +91,7 @@ def resume_interrupted_scans(actor: str = "system:worker-start") -> list[int]:
         try:
             new = start_scan(
                 locations=list(run.scope), full=run.kind == ScanRun.FULL, from_file=run.source_file or None,
-                actor=actor,
+                reparse=run.kind == ScanRun.REPARSE, actor=actor,
             )
         except ConcurrentRunError:
             continue  # another worker starting at the same time resumed it first

@@ -121,6 +121,12 @@ def _tag_key(label: str) -> str:
     return label.casefold()
 
 
+def _parse_int(text: str) -> int | float:
+    """An integer as JSON spells it; one too long for Python's int parser (over 4,300 digits) reads as
+    a float (infinity), so one absurd value makes its record unreadable instead of the whole page."""
+    return int(text) if len(text) <= 4000 else float(text)
+
+
 def _segment(value: str) -> str:
     return quote(value, safe="@+")
 
@@ -685,7 +691,7 @@ class PodiumClient:
         try:
             # json.loads on bytes detects the UTF encoding itself; resp.json() would first guess a
             # charset with chardet-style sniffing, which costs more than parsing a page.
-            return json.loads(resp.content)
+            return json.loads(resp.content, parse_int=_parse_int)
         except ValueError:
             raise MalformedResponse(
                 f"HTTP {resp.status_code} response is not JSON",

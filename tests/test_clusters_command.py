@@ -10,26 +10,22 @@ import pytest
 from django.core.management import call_command
 
 from dedup.detection import detect
-from dedup.indexing import IndexWriter, prepare_contact
 from dedup.models import Cluster
-from podium_client import Location
-from tests.fixtures_emulator import make_contact
+from tests.index_helpers import AUCKLAND, SYDNEY, contact, index
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def clusters(db: None) -> None:
-    writer = IndexWriter("AU")
-    writer.ensure_locations([Location("loc_sydney", "Sydney CBD", "AU"), Location("loc_auckland", "Auckland", "NZ")])
-    contacts = [
-        make_contact(uid="ct_a1", name="Maria Garcia", phones=("0412 345 678",), marketing_opt_out=True),
-        make_contact(uid="ct_a2", name="GARCIA, Maria", phones=("+61 412 345 678",)),
-        make_contact(uid="ct_h1", name="Ann Lee", phones=("0413 000 000",)),
-        make_contact(uid="ct_h2", name="Bob Lee", phones=("0413000000",)),
-        make_contact(uid="ct_x1", location_uid="loc_auckland", name="Maria Garcia", phones=("+61412345678",)),
-    ]
-    writer.write([prepare_contact(c, writer.region_for(c.location_uid)) for c in contacts])
+    index(
+        contact("ct_a1", name="Maria Garcia", phones=("0412 345 678",), marketing_opted_in=False),
+        contact("ct_a2", name="GARCIA, Maria", phones=("+61 412 345 678",)),
+        contact("ct_h1", name="Ann Lee", phones=("0413 000 000",)),
+        contact("ct_h2", name="Bob Lee", phones=("0413000000",)),
+        contact("ct_x1", locations=("loc_auckland",), name="Maria Garcia", phones=("+61412345678",)),
+        locations=[SYDNEY, AUCKLAND],
+    )
     detect()
 
 

@@ -4,32 +4,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
 from dedup.detection import cluster_to_dict, detect, member_records
-from dedup.indexing import IndexWriter, prepare_contact
 from dedup.models import AuditEvent, Cluster, Policy, ReviewDecision
 from podium_client import Contact as PodiumContact
-from podium_client import Location
-from tests.fixtures_emulator import make_contact
+from tests.index_helpers import contact
+from tests.index_helpers import index as write_index
 
 pytestmark = pytest.mark.django_db
 
-SYDNEY = Location("loc_sydney", "Sydney CBD", "AU")
-BURLEIGH = Location("loc_burleigh", "Burleigh Heads", "AU")
-AUCKLAND = Location("loc_auckland", "Auckland", "NZ")
-
 
 def index(*contacts: PodiumContact) -> None:
-    writer = IndexWriter("AU")
-    writer.ensure_locations([SYDNEY, BURLEIGH, AUCKLAND])
-    writer.write([prepare_contact(c, writer.region_for(c.location_uid)) for c in contacts])
-
-
-def contact(uid: str, **kwargs: Any) -> PodiumContact:
-    return make_contact(uid=uid, **kwargs)
+    write_index(*contacts)
 
 
 def open_clusters() -> list[Cluster]:
@@ -152,7 +140,7 @@ def test_email_joins_clusters_only_when_policy_makes_it_a_secondary_key() -> Non
 def test_the_same_number_across_locations_is_a_cross_location_cluster_for_review() -> None:
     index(
         contact("ct_syd", name="Maria Garcia", phones=("0412 345 678",)),
-        contact("ct_akl", location_uid="loc_auckland", name="Maria Garcia", phones=("+61 412 345 678",)),
+        contact("ct_akl", locations=("loc_auckland",), name="Maria Garcia", phones=("+61 412 345 678",)),
     )
     detect()
     cluster = only_open_cluster()
@@ -247,7 +235,7 @@ def test_member_records_and_the_ndjson_shape() -> None:
     index(
         contact(
             "ct_a", name="Maria Garcia", phones=("0412 345 678", "call me"), emails=("M@Example.com",),
-            tags=("vip",), attributes=(("birthday", "1990-01-01"),), address="1 George St", marketing_opt_out=True,
+            tags=("vip",), attributes=(("birthday", "1990-01-01"),), address="1 George St", marketing_opted_in=False,
         ),
         contact("ct_b", name="Maria Garcia", phones=("0412345678", "+61 412 345 678")),
     )  # fmt: skip
@@ -270,3 +258,64 @@ def test_member_records_and_the_ndjson_shape() -> None:
         "contactUid": "ct_a", "locationUid": "loc_sydney", "name": "Maria Garcia", "fieldCount": 7,
         "updatedAt": "2025-01-01T09:00:00Z", "marketingOptOut": True, "smsOptOut": False, "emailOptOut": False,
     }  # fmt: skip
+
+
+def test_members_sharing_a_location_are_within_it_even_when_their_homes_differ() -> None:
+    # Podium lists this customer at Sydney (home) and Burleigh; the duplicate was created at Burleigh.
+    index(
+        contact("ct_both", locations=("loc_sydney", "loc_burleigh"), name="Maria Garcia", phones=("0412 345 678",)),
+        contact("ct_bur", locations=("loc_burleigh",), name="GARCIA, Maria", phones=("+61 412 345 678",)),
+    )
+    summary = detect()
+    cluster = only_open_cluster()
+    assert summary.cross == 0 and not cluster.cross_location
+    assert cluster.kind == Cluster.AUTO and cluster.auto_merge  # a within-location cluster may auto-merge
+    assert cluster.location is not None and cluster.location.uid == "loc_burleigh"
+    assert sorted(cluster.locations.values_list("uid", flat=True)) == ["loc_burleigh", "loc_sydney"]
+    assert cluster_to_dict(cluster)["locationUid"] == "loc_burleigh"
+    # Stable: detecting again finds the same cluster unchanged.
+    assert detect().unchanged == 1
+
+
+def test_members_with_no_location_in_common_are_cross_location() -> None:
+    index(
+        contact("ct_syd", locations=("loc_sydney",), name="Maria Garcia", phones=("0412 345 678",)),
+        contact("ct_both", locations=("loc_burleigh", "loc_auckland"), name="Maria Garcia", phones=("0412345678",)),
+    )
+    detect()
+    cluster = only_open_cluster()
+    assert cluster.cross_location and cluster.kind == Cluster.CROSS and not cluster.auto_merge
+    assert sorted(cluster.locations.values_list("uid", flat=True)) == ["loc_auckland", "loc_burleigh", "loc_sydney"]
+
+
+def test_a_group_is_within_a_location_only_when_every_member_is_in_it() -> None:
+    index(
+        contact("ct_both", locations=("loc_sydney", "loc_burleigh"), name="Maria Garcia", phones=("0412 345 678",)),
+        contact("ct_syd", locations=("loc_sydney",), name="Maria Garcia", phones=("0412345678",)),
+        contact("ct_bur", locations=("loc_burleigh",), name="Maria Garcia", phones=("+61412345678",)),
+    )
+    detect()
+    clusters = {tuple(uids(c)): c for c in open_clusters()}
+    # Sydney's two are one customer at Sydney; the Burleigh-only contact joins them only across locations.
+    assert set(clusters) == {("ct_both", "ct_syd"), ("ct_both", "ct_bur", "ct_syd")}
+    within, cross = clusters[("ct_both", "ct_syd")], clusters[("ct_both", "ct_bur", "ct_syd")]
+    assert not within.cross_location and within.location is not None and within.location.uid == "loc_sydney"
+    assert cross.cross_location and not cross.auto_merge
+
+
+def test_a_contact_moving_into_the_other_location_turns_a_cross_cluster_into_a_within_one() -> None:
+    index(
+        contact("ct_syd", locations=("loc_sydney",), phones=("0412 345 678",)),
+        contact("ct_bur", locations=("loc_burleigh",), phones=("0412345678",)),
+    )
+    detect()
+    cross = only_open_cluster()
+    assert cross.cross_location
+    index(contact("ct_bur", locations=("loc_burleigh", "loc_sydney"), phones=("0412345678",),
+                  updated_at=datetime(2025, 7, 1, tzinfo=UTC)))  # fmt: skip
+    summary = detect()
+    within = only_open_cluster()
+    assert summary.superseded == 1 and not within.cross_location and within.location is not None
+    assert within.location.uid == "loc_sydney"
+    cross.refresh_from_db()
+    assert cross.status == Cluster.SUPERSEDED and cross.superseded_by_id == within.pk

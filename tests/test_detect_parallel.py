@@ -3,18 +3,42 @@ their own connections to a shared database, which the in-memory SQLite test data
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.db import connection
+from django.db.models.signals import post_migrate
 
 from dedup import detection, indexing
 from dedup.models import Cluster, Contact
 from dedup.scanning import start_scan
 from podium_client.corpus import generate_corpus
 
-pytest_plugins = ["tests.merge_helpers"]
-
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+_GUARD_UID = "tests.test_detect_parallel.audit_guard_again"
+
+
+@pytest.fixture
+def pg_flushable(transactional_db: None) -> Iterator[None]:
+    """Let pytest-django flush PostgreSQL after this transactional test despite the audit guard.
+
+    Migration 0002 refuses TRUNCATE of audit events, which is how the test database is emptied after a
+    transactional test; the guard is off just for that flush and on again right after it (the flush
+    emits ``post_migrate``).
+    """
+    yield
+
+    def guard_again(**kwargs: Any) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE dedup_auditevent ENABLE TRIGGER dedup_audit_no_truncate")
+        post_migrate.disconnect(dispatch_uid=_GUARD_UID)
+
+    post_migrate.connect(guard_again, weak=False, dispatch_uid=_GUARD_UID)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE dedup_auditevent DISABLE TRIGGER dedup_audit_no_truncate")
 
 
 def snapshot() -> set[tuple[object, ...]]:

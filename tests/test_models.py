@@ -145,3 +145,38 @@ def test_scan_run_progress_figures() -> None:
     assert run.progress == 0.5
     assert 45 <= run.rate <= 55
     assert run.eta_seconds is not None and 8 <= run.eta_seconds <= 12
+
+
+def test_a_contact_belongs_to_each_of_its_locations_once(contact: Contact, sydney: Location) -> None:
+    from dedup.models import ContactLocation
+
+    ContactLocation.objects.create(contact=contact, location=sydney)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ContactLocation.objects.create(contact=contact, location=sydney)
+    assert contact.all_location_uids == ["loc_sydney"]  # a row indexed before v4: its home alone
+    contact.location_uids = ["loc_sydney", "loc_burleigh"]
+    assert contact.all_location_uids == ["loc_sydney", "loc_burleigh"]
+
+
+def test_a_locations_region_comes_from_podium_then_the_admin_then_the_default() -> None:
+    podium = Location.objects.create(uid="loc_a", name="A", podium_country="NZ", region_override="AU", country="NZ")
+    admin = Location.objects.create(uid="loc_b", name="B", region_override="NZ", country="NZ")
+    default = Location.objects.create(uid="loc_c", name="C", country="AU")
+    assert [loc.region_source for loc in (podium, admin, default)] == ["podium", "admin", "default"]
+    assert [loc.needs_region for loc in (podium, admin, default)] == [False, False, True]
+    assert Location.effective_region("", "nz", "AU") == "NZ" and Location.effective_region("", "", "us") == "US"
+    # A new location has no contact parsed with another region; a changed one has until re-parsed.
+    assert default.region_parsed == "AU" and not default.needs_reparse
+    default.country = "NZ"
+    assert default.needs_reparse
+
+
+def test_a_rejected_record_keeps_any_text_once_escaped(db: None) -> None:
+    from dedup.models import RejectedRecord
+
+    run = ScanRun.objects.create(scope_key="all", state=ScanRun.SUCCEEDED, rejected_count=1)
+    record = RejectedRecord.objects.create(scan_run=run, line_number=3, reason="not UTF-8 text", raw="Jos\\xe9")
+    assert str(record) == "rejected line 3" and list(run.rejected.all()) == [record]
+    # Deleting a scan run deletes what it set aside.
+    run.delete()
+    assert not RejectedRecord.objects.exists()

@@ -65,9 +65,42 @@ def test_a_missing_file_exits_with_the_reason(tmp_path: Any) -> None:
         call_command("scan", from_file=str(tmp_path / "nope.ndjson"))
 
 
-def test_a_malformed_file_exits_naming_the_line(tmp_path: Any) -> None:
-    with pytest.raises(CommandError, match=r"ERR_DEDUP_003 .*line 1"):
-        call_command("scan", from_file=export(tmp_path, ["not json"]), stdout=io.StringIO())
+def test_a_file_with_a_bad_line_completes_with_it_rejected_and_exits_2(
+    demo_corpus: tuple[list[str], dict[str, str]], tmp_path: Any
+) -> None:
+    lines = list(demo_corpus[0])
+    lines.insert(10, "not json")
+    out = io.StringIO()
+    with pytest.raises(CommandError) as caught:
+        call_command("scan", from_file=export(tmp_path, lines), stdout=out)
+    run = ScanRun.objects.get()
+    assert caught.value.returncode == 2  # not 0: something was not indexed; not 1: the scan finished
+    assert f"scan #{run.pk} completed with 1 rejected (file, all locations)" in out.getvalue()
+    message = str(caught.value)
+    assert f"scan #{run.pk} completed with 1 rejected record(s)" in message
+    assert f"/scans/rejected/?scan={run.pk}" in message
+    # The rest is indexed; the bad line is kept for an admin with its number and text.
+    assert Contact.objects.count() == len(demo_corpus[1])
+    assert list(run.rejected.values_list("line_number", "raw")) == [(11, "not json")]
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\n\n  \n", b"\xef\xbb\xbf", b"\xef\xbb\xbf\n\n"], ids=["empty", "blank", "bom", "bom-blank"]
+)
+def test_an_empty_file_is_not_reported_as_success(tmp_path: Any, content: bytes) -> None:
+    path = tmp_path / "empty.ndjson"
+    path.write_bytes(content)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match=r"ERR_DEDUP_003 .*holds no contacts") as caught:
+        call_command("scan", from_file=str(path), stdout=out)
+    assert caught.value.returncode == 1 and "succeeded" not in out.getvalue()
+    assert ScanRun.objects.get().state == ScanRun.FAILED
+
+
+def test_an_old_shape_file_exits_saying_what_is_expected(tmp_path: Any) -> None:
+    old = '{"uid":"ct_1","locationUid":"loc_sydney","name":"A","channels":[],"marketingOptOut":false}'
+    with pytest.raises(CommandError, match=r"ERR_DEDUP_003 .*line 1: a contact line in the pre-v4 shape .*expected Podium's v4 export"):
+        call_command("scan", from_file=export(tmp_path, [old]), stdout=io.StringIO())
 
 
 def test_a_concurrent_scan_exits_with_err_014_naming_the_holder(db: None) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dedup.models import AuditEvent, Cluster, Contact, Policy
+from dedup.models import AuditEvent, Cluster, Contact, Policy, RejectedRecord
 from dedup.scanning import queue_rescan_of_keys, start_scan
 from podium_client import PodiumClient
 from podium_client.emulator import EmulatorServer
@@ -34,7 +34,7 @@ def test_a_drifted_member_is_reread_and_its_cluster_rescored(
     cluster = Cluster.objects.filter(status=Cluster.OPEN, auto_merge=True, member_count=2).first()
     assert cluster is not None
     uid = sorted(cluster.members.values_list("contact__uid", flat=True))[0]
-    podium_factory(scanned).update_contact(uid, {"name": "Somebody Different"})
+    scanned.state.podium_edit(uid, {"name": "Somebody Different"})  # someone edits it in Podium
 
     with django_capture_on_commit_callbacks(execute=True):
         queue_rescan_of_keys(list(cluster.natural_keys), "updated_at_drift", actor="worker:w1", contact_uids=[uid])
@@ -59,17 +59,35 @@ def test_without_uids_every_holder_of_the_keys_is_reread(
 
 
 def test_a_contact_podium_no_longer_knows_leaves_its_clusters(
-    scanned: EmulatorServer, django_capture_on_commit_callbacks: Any
+    scanned: EmulatorServer,
+    podium_factory: Callable[..., PodiumClient],
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     cluster = Cluster.objects.filter(status=Cluster.OPEN, member_count=2, cross_location=False).first()
     assert cluster is not None
-    member = cluster.members.first()
-    assert member is not None
-    # Pretend Podium forgot this member: the index still has it under a uid Podium never heard of.
-    Contact.objects.filter(pk=member.contact_id).update(uid="ct_unknown_to_podium")
+    gone = Contact.objects.filter(memberships__cluster=cluster).exclude(conversations=[]).first()
+    assert gone is not None
+    # Someone deleted it in Podium (the published API addresses it by its conversation).
+    podium_factory(scanned).delete_contact(gone.conversations[0])
     with django_capture_on_commit_callbacks(execute=True):
-        queue_rescan_of_keys(list(cluster.natural_keys), "gone", contact_uids=["ct_unknown_to_podium"])
-    assert Contact.objects.get(uid="ct_unknown_to_podium").deleted_at is not None
-    assert AuditEvent.objects.get(event_type="scan.keys_rescanned").payload["missing"] == ["ct_unknown_to_podium"]
+        queue_rescan_of_keys(list(cluster.natural_keys), "gone", contact_uids=[gone.uid])
+    assert Contact.objects.get(uid=gone.uid).deleted_at is not None
+    assert AuditEvent.objects.get(event_type="scan.keys_rescanned").payload["missing"] == [gone.uid]
     cluster.refresh_from_db()
     assert cluster.status == Cluster.SUPERSEDED
+
+
+def test_a_reread_contact_the_index_cannot_hold_is_set_aside_not_a_failure(
+    scanned: EmulatorServer, django_capture_on_commit_callbacks: Any
+) -> None:
+    cluster = Cluster.objects.filter(status=Cluster.OPEN, member_count=2).first()
+    assert cluster is not None
+    uid = sorted(cluster.members.values_list("contact__uid", flat=True))[0]
+    scanned.state.podium_edit(uid, {"name": "Nul\u0000Name"})
+    with django_capture_on_commit_callbacks(execute=True):
+        queue_rescan_of_keys(list(cluster.natural_keys), "updated_at_drift", contact_uids=[uid])
+    rejected = RejectedRecord.objects.get()
+    assert rejected.contact_uid == uid and "NUL" in rejected.reason and rejected.source == "podium"
+    assert "Nul\\u0000Name" in rejected.raw  # escaped, so the database could store the text
+    assert Contact.objects.get(uid=uid).name != "Nul\u0000Name"  # the index keeps what it had
+    assert AuditEvent.objects.get(event_type="scan.keys_rescanned").payload["reread"] == 0

@@ -133,14 +133,14 @@ class Command(BaseCommand):
             call_command("create_user", *args, verbosity=0)
 
     def _seed_locations(self) -> None:
-        from dedup.models import Location
+        from dedup.indexing import IndexWriter
+        from dedup.models import Policy
         from dedup.podium import get_client
 
+        # As a scan records them: a location Podium gives no country gets the default region and is
+        # shown to admins as needing one.
         with get_client() as client:
-            for location in client.list_locations():
-                Location.objects.update_or_create(
-                    uid=location.uid, defaults={"name": location.name, "country": location.country}
-                )
+            IndexWriter(Policy.current().default_region).ensure_locations(client.list_locations())
 
     def _first_scan(self) -> None:
         from dedup.models import ScanRun

@@ -2,7 +2,9 @@
 
 Runs inline (the same code as the background job) and shows progress: a live bar on a terminal, a
 plain line every few seconds otherwise (logs, CI). Exits 1 with the reason and what to do when another
-scan holds the scope (``ERR_DEDUP_014``), the file is unreadable, or Podium is unreachable.
+scan holds the scope (``ERR_DEDUP_014``), the file is unreadable or empty, or Podium is unreachable.
+Exits 2 when the scan completed but set records aside ("completed with N rejected"): the rest is
+indexed, and an admin finds each rejected record, its reason and its raw text on the dashboard.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.urls import reverse
 
 from dedup.models import ScanRun
 from dedup.scanning import ConcurrentRunError, ScanError, describe_scope, start_scan
@@ -89,11 +92,19 @@ class Command(BaseCommand):
             self.stdout.write("")
         self.stdout.write(progress_text(run, bar=False))
         rate = f"{run.duplicate_rate:.1%}" if run.duplicate_rate is not None else "n/a"
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"scan #{run.pk} {run.state} ({run.kind}, {describe_scope(run.scope)}) in "
-                f"{_duration(run.elapsed_seconds)}: {run.contacts_seen:,} contacts, {run.invalid_phones:,} "
-                f"invalid phones; {run.clusters_found:,} open clusters ({run.auto_clusters:,} auto-mergeable); "
-                f"duplicate rate {rate}"
-            )
+        outcome = f"completed with {run.rejected_count:,} rejected" if run.rejected_count else run.state
+        summary = (
+            f"scan #{run.pk} {outcome} ({run.kind}, {describe_scope(run.scope)}) in "
+            f"{_duration(run.elapsed_seconds)}: {run.contacts_seen:,} contacts, {run.invalid_phones:,} "
+            f"invalid phones; {run.clusters_found:,} open clusters ({run.auto_clusters:,} auto-mergeable); "
+            f"duplicate rate {rate}"
+        )
+        if not run.rejected_count:
+            self.stdout.write(self.style.SUCCESS(summary))
+            return
+        self.stdout.write(self.style.WARNING(summary))
+        raise CommandError(
+            f"scan #{run.pk} completed with {run.rejected_count:,} rejected record(s), set aside unindexed; "
+            f"an admin sees each one, why and its raw text at {reverse('rejected_records')}?scan={run.pk}",
+            returncode=2,
         )
