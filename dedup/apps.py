@@ -14,3 +14,4 @@ class DedupConfig(AppConfig):
         # Worker-start hooks: reconcile unfinished merges, and keep the periodic incremental scan
         # scheduled at the policy's interval, whenever a django-q2 worker starts.
         from dedup import schedule, worker_hooks  # noqa: F401
+        from dedup.realtime import apply  # noqa: F401  (schedules the webhook sweep at worker start)
