@@ -31,7 +31,9 @@ RECEIVER = "/podium/webhooks/"
 
 def seed_locations() -> None:
     """The demo locations in the index (Sydney and Burleigh AU, Auckland NZ, the pop-up without country)."""
-    IndexWriter(Policy.current().default_region).ensure_locations(PodiumLocation.from_wire(loc) for loc in LOCATIONS)
+    IndexWriter(Policy.current().default_region).ensure_locations(
+        PodiumLocation.from_wire(loc) for loc in LOCATIONS
+    )
 
 
 def stamp(moment: datetime) -> str:
@@ -72,9 +74,8 @@ def signed_headers(body: bytes, secret: str = SECRET, timestamp: int | None = No
 def post_delivery(client: Client, body: bytes, headers: dict[str, str] | None = None) -> Any:
     """POST a delivery to the receiver with Podium's headers (signed with SECRET unless given)."""
     headers = signed_headers(body) if headers is None else headers
-    extra = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()
-             if name.lower() not in ("content-type", "content-length", "host")}  # fmt: skip
-    return client.post(RECEIVER, data=body, content_type="application/json", **extra)
+    sent = {name: value for name, value in headers.items() if name.lower() not in ("content-type", "content-length", "host")}
+    return client.post(RECEIVER, data=body, content_type="application/json", headers=sent)
 
 
 @dataclass
@@ -108,7 +109,9 @@ class Capture:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     @property

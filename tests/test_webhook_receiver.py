@@ -49,7 +49,9 @@ def capture() -> Iterator[Capture]:
 
 @pytest.fixture
 def podium_with_webhook(
-    emulator_factory: Callable[..., EmulatorServer], podium_factory: Callable[..., PodiumClient], capture: Capture
+    emulator_factory: Callable[..., EmulatorServer],
+    podium_factory: Callable[..., PodiumClient],
+    capture: Capture,
 ) -> tuple[EmulatorServer, PodiumClient]:
     """An emulator with the four demo locations, no contacts, and a webhook (secret SECRET) to `capture`."""
     server = emulator_factory(empty_state())
@@ -80,13 +82,17 @@ def test_a_real_delivery_with_a_good_signature_is_stored_applied_and_answered_2x
 @pytest.mark.parametrize(
     "spoil",
     [
-        pytest.param(lambda body, headers: (body, signed_headers(body, secret="not-the-secret")), id="wrong-secret"),
+        pytest.param(
+            lambda body, headers: (body, signed_headers(body, secret="not-the-secret")), id="wrong-secret"
+        ),
         pytest.param(lambda body, headers: (body.replace(b"Maria", b"Mario"), headers), id="tampered-body"),
         pytest.param(
-            lambda body, headers: (body, signed_headers(body, timestamp=int((time.time() - 600) * 1000))), id="stale"
+            lambda body, headers: (body, signed_headers(body, timestamp=int((time.time() - 600) * 1000))),
+            id="stale",
         ),
         pytest.param(
-            lambda body, headers: (body, signed_headers(body, timestamp=int((time.time() + 600) * 1000))), id="future"
+            lambda body, headers: (body, signed_headers(body, timestamp=int((time.time() + 600) * 1000))),
+            id="future",
         ),
         pytest.param(lambda body, headers: (body, {}), id="unsigned"),
         pytest.param(
@@ -115,8 +121,8 @@ def test_a_delivery_that_does_not_verify_is_refused_401_counted_and_logged_witho
 
 
 def test_timestamps_in_seconds_are_accepted_too() -> None:
-    from tests.realtime_helpers import event_body
     from tests.fixtures_emulator import make_contact
+    from tests.realtime_helpers import event_body
 
     body = event_body("contact.created", after=make_contact(uid="u-sec"))
     response = post_delivery(Client(), body, signed_headers(body, timestamp=int(time.time())))
@@ -248,7 +254,10 @@ def test_over_the_rate_limit_is_refused_429_with_retry_after(settings: Any) -> N
 
     settings.PODIUM_WEBHOOK_RATE_LIMIT = "3/m"
     client = Client()
-    codes = [post_delivery(client, event_body("contact.created", after=make_contact())).status_code for _ in range(5)]
+    codes = [
+        post_delivery(client, event_body("contact.created", after=make_contact())).status_code
+        for _ in range(5)
+    ]
     assert codes == [202, 202, 202, 429, 429]
     refused = post_delivery(client, event_body("contact.created", after=make_contact()))
     assert 1 <= int(refused["Retry-After"]) <= 60
@@ -271,16 +280,22 @@ def test_get_is_not_allowed() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_the_emulator_delivers_to_a_live_server_and_the_review_queue_shows_the_new_cluster(
-    live_server: Any, emulator_factory: Callable[..., EmulatorServer], podium_factory: Callable[..., PodiumClient]
+    live_server: Any,
+    emulator_factory: Callable[..., EmulatorServer],
+    podium_factory: Callable[..., PodiumClient],
 ) -> None:
     seed_locations()
     server = emulator_factory(empty_state())
     podium = podium_factory(server)
     podium.create_webhook(
-        live_server.url + "/podium/webhooks/", sorted(CONTACT_EVENT_TYPES), SECRET, organization_uid=ORGANIZATION_UID
+        live_server.url + "/podium/webhooks/",
+        sorted(CONTACT_EVENT_TYPES),
+        SECRET,
+        organization_uid=ORGANIZATION_UID,
     )
     podium.create_contact("Maria Garcia", [SYDNEY], phone_number="+61412345678")
     identifier = podium.create_contact("Maria Garcia", [SYDNEY], email="maria@example.com")
+    assert identifier is not None
     server.state.podium_edit(podium.get_contact(identifier).uid, {"add_phone": "0412 345 678"})
     assert server.flush_webhooks(timeout=20)
     assert server.stats()["webhooks_sent"] == 3

@@ -33,7 +33,9 @@ def store(body: bytes) -> WebhookDelivery:
     )
 
 
-def contact(uid: str, minutes: int, name: str = "Maria Garcia", phones: tuple[str, ...] = ("0412 345 678",), **kw: Any) -> dict[str, Any]:
+def contact(
+    uid: str, minutes: int, name: str = "Maria Garcia", phones: tuple[str, ...] = ("0412 345 678",), **kw: Any
+) -> dict[str, Any]:
     return make_contact(uid=uid, name=name, phones=phones, created_at=T0, updated_at=at(minutes), **kw)
 
 
@@ -58,7 +60,9 @@ def test_a_created_contact_is_indexed_and_its_duplicate_cluster_appears_at_once(
     assert set(WebhookDelivery.objects.values_list("status", flat=True)) == {WebhookDelivery.DONE}
 
 
-def test_a_delivery_for_a_contact_not_in_the_index_creates_it_even_when_it_says_updated_or_unchanged() -> None:
+def test_a_delivery_for_a_contact_not_in_the_index_creates_it_even_when_it_says_updated_or_unchanged() -> (
+    None
+):
     store(event_body("contact.updated", before=contact("u-1", 0), after=contact("u-1", 5, name="Maria G")))
     store(event_body("contact.unchanged", before=contact("u-2", 3), after=contact("u-2", 3)))
     drain()
@@ -81,7 +85,9 @@ def test_out_of_order_pair_the_newer_wins() -> None:
 
 
 def test_out_of_order_within_one_batch_the_newest_wins_and_the_rest_are_stale() -> None:
-    ids = [store(event_body("contact.updated", after=contact("u-1", m, name=f"v{m}"))).pk for m in (7, 3, 9, 1)]
+    ids = [
+        store(event_body("contact.updated", after=contact("u-1", m, name=f"v{m}"))).pk for m in (7, 3, 9, 1)
+    ]
     drain()
     assert Contact.objects.get(uid="u-1").name == "v9"
     status = dict(WebhookDelivery.objects.filter(pk__in=ids).values_list("pk", "status"))
@@ -147,7 +153,9 @@ def test_a_contact_that_changes_its_phone_leaves_its_cluster_and_the_rest_stay_t
     assert not open_clusters_of("u-a")
     (rest,) = open_clusters_of("u-b")
     assert sorted(m.contact.uid for m in rest.members.all()) == ["u-b", "u-c"]
-    assert set(ContactKey.objects.filter(contact__uid="u-a").values_list("key", flat=True)) == {"+61499888777"}
+    assert set(ContactKey.objects.filter(contact__uid="u-a").values_list("key", flat=True)) == {
+        "+61499888777"
+    }
 
 
 def test_each_delivery_is_applied_once_even_when_drained_again() -> None:
@@ -196,12 +204,22 @@ def test_the_sweep_drains_deliveries_whose_enqueue_was_lost_and_prunes_old_rows(
 
 
 def test_a_contact_at_a_location_the_index_does_not_know_is_still_indexed() -> None:
-    store(event_body("contact.created", after=make_contact(uid="u-new", locations=("loc-unknown",), updated_at=T0)))
+    store(
+        event_body(
+            "contact.created", after=make_contact(uid="u-new", locations=("loc-unknown",), updated_at=T0)
+        )
+    )
     drain()
     assert Contact.objects.get(uid="u-new").location.uid == "loc-unknown"
 
 
 def test_sydney_contacts_keep_their_region() -> None:
-    store(event_body("contact.created", after=make_contact(uid="u-s", locations=(SYDNEY,), phones=("(02) 9876 5432",))))
+    store(
+        event_body(
+            "contact.created", after=make_contact(uid="u-s", locations=(SYDNEY,), phones=("(02) 9876 5432",))
+        )
+    )
     drain()
-    assert list(ContactKey.objects.filter(contact__uid="u-s").values_list("key", flat=True)) == ["+61298765432"]
+    assert list(ContactKey.objects.filter(contact__uid="u-s").values_list("key", flat=True)) == [
+        "+61298765432"
+    ]

@@ -30,14 +30,22 @@ def policy_settings(request: HttpRequest) -> HttpResponse:
                 changes = form.save_audited(request.user)
                 # In the same transaction: no cluster scored under the old policy merges in bulk after it.
                 actor, actor_id = audit.actor_for(request.user)
-                rerun = reevaluation.policy_changed(changes, user=request.user, actor=actor, actor_user_id=actor_id)
+                rerun = reevaluation.policy_changed(
+                    changes, user=request.user, actor=actor, actor_user_id=actor_id
+                )
             if changes:
                 # The periodic scan follows the policy's interval from now on.
                 sync_scan_schedule(form.instance)
-                messages.success(request, "Policy saved: " + ", ".join(sorted(changes)) + ". The change is in the audit log.")
+                messages.success(
+                    request,
+                    "Policy saved: " + ", ".join(sorted(changes)) + ". The change is in the audit log.",
+                )
                 if rerun is not None:
-                    messages.info(request, "Every open cluster is being re-evaluated under the new policy (progress below); "
-                                  "until then clusters scored under the old one are not merged automatically or in bulk.")
+                    messages.info(
+                        request,
+                        "Every open cluster is being re-evaluated under the new policy (progress below); "
+                        "until then clusters scored under the old one are not merged automatically or in bulk.",
+                    )
             else:
                 messages.info(request, "Nothing changed.")
             return redirect(reverse("settings"))
@@ -46,8 +54,12 @@ def policy_settings(request: HttpRequest) -> HttpResponse:
     else:
         form = PolicyForm(instance=policy)
         status = 200
-    return render(request, "settings/policy.html", {"form": form, "policy": policy, "can_change": can_change,
-                  "reevaluation": reevaluation.current()}, status=status)
+    return render(
+        request,
+        "settings/policy.html",
+        {"form": form, "policy": policy, "can_change": can_change, "reevaluation": reevaluation.current()},
+        status=status,
+    )
 
 
 @login_required
