@@ -54,6 +54,8 @@ class Command(BaseCommand):
             self._create_demo_users()
             children.append(self._spawn("qcluster"))
             children.append(self._spawn("runserver", f"127.0.0.1:{options['port']}", "--noreload"))
+            if not options["no_emulator"]:
+                self._register_webhook(options["port"])
             self._first_scan()
             self.stdout.write(self.style.SUCCESS(f"\nPodium Contact Dedup is running at http://127.0.0.1:{options['port']}/"))
             for username, role, _ in DEMO_USERS:
@@ -114,14 +116,25 @@ class Command(BaseCommand):
             call_command("create_user", *args, verbosity=0)
 
     def _seed_locations(self) -> None:
-        from dedup.models import Location
+        from dedup.indexing import IndexWriter
+        from dedup.models import Policy
         from dedup.podium import get_client
 
         with get_client() as client:
-            for location in client.list_locations():
-                Location.objects.update_or_create(
-                    uid=location.uid, defaults={"name": location.name, "country": location.country}
-                )
+            # As a scan records them: a location Podium gives no country (the pop-up) gets the default
+            # region instead of a NULL country, which the table refuses.
+            IndexWriter(Policy.current().default_region).ensure_locations(client.list_locations())
+
+    def _register_webhook(self, port: int) -> None:
+        """Point the emulator's webhook at this web server: a contact changed in Podium shows in seconds."""
+        from dedup.realtime.registration import RegistrationError, register
+
+        try:
+            reg = register(f"http://127.0.0.1:{port}/podium/webhooks/", actor="system:make-run")
+        except RegistrationError as exc:
+            self.stderr.write(f"webhook not registered ({exc}); contact changes arrive with scans only")
+            return
+        self.stdout.write(f"webhook {reg.podium_uid} registered: contact changes reach the dashboard in seconds")
 
     def _first_scan(self) -> None:
         from dedup.models import ScanRun
