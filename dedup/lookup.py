@@ -17,6 +17,7 @@ Only contacts of the asked location are considered: a token sees nothing of loca
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,6 +58,32 @@ class Query:
     region: str
 
 
+# Locations by uid, per process: a lookup then costs no query for them. A region an admin changes takes
+# effect here within LOCATION_TTL_S.
+LOCATION_TTL_S = 30.0
+_locations: dict[str, tuple[float, tuple[int, str]]] = {}
+
+
+def _location(uid: str) -> tuple[int, str] | None:
+    """(row id, region) of a known location."""
+    now = time.monotonic()
+    cached = _locations.get(uid)
+    if cached is not None and now - cached[0] < LOCATION_TTL_S:
+        return cached[1]
+    row = Location.objects.filter(uid=uid).values_list("pk", "country").first()
+    if row is None:
+        return None
+    if len(_locations) > 10_000:
+        _locations.clear()
+    _locations[uid] = (now, (int(row[0]), str(row[1])))
+    return _locations[uid][1]
+
+
+def forget_locations() -> None:
+    """Drop the per-process location cache (tests; after a location's region changed here)."""
+    _locations.clear()
+
+
 def parse_query(params: Mapping[str, str], allowed_location_uids: list[str]) -> Query:
     """Validate ``phone``/``email`` and ``location``; raises LookupRefused (400, or 404 out of scope)."""
     phone = (params.get("phone") or "").strip("\t\r\n")
@@ -72,7 +99,7 @@ def parse_query(params: Mapping[str, str], allowed_location_uids: list[str]) -> 
         )
     if len(location_uid) > 64 or len(phone) > _MAX_INPUT or len(email) > _MAX_INPUT:
         raise LookupRefused(400, "bad_request", "a parameter is too long")
-    row = Location.objects.filter(uid=location_uid).values_list("pk", "country").first()
+    row = _location(location_uid)
     if row is None:
         raise LookupRefused(400, "unknown_location", f"no location {location_uid} is known")
     if location_uid not in allowed_location_uids:

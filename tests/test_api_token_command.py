@@ -11,6 +11,7 @@ from django.core.management.base import CommandError
 from django.test import Client
 
 from dedup.api_tokens import hash_token
+from dedup.lookup import forget_locations
 from dedup.models import ApiToken, AuditEvent
 from podium_client.corpus import AUCKLAND, SYDNEY
 from tests.realtime_helpers import seed_locations
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _locations() -> None:
+    forget_locations()
     seed_locations()
 
 

@@ -14,6 +14,7 @@ from django.test import Client
 from dedup.api_tokens import create_token, hash_token, revoke_token
 from dedup.detection import detect
 from dedup.indexing import IndexWriter, prepare_contact
+from dedup.lookup import forget_locations
 from dedup.models import ApiToken, AuditEvent, Location, LocationGrant, Policy
 from dedup.roles import ROLE_NAMES
 from podium_client.corpus import AUCKLAND, BURLEIGH, SYDNEY
@@ -29,6 +30,7 @@ URL = "/api/v1/lookup"
 @pytest.fixture(autouse=True)
 def _setup() -> Iterator[None]:
     cache.clear()
+    forget_locations()
     seed_locations()
     yield
     cache.clear()
