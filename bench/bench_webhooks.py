@@ -1,7 +1,8 @@
 """Real time, end to end: from a contact change in the emulator to the updated cluster in the review queue.
 
 Starts the Podium emulator (a generated corpus) in this process, indexes it with a full scan, then runs
-the product as in production but with ONE worker: ``runserver`` (the receiver) and ``qcluster``
+the product as in production but with ONE worker: ``runserver --nothreading`` (the receiver, one
+process keeping its database connection as a WSGI worker does) and ``qcluster``
 (``Q_WORKERS=1``, django-q2's database broker unless ``--redis URL``), on a PostgreSQL database of its own
 (``BENCH_DB``, default ``dedup_bench_webhooks``, recreated each run next to ``BENCH_PG_URL``'s). The
 webhook is registered with ``dedup.realtime.registration.register`` (a generated, encrypted secret).
@@ -104,7 +105,9 @@ def main() -> None:
 
     port = _free_port()
     children = [
-        subprocess.Popen([sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"], cwd=ROOT,
+        # One thread, like a production WSGI worker that keeps its database connection: the threaded dev
+        # server opens a new connection for every request (a thread each), which is most of its time.
+        subprocess.Popen([sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload", "--nothreading"], cwd=ROOT,
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
         subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True),

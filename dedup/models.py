@@ -834,6 +834,20 @@ class WebhookDelivery(models.Model):
         return f"delivery {self.delivery_key} {self.status}"
 
 
+class WebhookDrainFlag(models.Model):
+    """One row: a drain of stored deliveries is queued and has not started yet.
+
+    A receiver enqueues a drain only when it flips ``requested`` from false to true, and a drain clears it
+    before it reads the stored deliveries, so a burst of deliveries costs a couple of tasks, not one each.
+    """
+
+    requested = models.BooleanField(default=False)
+    requested_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"drain requested: {self.requested}"
+
+
 class WebhookRefusal(models.Model):
     """Deliveries refused before they were stored, counted per hour and reason (bounded, unlike a row
     per refusal, which a flood would turn into a flood of rows)."""

@@ -301,3 +301,35 @@ def test_the_emulator_delivers_to_a_live_server_and_the_review_queue_shows_the_n
     assert server.stats()["webhooks_sent"] == 3
     (cluster,) = Cluster.objects.filter(status=Cluster.OPEN)
     assert cluster.member_count == 2 and cluster.natural_keys == ["+61412345678"]
+
+
+def test_a_burst_enqueues_one_drain_while_one_is_waiting_and_a_new_one_once_it_started() -> None:
+    from tests.fixtures_emulator import make_contact
+    from tests.realtime_helpers import event_body
+
+    client = Client()
+    with mock.patch("django_q.tasks.async_task") as async_task:
+        for _ in range(5):
+            assert post_delivery(client, event_body("contact.created", after=make_contact())).status_code == 202
+        assert async_task.call_count == 1  # the queued drain will read all five
+        drain()
+        assert Contact.objects.count() == 5
+        post_delivery(client, event_body("contact.created", after=make_contact()))
+        assert async_task.call_count == 2  # stored after the drain started: a drain of its own
+
+
+def test_a_lost_enqueue_is_caught_up_by_the_sweep() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from dedup.realtime.apply import sweep
+    from tests.fixtures_emulator import make_contact
+    from tests.realtime_helpers import event_body
+
+    with mock.patch("django_q.tasks.async_task", side_effect=ConnectionError("broker down")):
+        assert post_delivery(Client(), event_body("contact.created", after=make_contact(uid="u-lost"))).status_code == 202
+    assert WebhookDelivery.objects.get().status == WebhookDelivery.RECEIVED
+    sweep(now=timezone.now() + timedelta(minutes=1))
+    assert WebhookDelivery.objects.get().status == WebhookDelivery.DONE
+    assert Contact.objects.filter(uid="u-lost").exists()

@@ -36,7 +36,7 @@ from django_q.signals import post_spawn
 
 from dedup.detection import detect
 from dedup.indexing import IndexWriter, PreparedContact, prepare_contact, unstorable_reason
-from dedup.models import Contact, ContactKey, Policy, WebhookDelivery, WebhookRefusal
+from dedup.models import Contact, ContactKey, Policy, WebhookDelivery, WebhookDrainFlag, WebhookRefusal
 from podium_client.errors import MalformedResponse
 from podium_client.types import CONTACT_EVENT_TYPES, WebhookEvent, format_timestamp
 from podium_client.types import Contact as PodiumContact
@@ -111,6 +111,8 @@ def drain_task() -> dict[str, int]:
 def drain(limit: int = BATCH, actor: str = ACTOR) -> DrainSummary:
     """Apply every stored ``received`` delivery, batch by batch, re-detecting after each batch."""
     summary = DrainSummary()
+    # Before reading: a delivery stored from now on enqueues a drain of its own (dedup.realtime.receiver).
+    WebhookDrainFlag.objects.filter(pk=1, requested=True).update(requested=False)
     while True:
         applied = _apply_batch(limit, summary)
         if applied is None:

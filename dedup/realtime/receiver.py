@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from dedup.models import WebhookDelivery, WebhookRefusal
+from dedup.models import WebhookDelivery, WebhookDrainFlag, WebhookRefusal
 from dedup.realtime.secrets import receiver_secrets
 from podium_client.errors import WebhookSignatureError
 from podium_client.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
@@ -145,9 +145,17 @@ def accept(raw: bytes, headers: Any, client: str = "") -> Answer:
 
 
 def enqueue_drain() -> None:
-    """Ask a worker to apply what is stored. A lost enqueue only delays: the sweep drains it."""
+    """Ask a worker to apply what is stored, unless a drain is queued and not started yet (it will read
+    this delivery). A lost enqueue only delays: the every-minute sweep drains and clears the flag."""
     from django_q.tasks import async_task
 
+    now = timezone.now()
+    if not WebhookDrainFlag.objects.filter(pk=1, requested=False).update(requested=True, requested_at=now):
+        try:
+            with transaction.atomic():
+                WebhookDrainFlag.objects.create(pk=1, requested=True, requested_at=now)
+        except IntegrityError:
+            return  # the row exists and says a drain is queued already
     try:
         async_task(DRAIN_TASK, task_name="webhook drain", group="webhooks", save=False)
     except Exception:  # noqa: BLE001 - the delivery is stored; the every-minute sweep applies it
