@@ -80,7 +80,10 @@ def _fill(n: int) -> None:
     with connection.cursor() as cursor:
         for model in (ClusterMember, Cluster.locations.through, Cluster, ContactKey, Contact, Location):
             cursor.execute(f"TRUNCATE {model._meta.db_table} CASCADE")
-    locations = [Location.objects.create(uid=f"bench-loc-{k}", name=f"Bench {k}", country="AU") for k in range(LOCATIONS)]
+    locations = [
+        Location.objects.create(uid=f"bench-loc-{k}", name=f"Bench {k}", country="AU")
+        for k in range(LOCATIONS)
+    ]
     pairs = int(n * CLUSTERED_SHARE / 2)
     now = datetime.now(UTC)
     contact_cols = [
@@ -115,7 +118,11 @@ def _fill(n: int) -> None:
             e164 = _phone(number_of(i))
             rows.append((ids[f"bench-{i:07d}"], loc.pk, "PHONE", e164, "0" + e164[3:], ""))
         with transaction.atomic():
-            insert_rows(ContactKey._meta.db_table, ["contact_id", "location_id", "kind", "key", "raw", "extension"], rows)
+            insert_rows(
+                ContactKey._meta.db_table,
+                ["contact_id", "location_id", "kind", "key", "raw", "extension"],
+                rows,
+            )
     cluster_rows = []
     for k in range(pairs):
         loc = locations[k % LOCATIONS]
@@ -145,7 +152,9 @@ def _fill(n: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--contacts", type=int, default=1_000_000)
     parser.add_argument("--lookups", type=int, default=3000)
     args = parser.parse_args()
@@ -174,7 +183,11 @@ def main() -> None:
         i = rng.randrange(distinct) if not miss else 1_000_000 + rng.randrange(1_000_000)
         # The location the number's holder is at (misses ask anywhere).
         first_holder = 2 * i if i < pairs else i + pairs
-        loc = f"bench-loc-{(first_holder // 2) % LOCATIONS}" if not miss else f"bench-loc-{rng.randrange(LOCATIONS)}"
+        loc = (
+            f"bench-loc-{(first_holder // 2) % LOCATIONS}"
+            if not miss
+            else f"bench-loc-{rng.randrange(LOCATIONS)}"
+        )
         e164 = _phone(i)
         national = f"0{e164[3:6]} {e164[6:9]} {e164[9:]}"
         queries.append((f"/api/v1/lookup?phone={quote(national)}&location={loc}", miss, i < pairs))
@@ -198,7 +211,9 @@ def main() -> None:
     p95 = times[int(len(times) * 0.95) - 1]
     print(f"lookup API at {total:,} indexed contacts ({pairs:,} two-member clusters), {len(times)} lookups "
           f"({found} found, {clustered} in a cluster, {len(times) - found} held by nobody):")  # fmt: skip
-    print(f"  p50 {p50:.2f} ms   p95 {p95:.2f} ms   max {times[-1]:.2f} ms   (target p95 ≤ {TARGET_P95_MS:.0f} ms)")
+    print(
+        f"  p50 {p50:.2f} ms   p95 {p95:.2f} ms   max {times[-1]:.2f} ms   (target p95 ≤ {TARGET_P95_MS:.0f} ms)"
+    )
     if p95 > TARGET_P95_MS:
         print("  OVER TARGET")
         sys.exit(1)

@@ -67,11 +67,15 @@ def _wait_port(port: int, timeout: float = 60) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--people", type=int, default=2000)
     parser.add_argument("--samples", type=int, default=60)
     parser.add_argument("--burst", type=int, default=1000)
-    parser.add_argument("--redis", default="", help="a Redis URL for django-q2's broker (default: the database)")
+    parser.add_argument(
+        "--redis", default="", help="a Redis URL for django-q2's broker (default: the database)"
+    )
     args = parser.parse_args()
 
     from podium_client.corpus import SYDNEY, generate_corpus
@@ -101,7 +105,9 @@ def main() -> None:
 
     Policy.objects.update_or_create(pk=1, defaults={"rate_limit_per_minute": 100_000})
     scan = start_scan(full=True, run_async=False, actor="system:bench")
-    print(f"indexed {scan.contacts_seen} contacts; {Cluster.objects.filter(status='open').count()} open clusters")
+    print(
+        f"indexed {scan.contacts_seen} contacts; {Cluster.objects.filter(status='open').count()} open clusters"
+    )
 
     port = _free_port()
     children = [
@@ -118,14 +124,20 @@ def main() -> None:
         time.sleep(2)  # the worker starts
 
         # Pairs (A, B) of Sydney contacts, each alone (no open cluster), A with a phone.
-        clustered = set(ClusterMember.objects.filter(cluster__status="open").values_list("contact_id", flat=True))
+        clustered = set(
+            ClusterMember.objects.filter(cluster__status="open").values_list("contact_id", flat=True)
+        )
         singles = list(
             Contact.objects.filter(location__uid=SYDNEY, deleted_at__isnull=True, merged_into_uid="")
             .exclude(pk__in=clustered)
             .order_by("pk")
             .values_list("pk", "uid")
         )
-        phone_of = dict(ContactKey.objects.filter(kind="PHONE", contact_id__in=[pk for pk, _ in singles]).values_list("contact_id", "raw"))
+        phone_of = dict(
+            ContactKey.objects.filter(kind="PHONE", contact_id__in=[pk for pk, _ in singles]).values_list(
+                "contact_id", "raw"
+            )
+        )
         with_phone = [(pk, uid) for pk, uid in singles if pk in phone_of]
         pairs = list(zip(with_phone[0::2], with_phone[1::2], strict=False))[: args.samples]
         latencies: list[float] = []
@@ -134,9 +146,11 @@ def main() -> None:
             emulator.state.podium_edit(b_uid, {"add_phone": phone_of[a_pk]})
             deadline = started + 30
             while time.perf_counter() < deadline:
-                if Cluster.objects.filter(status="open", members__contact__uid=b_uid).filter(
-                    members__contact__uid=a_uid
-                ).exists():
+                if (
+                    Cluster.objects.filter(status="open", members__contact__uid=b_uid)
+                    .filter(members__contact__uid=a_uid)
+                    .exists()
+                ):
                     break
                 time.sleep(0.005)
             else:
@@ -146,7 +160,9 @@ def main() -> None:
         p50 = statistics.median(latencies)
         p95 = latencies[max(int(len(latencies) * 0.95) - 1, 0)]
         broker = "Redis" if args.redis else "database"
-        print(f"change in Podium → cluster in the review queue, one worker ({broker} broker), {len(latencies)} changes:")
+        print(
+            f"change in Podium → cluster in the review queue, one worker ({broker} broker), {len(latencies)} changes:"
+        )
         print(f"  p50 {p50 * 1000:.0f} ms   p95 {p95 * 1000:.0f} ms   max {latencies[-1] * 1000:.0f} ms   "
               f"(target p95 ≤ {TARGET_P95_S:.0f} s)")  # fmt: skip
 
@@ -154,7 +170,9 @@ def main() -> None:
         before = WebhookDelivery.objects.count()
         targets = [uid for _pk, uid in singles[: args.burst]]
         if len(targets) < args.burst:
-            targets = list(Contact.objects.filter(deleted_at__isnull=True).values_list("uid", flat=True)[: args.burst])
+            targets = list(
+                Contact.objects.filter(deleted_at__isnull=True).values_list("uid", flat=True)[: args.burst]
+            )
         started = time.perf_counter()
         for i, uid in enumerate(targets):
             emulator.state.podium_edit(uid, {"name": f"Burst Name {i}"})

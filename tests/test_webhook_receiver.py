@@ -224,7 +224,7 @@ def test_a_burst_of_1000_real_deliveries_none_lost_each_applied_once(
         answers = [post_delivery(client, d.body, d.headers).status_code for d in [*deliveries, *edits]]
         elapsed = time.perf_counter() - started
     assert answers == [202] * 2000
-    assert enqueue.call_count == 2000
+    assert enqueue.call_count == 1  # one drain, waiting, reads them all
     assert elapsed / 2000 < 0.05, f"{elapsed / 2000 * 1000:.1f} ms per delivery"
     summary = drain()
     assert summary.deliveries == 2000 and summary.applied == 2000 and summary.failed == 0
@@ -310,7 +310,9 @@ def test_a_burst_enqueues_one_drain_while_one_is_waiting_and_a_new_one_once_it_s
     client = Client()
     with mock.patch("django_q.tasks.async_task") as async_task:
         for _ in range(5):
-            assert post_delivery(client, event_body("contact.created", after=make_contact())).status_code == 202
+            assert (
+                post_delivery(client, event_body("contact.created", after=make_contact())).status_code == 202
+            )
         assert async_task.call_count == 1  # the queued drain will read all five
         drain()
         assert Contact.objects.count() == 5
@@ -328,7 +330,12 @@ def test_a_lost_enqueue_is_caught_up_by_the_sweep() -> None:
     from tests.realtime_helpers import event_body
 
     with mock.patch("django_q.tasks.async_task", side_effect=ConnectionError("broker down")):
-        assert post_delivery(Client(), event_body("contact.created", after=make_contact(uid="u-lost"))).status_code == 202
+        assert (
+            post_delivery(
+                Client(), event_body("contact.created", after=make_contact(uid="u-lost"))
+            ).status_code
+            == 202
+        )
     assert WebhookDelivery.objects.get().status == WebhookDelivery.RECEIVED
     sweep(now=timezone.now() + timedelta(minutes=1))
     assert WebhookDelivery.objects.get().status == WebhookDelivery.DONE

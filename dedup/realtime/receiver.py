@@ -125,6 +125,8 @@ def accept(raw: bytes, headers: Any, client: str = "") -> Answer:
     event_type, contact_uid = _summary_of(parsed)
     readable = isinstance(parsed, dict)
     try:
+        # One transaction, one commit (durable before Podium hears 2xx): the delivery, and the request
+        # for a drain when none is waiting.
         with transaction.atomic():
             delivery = WebhookDelivery.objects.create(
                 delivery_key=key,
@@ -134,28 +136,42 @@ def accept(raw: bytes, headers: Any, client: str = "") -> Answer:
                 outcome="" if readable else "the body is not a JSON object",
                 body=raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00"),
             )
+            wanted = readable and request_drain()
     except IntegrityError:
         logger.info("webhook delivery %s repeated; already stored", key)
         return Answer(200, {"status": "duplicate"})
-    if readable:
+    if wanted:
         enqueue_drain()
-    else:
+    elif not readable:
         logger.warning("webhook delivery #%s is not a JSON object; kept as failed", delivery.pk)
     return Answer(202, {"status": "accepted", "delivery": delivery.pk})
 
 
+def request_drain() -> bool:
+    """Flag that a drain is wanted; True when none was waiting (then the caller enqueues one).
+
+    A drain clears the flag before it reads the stored deliveries, so a delivery stored while one waits is
+    read by it, and one stored after it started flips the flag again and gets a drain of its own.
+    """
+    now = timezone.now()
+    flags = WebhookDrainFlag.objects.filter(pk=1)
+    if flags.filter(requested=False).update(requested=True, requested_at=now):
+        return True
+    if flags.exists():
+        return False  # a drain is waiting already
+    try:
+        with transaction.atomic():
+            WebhookDrainFlag.objects.create(pk=1, requested=True, requested_at=now)
+    except IntegrityError:
+        return False  # created meanwhile by another receiver, which enqueues
+    return True
+
+
 def enqueue_drain() -> None:
-    """Ask a worker to apply what is stored, unless a drain is queued and not started yet (it will read
-    this delivery). A lost enqueue only delays: the every-minute sweep drains and clears the flag."""
+    """Ask a worker to apply what is stored. A lost enqueue only delays: the every-minute sweep drains
+    what was stored and clears the flag."""
     from django_q.tasks import async_task
 
-    now = timezone.now()
-    if not WebhookDrainFlag.objects.filter(pk=1, requested=False).update(requested=True, requested_at=now):
-        try:
-            with transaction.atomic():
-                WebhookDrainFlag.objects.create(pk=1, requested=True, requested_at=now)
-        except IntegrityError:
-            return  # the row exists and says a drain is queued already
     try:
         async_task(DRAIN_TASK, task_name="webhook drain", group="webhooks", save=False)
     except Exception:  # noqa: BLE001 - the delivery is stored; the every-minute sweep applies it
