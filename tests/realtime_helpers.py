@@ -12,11 +12,15 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
+from django.db import connection
+from django.db.models.signals import post_migrate
 from django.test import Client
 
 from dedup.indexing import IndexWriter
@@ -131,3 +135,28 @@ class Capture:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+_GUARD_UID = "tests.realtime_helpers.audit_guard_again"
+
+
+@pytest.fixture
+def audit_flushable(transactional_db: None) -> Iterator[None]:
+    """Let pytest-django empty PostgreSQL after a transactional (live-server) test despite the audit guard.
+
+    Migration 0002 refuses TRUNCATE of audit events, which is how the test database is emptied after a
+    transactional test: the guard is switched off just for that flush and back on right after it (the
+    flush emits ``post_migrate``), so every other test runs with it.
+    """
+    yield
+    if connection.vendor != "postgresql":
+        return
+
+    def guard_again(**kwargs: Any) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE dedup_auditevent ENABLE TRIGGER dedup_audit_no_truncate")
+        post_migrate.disconnect(dispatch_uid=_GUARD_UID)
+
+    post_migrate.connect(guard_again, weak=False, dispatch_uid=_GUARD_UID)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE dedup_auditevent DISABLE TRIGGER dedup_audit_no_truncate")

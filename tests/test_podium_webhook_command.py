@@ -176,3 +176,15 @@ def test_only_admins_see_the_webhook_page(server: EmulatorServer, role: str) -> 
     client.force_login(user)
     assert client.get("/webhooks/").status_code == 403
     assert client.post("/webhooks/check/").status_code == 403
+
+
+def test_make_run_points_the_emulators_webhook_at_the_local_server(server: EmulatorServer) -> None:
+    from dedup.management.commands.run_product import Command
+
+    command = Command(stdout=StringIO(), stderr=StringIO())
+    command._register_webhook(8123)
+    (hook,) = server.hub.webhooks()
+    assert hook["url"] == "http://127.0.0.1:8123/podium/webhooks/"
+    assert WebhookRegistration.objects.get(active=True).registered_by == "system:make-run"
+    command._register_webhook(8123)  # a restart replaces it
+    assert len(server.hub.webhooks()) == 1

@@ -26,7 +26,14 @@ from podium_client.corpus import ORGANIZATION_UID, SYDNEY
 from podium_client.emulator import EmulatorServer
 from podium_client.types import CONTACT_EVENT_TYPES
 from tests.fixtures_emulator import empty_state
-from tests.realtime_helpers import SECRET, Capture, post_delivery, seed_locations, signed_headers
+from tests.realtime_helpers import (  # noqa: F401  (audit_flushable is a fixture)
+    SECRET,
+    Capture,
+    audit_flushable,
+    post_delivery,
+    seed_locations,
+    signed_headers,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -279,6 +286,7 @@ def test_get_is_not_allowed() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("audit_flushable")
 def test_the_emulator_delivers_to_a_live_server_and_the_review_queue_shows_the_new_cluster(
     live_server: Any,
     emulator_factory: Callable[..., EmulatorServer],
