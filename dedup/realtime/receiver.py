@@ -96,9 +96,9 @@ def accept(raw: bytes, headers: Any, client: str = "") -> Answer:
     401 when it is unsigned, stale or does not match any current secret (none configured refuses all);
     202 when stored; 200 when its delivery key was seen before (a repeat: not applied again).
     """
-    secrets = receiver_secrets()
     if not headers.get(TIMESTAMP_HEADER) or not headers.get(SIGNATURE_HEADER):
         return refuse(401, WebhookRefusal.UNSIGNED, "no podium-timestamp/podium-signature", len(raw), client)
+    secrets = receiver_secrets()
     if not secrets:
         return refuse(
             401, WebhookRefusal.BAD_SIGNATURE,
