@@ -223,3 +223,12 @@ def test_sydney_contacts_keep_their_region() -> None:
     assert list(ContactKey.objects.filter(contact__uid="u-s").values_list("key", flat=True)) == [
         "+61298765432"
     ]
+
+
+def test_a_worker_start_schedules_the_every_minute_sweep() -> None:
+    from django_q.models import Schedule
+
+    apply.ensure_sweep_schedule_at_worker_start(sender=None, proc_name="w1")
+    apply.ensure_sweep_schedule_at_worker_start(sender=None, proc_name="w2")
+    (schedule,) = Schedule.objects.filter(name=apply.SWEEP_SCHEDULE_NAME)
+    assert schedule.func == "dedup.realtime.apply.sweep" and schedule.minutes == 1 and schedule.repeats == -1
