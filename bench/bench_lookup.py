@@ -3,8 +3,8 @@
 Runs against its own PostgreSQL database (``BENCH_DB``, default ``dedup_bench_lookup``, next to
 ``BENCH_PG_URL``'s, default ``postgres://postgres@127.0.0.1:5432/postgres``), filled on first use in bulk
 (COPY: contacts, their phone keys and locations, 5 % of them in two-member clusters) and reused afterwards.
-Each lookup is a whole request through Django's test ``Client`` (middleware, token, rate limit, view, JSON),
-so the figures are server time without the network. Numbers are asked in national spellings
+Each lookup is a whole request through Django's test ``Client`` (middleware, token, rate limit, view, JSON)
+with production settings (``DEBUG`` off), so the figures are server time without the network. Numbers are asked in national spellings
 (``0412 345 678``), 10 % of them held by nobody.
 
     .venv/bin/python bench/bench_lookup.py [--contacts 1000000] [--lookups 3000]
@@ -48,9 +48,12 @@ def _ensure_database(url: str) -> None:
 
 
 def _setup_django(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DEBUG", "1")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "dedup.settings_test"
+    # Production settings (DEBUG off: no query log, no debug wrappers), with throwaway keys.
+    os.environ.update(
+        DATABASE_URL=url, DEBUG="0", DJANGO_SETTINGS_MODULE="dedup.settings", SECURE_SSL_REDIRECT="0",
+        ALLOWED_HOSTS="testserver,localhost", SECRET_KEY="bench-" + "s" * 50, AUDIT_HMAC_KEY="bench-" + "a" * 50,
+        LOG_LEVEL="ERROR",
+    )  # fmt: skip
     import django
 
     django.setup()
