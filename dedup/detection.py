@@ -159,6 +159,7 @@ class _Proposal:
     member_ids: tuple[int, ...]
     member_locations: tuple[int, ...]
     member_updated: tuple[datetime, ...]
+    policy_version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +185,9 @@ class _Scoring:
     location_id_of: dict[str, int]
     policy_changed_at: datetime
     rescore: bool
+    # Policy.scoring_version read with the values above: written on every cluster scored, so a merge
+    # can tell a cluster scored under an older policy (dedup.merge.decisions refuses those in bulk).
+    policy_version: int = 1
 
 
 # --- public API -------------------------------------------------------------------------------------------
@@ -226,6 +230,7 @@ def detect(
         location_id_of=location_id_of,
         policy_changed_at=policy.updated_at,
         rescore=rescore,
+        policy_version=policy.scoring_version,
     )
 
     key_scoped = keys is not None or contact_ids is not None
@@ -820,21 +825,26 @@ def _propose(
         member_ids=ids,
         member_locations=tuple(location_id_of[m.location_uid] for m in members),
         member_updated=tuple(m.updated_at for m in members),
+        policy_version=scoring.policy_version,
     )
 
 
 def _unchanged_clusters(stable_ids: Sequence[str], scoring: _Scoring) -> dict[str, tuple[str, int]]:
     """Open clusters among these ids whose scoring inputs did not change: ``{cluster id: (kind, pk)}``.
 
-    Unchanged means scored after the last policy change, and every member's ``updatedAt`` still the
-    one it was scored with (the id fixes the membership). The comparison runs in the database.
+    Unchanged means scored under the policy in force (its scoring version, and after its last change),
+    and every member's ``updatedAt`` still the one it was scored with (the id fixes the membership).
+    The comparison runs in the database.
     """
     if scoring.rescore or not stable_ids:
         return {}
     fresh: dict[int, tuple[str, str]] = {}
-    sql = f"SELECT id, cluster_id, kind, updated_at FROM {Cluster._meta.db_table} WHERE status = 'open' AND"
-    for pk, cluster_id, kind, updated_at in _select_by_text(sql, "cluster_id", stable_ids):
-        if _aware(updated_at) >= scoring.policy_changed_at:
+    sql = (
+        f"SELECT id, cluster_id, kind, updated_at, policy_version FROM {Cluster._meta.db_table} "
+        f"WHERE status = 'open' AND"
+    )
+    for pk, cluster_id, kind, updated_at, version in _select_by_text(sql, "cluster_id", stable_ids):
+        if _aware(updated_at) >= scoring.policy_changed_at and version == scoring.policy_version:
             fresh[pk] = (cluster_id, kind)
     if not fresh:
         return {}
@@ -1094,19 +1104,20 @@ def _cluster_values(p: _Proposal) -> dict[str, Any]:
         "pair_scores": p.pair_scores_json,
         "member_count": len(p.member_ids),
         "suggested_primary_uid": p.suggested_primary_uid,
+        "policy_version": p.policy_version,
     }
 
 
 _CREATE_COLUMNS = [
     "cluster_id", "natural_keys", "location_id", "cross_location", "kind", "confidence", "auto_merge",
     "status", "reasons", "pair_scores", "member_count", "suggested_primary_uid", "chosen_primary_uid",
-    "scan_run_id", "created_at", "updated_at",
+    "scan_run_id", "created_at", "updated_at", "policy_version",
 ]  # fmt: skip
 
 _REFRESH_COLUMNS = [
     "natural_keys", "location_id", "cross_location", "kind", "confidence", "auto_merge", "reasons",
     "pair_scores", "member_count", "suggested_primary_uid", "status", "superseded_by_id", "scan_run_id",
-    "updated_at",
+    "updated_at", "policy_version",
 ]  # fmt: skip
 
 
@@ -1119,7 +1130,7 @@ def _create(proposals: list[_Proposal], scan_run: ScanRun | None, now: datetime)
         (
             p.stable_id, p.natural_keys_json, p.location_id, p.cross_location, p.kind, p.confidence, p.auto_merge,
             Cluster.OPEN, p.reasons_json, p.pair_scores_json, len(p.member_ids), p.suggested_primary_uid, "",
-            scan_run_id, now, now,
+            scan_run_id, now, now, p.policy_version,
         )  # fmt: skip
         for p in proposals
     ]

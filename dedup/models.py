@@ -403,6 +403,9 @@ class Cluster(models.Model):
     superseded_by = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="supersedes"
     )
+    policy_version = models.PositiveIntegerField(
+        default=1, help_text="the Policy.scoring_version this cluster was scored with"
+    )
     scan_run = models.ForeignKey(ScanRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -724,7 +727,13 @@ class Policy(models.Model):
     email_secondary_key = models.BooleanField(default=False)
     scan_interval_minutes = models.PositiveIntegerField(default=240)
     rate_limit_per_minute = models.PositiveIntegerField(default=300, help_text="Podium request budget")
+    scoring_version = models.PositiveIntegerField(
+        default=1, help_text="moves on every change of a field that decides how clusters are scored"
+    )
     updated_at = models.DateTimeField(auto_now=True)
+
+    #: The fields that decide a cluster's kind: changing one re-evaluates every open cluster.
+    SCORING_FIELDS = ("auto_merge_threshold", "cross_location_auto_merge", "email_secondary_key")
 
     class Meta:
         verbose_name_plural = "policy"
@@ -750,3 +759,221 @@ class Policy(models.Model):
             pk=1, defaults={"default_region": settings.PODIUM_DEFAULT_REGION}
         )
         return policy
+
+
+# --- real time: Podium's webhook deliveries, integrations' API tokens, policy re-evaluation -------------
+
+
+class WebhookRegistration(models.Model):
+    """The webhook this deployment registered with Podium (``manage.py podium_webhook register``).
+
+    The secret Podium signs deliveries with is either in the environment (``PODIUM_WEBHOOK_SECRET``;
+    nothing stored here) or generated at registration and kept here encrypted (``dedup.realtime.secrets``).
+    At most one registration is active.
+    """
+
+    STORED = "stored"
+    ENVIRONMENT = "environment"
+    SECRET_SOURCES = [(STORED, "Stored encrypted"), (ENVIRONMENT, "PODIUM_WEBHOOK_SECRET")]
+    UNKNOWN = "unknown"
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    MISSING = "missing"
+    PODIUM_STATES = [
+        (UNKNOWN, "Not checked yet"),
+        (ENABLED, "Enabled"),
+        (DISABLED, "Disabled by Podium"),
+        (MISSING, "No longer at Podium"),
+    ]
+
+    podium_uid = models.CharField(max_length=64, blank=True, default="")
+    url = models.CharField(max_length=500)
+    event_types = models.JSONField(default=list, blank=True)
+    organization_uid = models.CharField(max_length=64, blank=True, default="")
+    secret_source = models.CharField(max_length=12, choices=SECRET_SOURCES, default=STORED)
+    secret_encrypted = models.TextField(blank=True, default="", help_text="Fernet token; never the secret")
+    active = models.BooleanField(default=True)
+    podium_state = models.CharField(
+        max_length=10, choices=PODIUM_STATES, default=UNKNOWN, help_text="as Podium reported it when last asked"
+    )
+    checked_at = models.DateTimeField(null=True, blank=True, help_text="when Podium was last asked")
+    registered_by = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    removed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["active"], condition=Q(active=True), name="one_active_webhook")
+        ]
+
+    def __str__(self) -> str:
+        return f"webhook {self.podium_uid or '?'} → {self.url}"
+
+
+class WebhookDelivery(models.Model):
+    """One delivery Podium made, stored before it is answered: applied at most once, by its key.
+
+    ``delivery_key`` is ``event:<metadata.eventUid>`` when Podium sends one, else ``sha256:<hex of the raw
+    body>``, so a repeated delivery finds its row. ``received → applied → done`` (the index written,
+    then the touched natural keys re-detected); ``stale`` (older than what the index holds), ``ignored``
+    (not a contact event) and ``failed`` (unreadable) end there. The raw body is kept only until it is
+    applied, and for failed deliveries.
+    """
+
+    RECEIVED = "received"
+    APPLIED = "applied"
+    DONE = "done"
+    STALE = "stale"
+    IGNORED = "ignored"
+    FAILED = "failed"
+    STATUS_CHOICES = [
+        (RECEIVED, "Received"),
+        (APPLIED, "Applied, re-detection pending"),
+        (DONE, "Applied"),
+        (STALE, "Older than the index"),
+        (IGNORED, "Not a contact event"),
+        (FAILED, "Failed"),
+    ]
+
+    delivery_key = models.CharField(max_length=100, unique=True)
+    event_type = models.CharField(max_length=40, blank=True, default="")
+    contact_uid = models.CharField(max_length=64, blank=True, default="")
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=RECEIVED)
+    body = models.TextField(blank=True, default="")
+    outcome = models.CharField(max_length=300, blank=True, default="")
+    natural_keys = models.JSONField(default=list, blank=True, help_text="keys to re-detect (before and after)")
+    contact_id = models.BigIntegerField(null=True, blank=True, help_text="the index row it touched")
+    received_at = models.DateTimeField(default=timezone.now)
+    applied_at = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["status", "id"], name="webhookdelivery_status"),
+            models.Index(fields=["received_at"], name="webhookdelivery_received"),
+        ]
+
+    def __str__(self) -> str:
+        return f"delivery {self.delivery_key} {self.status}"
+
+
+class WebhookDrainFlag(models.Model):
+    """One row: a drain of stored deliveries is queued and has not started yet.
+
+    A receiver enqueues a drain only when it flips ``requested`` from false to true, and a drain clears it
+    before it reads the stored deliveries, so a burst of deliveries costs a couple of tasks, not one each.
+    """
+
+    requested = models.BooleanField(default=False)
+    requested_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"drain requested: {self.requested}"
+
+
+class WebhookRefusal(models.Model):
+    """Deliveries refused before they were stored, counted per hour and reason (bounded, unlike a row
+    per refusal, which a flood would turn into a flood of rows)."""
+
+    UNSIGNED = "unsigned"
+    BAD_SIGNATURE = "bad_signature"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+
+    hour = models.DateTimeField()
+    reason = models.CharField(max_length=20)
+    count = models.PositiveIntegerField(default=0)
+    last_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hour", "reason"], name="uniq_webhook_refusal_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.reason} at {self.hour:%Y-%m-%d %H}h"
+
+
+class ApiToken(models.Model):
+    """An integration's bearer token for the lookup API, scoped to locations, hashed at rest.
+
+    The token itself is shown once when created; only its SHA-256 (``token_hash``) and its first
+    characters (``prefix``, to recognise it in a list) are kept.
+    """
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16)
+    token_hash = models.CharField(max_length=64, unique=True)
+    location_uids = models.JSONField(default=list, help_text="the locations this token may look up")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"API token {self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class PolicyReevaluation(models.Model):
+    """The background re-evaluation of every open cluster after a scoring field of the policy changed.
+
+    Until it finishes, clusters scored under an older ``Policy.scoring_version`` are neither merged
+    automatically nor bulk-approved (``dedup.merge.decisions``).
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+    STATE_CHOICES = [
+        (QUEUED, "Queued"),
+        (RUNNING, "Running"),
+        (SUCCEEDED, "Finished"),
+        (FAILED, "Failed"),
+        (SUPERSEDED, "Superseded by a later change"),
+    ]
+    ACTIVE_STATES = (QUEUED, RUNNING)
+
+    policy_version = models.PositiveIntegerField()
+    changes = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=10, choices=STATE_CHOICES, default=QUEUED)
+    phase = models.CharField(max_length=100, blank=True, default="")
+    total = models.PositiveIntegerField(default=0, help_text="open clusters to re-evaluate")
+    done = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"re-evaluation for policy v{self.policy_version} {self.state}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def progress(self) -> float | None:
+        """0..1 when the total is known."""
+        if not self.total:
+            return 1.0 if self.state == self.SUCCEEDED else None
+        return min(self.done / self.total, 1.0)

@@ -196,6 +196,28 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 
+# --- Cache (rate limits of the webhook receiver and the lookup API) -----------------------------
+# With REDIS_URL the counters live in Redis and every process shares them; without it each process
+# counts for itself (the embedded default: one web process), which still bounds a flood per process.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "dedup"}}
+
+# --- Real time: Podium webhooks, the lookup API -------------------------------------------------
+# The webhook secret: from the environment when set (then nothing is stored), else the one
+# `manage.py podium_webhook register` generated, stored encrypted with a key derived (HKDF-SHA256) from
+# PODIUM_WEBHOOK_ENCRYPTION_KEY, or from SECRET_KEY when that is not set.
+PODIUM_WEBHOOK_SECRET = ENV.get("PODIUM_WEBHOOK_SECRET", "")
+PODIUM_WEBHOOK_ENCRYPTION_KEY = ENV.get("PODIUM_WEBHOOK_ENCRYPTION_KEY", "")
+# How far podium-timestamp may be from our clock, either way (replays older than this are refused).
+PODIUM_WEBHOOK_TOLERANCE_S = float(ENV.get("PODIUM_WEBHOOK_TOLERANCE_S", "300"))
+PODIUM_WEBHOOK_MAX_BODY_BYTES = int(ENV.get("PODIUM_WEBHOOK_MAX_BODY_BYTES", str(256 * 1024)))
+# Per client address; Podium sends one delivery at a time per webhook, so this only stops floods.
+PODIUM_WEBHOOK_RATE_LIMIT = ENV.get("PODIUM_WEBHOOK_RATE_LIMIT", "500/s")
+# Per API token.
+API_LOOKUP_RATE_LIMIT = ENV.get("API_LOOKUP_RATE_LIMIT", "1200/m")
+
 # --- Security (production values pass `check --deploy`) -----------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"

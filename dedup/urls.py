@@ -8,6 +8,7 @@ from django.urls import path, register_converter
 from dedup.health import healthz
 from dedup.views import (
     accounts,
+    api,
     audit,
     clusters,
     contacts,
@@ -19,6 +20,7 @@ from dedup.views import (
     scans,
     settings,
     uncategorized,
+    webhooks,
 )
 
 
@@ -81,4 +83,14 @@ urlpatterns = [
     path("locations/<int:location_id>/region/", locations.location_region, name="location_region"),
     path("locations/<int:location_id>/reparse/", locations.location_reparse, name="location_reparse"),
     path("settings/", settings.policy_settings, name="settings"),
+    path("settings/reevaluation/", settings.reevaluation_progress, name="reevaluation_progress"),
+    path("settings/reevaluation/restart/", settings.reevaluation_restart, name="reevaluation_restart"),
+    path("webhooks/", webhooks.webhook_health, name="webhook_health"),
+    path("webhooks/check/", webhooks.webhook_check, name="webhook_check"),
+    path("api-tokens/", api.token_list, name="api_tokens"),
+    path("api-tokens/<int:token_id>/revoke/", api.token_revoke, name="api_token_revoke"),
+    # Machine endpoints: Podium's deliveries, integrations' lookups.
+    path("podium/webhooks/", webhooks.receive, name="podium_webhook"),
+    path("api/v1/lookup", api.lookup_view, name="api_lookup"),
+    path("api/v1/lookup/", api.lookup_view),
 ]

@@ -49,7 +49,15 @@ from dedup.merge.planning import (
     plan_payload,
     restore_loops,
 )
-from dedup.models import AuditEvent, Cluster, ClusterMember, MergeBatch, MergeOperation, ReviewDecision
+from dedup.models import (
+    AuditEvent,
+    Cluster,
+    ClusterMember,
+    MergeBatch,
+    MergeOperation,
+    Policy,
+    ReviewDecision,
+)
 from dedup.survivorship import MergePlan
 from podium_client import PodiumClient
 
@@ -58,6 +66,8 @@ User = AbstractBaseUser | AnonymousUser | None
 #: Reasons a cluster goes to review when planning shows it cannot merge on its own.
 WOULD_LOSE_DATA = "would_lose_data"
 CANNOT_CARRY = "cannot_carry"
+#: Refusal code: the cluster was scored under an earlier policy and waits for its re-evaluation.
+POLICY_REEVALUATING = "policy_reevaluating"
 
 
 def person_of(user: User) -> Any:
@@ -120,6 +130,18 @@ def start_operation(
                 cluster=locked,
             )
         raise ClusterBusyError(locked, busy_message(locked))
+    if automatic or batch is not None:
+        # A cluster scored under an older policy may not merge without a person looking at it: its
+        # kind may change when the background re-evaluation (dedup.reevaluation) rescores it.
+        in_force = Policy.current().scoring_version
+        if locked.policy_version != in_force:
+            raise MergeRefused(
+                f"Cluster {locked.cluster_id} was scored under an earlier policy (version {locked.policy_version}, "
+                f"now {in_force}); it is being re-evaluated and cannot be merged automatically or in bulk "
+                "until then",
+                cluster=locked,
+                code=POLICY_REEVALUATING,
+            )
     if primary_uid and locked.auto_merge:
         raise MergeRefused(
             f"Cluster {locked.cluster_id} merges automatically: its primary follows the rule "

@@ -79,6 +79,8 @@ class Command(BaseCommand):
             children.append(web)
             _wait_listening(web, WEB_HOST, port, timeout=60)
             # Only now: a scan queued by a start that then failed would be left waiting for nobody.
+            if not options["no_emulator"]:
+                self._register_webhook(port)
             self._first_scan()
             self.stdout.write(self.style.SUCCESS(f"\nPodium Contact Dedup is running at http://{WEB_HOST}:{port}/"))
             for username, role, _ in DEMO_USERS:
@@ -140,7 +142,20 @@ class Command(BaseCommand):
         # As a scan records them: a location Podium gives no country gets the default region and is
         # shown to admins as needing one.
         with get_client() as client:
+            # As a scan records them: a location Podium gives no country (the pop-up) gets the default
+            # region instead of a NULL country, which the table refuses.
             IndexWriter(Policy.current().default_region).ensure_locations(client.list_locations())
+
+    def _register_webhook(self, port: int) -> None:
+        """Point the emulator's webhook at this web server: a contact changed in Podium shows in seconds."""
+        from dedup.realtime.registration import RegistrationError, register
+
+        try:
+            reg = register(f"http://127.0.0.1:{port}/podium/webhooks/", actor="system:make-run")
+        except RegistrationError as exc:
+            self.stderr.write(f"webhook not registered ({exc}); contact changes arrive with scans only")
+            return
+        self.stdout.write(f"webhook {reg.podium_uid} registered: contact changes reach the dashboard in seconds")
 
     def _first_scan(self) -> None:
         from dedup.models import ScanRun
