@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dedup.models import Contact, UncategorizedPhone
-from tests.dashboard_base import DashboardTestCase
+from tests.dashboard_base import SYDNEY, DashboardTestCase
 
 
 class UncategorizedTestCase(DashboardTestCase):
@@ -39,7 +39,7 @@ class UncategorizedTestCase(DashboardTestCase):
         self.login(self.auditor)
         assert len(self.raws(self.client.get("/uncategorized/"))) == 2
         assert self.raws(self.client.get("/uncategorized/", {"code": "ERR_DEDUP_001"})) == ["call me"]
-        assert self.raws(self.client.get("/uncategorized/", {"location": "loc_sydney"})) == ["0412 34"]
+        assert self.raws(self.client.get("/uncategorized/", {"location": SYDNEY})) == ["0412 34"]
 
     def test_anonymous_is_sent_to_sign_in(self) -> None:
         self.assert_login_redirect(self.client.get("/uncategorized/"), "/uncategorized/")
