@@ -48,6 +48,7 @@ AnyUser = AbstractBaseUser | AnonymousUser
 # Cached on the user object, which lives as long as the request.
 _ROLE_ATTR = "_dedup_role"
 _LOCATIONS_ATTR = "_dedup_location_ids"
+_UIDS_ATTR = "_dedup_location_uids"
 
 ROLE_ADMIN = "admin"
 ROLE_MANAGER = "manager"
@@ -95,7 +96,10 @@ def visible_location_ids(user: AnyUser) -> frozenset[int] | None:
     elif role is None:
         ids = frozenset()
     else:
-        ids = frozenset(LocationGrant.objects.filter(user_id=user.pk).values_list("location_id", flat=True))
+        # The uids come along in the same query: masking a contact of several locations compares uids.
+        grants = list(LocationGrant.objects.filter(user_id=user.pk).values_list("location_id", "location__uid"))
+        ids = frozenset(pk for pk, _uid in grants)
+        setattr(user, _UIDS_ATTR, frozenset(uid for _pk, uid in grants))
         if role == ROLE_AUDITOR and not ids:
             ids = None
     setattr(user, _LOCATIONS_ATTR, "all" if ids is None else ids)
@@ -173,7 +177,7 @@ def count_visible_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> int:
         return 0
     within = clusters.filter(location_id__in=in_values(ids)).count()
     cross = clusters.filter(location__isnull=True).filter(clusters_touching_q(ids)).count()
-    return within + cross
+    return within + cross + clusters.filter(_elsewhere_but_touching(ids)).count()
 
 
 def _member_location_exists(ids: Iterable[int], *, inside: bool) -> Exists:
@@ -219,9 +223,16 @@ def split_by_decidable(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[Quer
         Q(location_id__in=ids) | Q(location__isnull=True, all_granted=1)
     )
     readable_only = clusters.alias(all_granted=all_granted, any_granted=any_granted).filter(
-        location__isnull=True, any_granted=1, all_granted=0
+        Q(location__isnull=True, any_granted=1, all_granted=0) | _elsewhere_but_touching(ids)
     )
     return decidable, readable_only
+
+
+def _elsewhere_but_touching(ids: frozenset[int]) -> Q:
+    """Within-location clusters of another location that a member of one of ``ids`` belongs to as well (a
+    Podium contact may belong to several locations): visible, not decidable. Driven by the through rows of
+    ``ids``, so its cost follows the user's locations, not the table."""
+    return Q(location__isnull=False) & ~Q(location_id__in=list(ids)) & clusters_touching_q(ids)
 
 
 def count_split(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[int, int]:
@@ -238,7 +249,8 @@ def count_split(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[int, int]:
     cross = clusters.filter(location__isnull=True).filter(_member_location_exists(ids, inside=True)).aggregate(
         decidable=Count("pk", filter=~Q(outside)), readable=Count("pk", filter=Q(outside))
     )
-    return within + (cross["decidable"] or 0), cross["readable"] or 0
+    elsewhere = clusters.filter(_elsewhere_but_touching(ids)).count()
+    return within + (cross["decidable"] or 0), (cross["readable"] or 0) + elsewhere
 
 
 def masks_location(user: AnyUser, location_id: int | None) -> bool:
@@ -250,6 +262,29 @@ def masks_location(user: AnyUser, location_id: int | None) -> bool:
     """
     ids = visible_location_ids(user)
     return ids is not None and location_id not in ids
+
+
+def masks_contact(user: AnyUser, contact: Contact) -> bool:
+    """Whether this user sees ``contact`` only masked: none of its locations is one they see.
+
+    A Podium contact may belong to several locations; it is the customer of each, so a viewer granted
+    any of them reads it in full (as ``contacts_visible_to`` lists it), not only one granted its home.
+    """
+    ids = visible_location_ids(user)
+    if ids is None or contact.location_id in ids:
+        return False
+    others = [uid for uid in contact.location_uids or () if isinstance(uid, str)]
+    return not others or not set(others) & set(_visible_uids(user))
+
+
+def _visible_uids(user: AnyUser) -> frozenset[str]:
+    """The uids of the granted locations, read once per request (cached on the user object)."""
+    visible_location_ids(user)
+    cached = getattr(user, _UIDS_ATTR, None)
+    if cached is None:
+        cached = frozenset(visible_location_uids(user) or ())
+        setattr(user, _UIDS_ATTR, cached)
+    return cached
 
 
 def cluster_location_ids(cluster: Cluster) -> set[int]:
@@ -268,12 +303,19 @@ def can_see_cluster(user: AnyUser, cluster: Cluster) -> bool:
 
 
 def can_act_on_cluster(user: AnyUser, cluster: Cluster, perm: str = "dedup.approve_cluster") -> bool:
-    """Holds ``perm`` and sees *every* location of the cluster."""
+    """Holds ``perm`` and is granted the cluster: its own location, or every location of a cross-location one.
+
+    A within-location cluster is its location's even when a member also belongs to other locations (a
+    Podium contact may belong to several; detection files such a group under the location every member
+    shares), which is what the queue's ``split_by_decidable`` reads in SQL.
+    """
     if not has_perm(user, perm):
         return False
     ids = visible_location_ids(user)
     if ids is None:
         return True
+    if cluster.location_id is not None:
+        return cluster.location_id in ids
     locations = cluster_location_ids(cluster)
     return bool(locations) and locations <= ids
 

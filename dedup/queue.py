@@ -20,11 +20,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, overload
 
 from django.contrib.auth import get_user_model
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from dedup import access, audit
 from dedup.access import AnyUser
-from dedup.models import Cluster, ClusterMember, ContactKey, MergeBatch
+from dedup.models import Cluster, ClusterMember, ContactKey, ContactLocation, MergeBatch
 from dedup.names import normalize_name
 from dedup.phones import normalize_phone
 
@@ -123,7 +123,10 @@ def search_q(user: AnyUser, text: str, region: str) -> Q:
     members = ClusterMember.objects.all()
     ids = access.visible_location_ids(user)
     if ids is not None:
-        members = members.filter(location_id__in=list(ids))
+        # A member is searched when the user reads it in full: one of its locations, not only its home, is
+        # theirs (``access.masks_contact``).
+        elsewhere = ContactLocation.objects.filter(contact_id=OuterRef("contact_id"), location_id__in=list(ids))
+        members = members.filter(Q(location_id__in=list(ids)) | Exists(elsewhere))
     by_member = Q(contact__uid=text)
     phone = normalize_phone(text, region)
     if phone.valid and phone.e164:
