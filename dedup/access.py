@@ -433,10 +433,15 @@ def get_operation_for_user(
 # --- everything else that is filtered by location ------------------------------------------------
 
 def uncategorized_visible_to(user: AnyUser) -> QuerySet[UncategorizedPhone]:
+    """Phones of contacts the user sees: through the contact's home or any other of its locations."""
     ids = visible_location_ids(user)
     if ids is None:
         return UncategorizedPhone.objects.all()
-    return UncategorizedPhone.objects.filter(location_id__in=in_values(ids))
+    granted = in_values(ids)
+    return UncategorizedPhone.objects.filter(
+        Q(location_id__in=granted)
+        | Exists(ContactLocation.objects.filter(contact_id=OuterRef("contact_id"), location_id__in=granted))
+    )
 
 
 def _names_a_location(field: str, ids: frozenset[int]) -> Q:
