@@ -180,14 +180,14 @@ def count_visible_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> int:
     return within + cross + clusters.filter(_elsewhere_but_touching(ids)).count()
 
 
-def _member_location_exists(ids: Iterable[int], *, inside: bool) -> Exists:
+def _member_location_exists(ids: Collection[int], *, inside: bool) -> Exists:
     """A cluster (the outer row) has a location among ``ids`` (``inside``) or one outside them.
 
     Correlated on the through table's ``(cluster, location)`` index, so it costs one probe per
     cross-location cluster met, instead of hashing every cluster-location row of the deployment.
     """
     rows = Cluster.locations.through.objects.filter(cluster_id=OuterRef("pk"))
-    rows = rows.filter(location_id__in=list(ids)) if inside else rows.exclude(location_id__in=list(ids))
+    rows = rows.filter(location_id__in=in_values(ids)) if inside else rows.exclude(location_id__in=in_values(ids))
     return Exists(rows)
 
 
@@ -215,12 +215,12 @@ def split_by_decidable(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[Quer
         return clusters.none(), clusters.none()
     # A cross-location cluster's share of granted locations, as one scalar per row: 1 for "all of them",
     # read only for rows with no own location (PostgreSQL would hash an IN/EXISTS over the whole table).
-    granted = Case(When(location_id__in=list(ids), then=Value(1)), default=Value(0))
+    granted = Case(When(location_id__in=in_values(ids), then=Value(1)), default=Value(0))
     rows = Cluster.locations.through.objects.filter(cluster_id=OuterRef("pk")).order_by().values("cluster_id")
     all_granted = Subquery(rows.annotate(v=Min(granted)).values("v")[:1])  # type: ignore[misc]
     any_granted = Subquery(rows.annotate(v=Max(granted)).values("v")[:1])  # type: ignore[misc]
     decidable = clusters.alias(all_granted=all_granted).filter(
-        Q(location_id__in=ids) | Q(location__isnull=True, all_granted=1)
+        Q(location_id__in=in_values(ids)) | Q(location__isnull=True, all_granted=1)
     )
     readable_only = clusters.alias(all_granted=all_granted, any_granted=any_granted).filter(
         Q(location__isnull=True, any_granted=1, all_granted=0) | _elsewhere_but_touching(ids)
@@ -232,7 +232,7 @@ def _elsewhere_but_touching(ids: frozenset[int]) -> Q:
     """Within-location clusters of another location that a member of one of ``ids`` belongs to as well (a
     Podium contact may belong to several locations): visible, not decidable. Driven by the through rows of
     ``ids``, so its cost follows the user's locations, not the table."""
-    return Q(location__isnull=False) & ~Q(location_id__in=list(ids)) & clusters_touching_q(ids)
+    return Q(location__isnull=False) & ~Q(location_id__in=in_values(ids)) & clusters_touching_q(ids)
 
 
 def count_split(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[int, int]:
@@ -244,7 +244,7 @@ def count_split(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[int, int]:
         return clusters.count(), 0
     if not ids:
         return 0, 0
-    within = clusters.filter(location_id__in=ids).count()
+    within = clusters.filter(location_id__in=in_values(ids)).count()
     outside = _member_location_exists(ids, inside=False)
     cross = clusters.filter(location__isnull=True).filter(_member_location_exists(ids, inside=True)).aggregate(
         decidable=Count("pk", filter=~Q(outside)), readable=Count("pk", filter=Q(outside))
