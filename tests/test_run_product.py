@@ -328,3 +328,34 @@ def test_stopping_everything_cleanly_says_stopped() -> None:
     command.stdout._out = out  # type: ignore[attr-defined]
     assert command._stop(children, timeout=5.0) is True
     assert out.getvalue().splitlines() == ["the web server stopped", "the Podium emulator stopped", "stopped"]
+
+
+@pytest.mark.django_db
+def test_demo_users_get_the_demo_locations_and_keep_their_passwords() -> None:
+    from django.contrib.auth.models import User
+
+    from dedup.models import AuditEvent, Location, LocationGrant
+    from podium_client.corpus import BURLEIGH
+    from tests.dashboard_base import ensure_locations, make_user
+
+    ensure_locations(SYDNEY, BURLEIGH)
+    # An earlier run's user, granted a location the demo no longer has, with a password someone changed.
+    old = Location.objects.create(uid="loc_sydney", name="Sydney CBD (pre-v4)")
+    earlier = make_user("sydney_manager", "manager", [old])
+    earlier.set_password("changed-by-its-owner-1")
+    earlier.save()
+    command = Command()
+    command.stdout._out = io.StringIO()  # type: ignore[attr-defined]
+    command._create_demo_users()
+
+    def grants(username: str) -> set[str]:
+        return set(LocationGrant.objects.filter(user__username=username).values_list("location__uid", flat=True))
+
+    assert grants("sydney_manager") == {SYDNEY} and grants("burleigh_manager") == {BURLEIGH}
+    assert grants("auditor") == set() and grants("admin") == set()
+    assert User.objects.get(username="sydney_manager").check_password("changed-by-its-owner-1")
+    assert User.objects.get(username="burleigh_manager").check_password("demo-password-1")
+    event = AuditEvent.objects.get(event_type="user.updated")
+    assert event.payload["before"] == ["loc_sydney"] and event.payload["locations"] == [SYDNEY]
+    command._create_demo_users()  # a second start changes nothing
+    assert AuditEvent.objects.filter(event_type="user.updated").count() == 1
