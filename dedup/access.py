@@ -16,8 +16,10 @@ Locations a user sees:
   locations (the usual compliance reviewer), one with grants sees only those. They change nothing.
 * A signed-in user in no role group has no view permission and gets 403 on every page.
 
-A cross-location cluster is *visible* when any of its locations is visible to the user and *actionable*
-only when all of them are.
+A within-location cluster belongs to its location: visible and actionable with that location. A
+cross-location cluster is *visible* when any of its locations is visible to the user and *actionable*
+only when all of them are. A Podium contact may belong to several locations; it is read in full by anyone
+granted one of them (``masks_contact``).
 """
 
 from __future__ import annotations
@@ -149,13 +151,19 @@ def clusters_touching_q(ids: Collection[int]) -> Q:
 
 
 def restrict_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> QuerySet[Cluster]:
-    """``clusters`` narrowed to those with at least one location this user sees."""
+    """``clusters`` narrowed to those this user sees: a within-location cluster through its location, a
+    cross-location one through any of its locations.
+
+    A within-location cluster may list other locations too (a member that also belongs elsewhere: a
+    Podium contact may belong to several); it is still its location's, filed there by detection because
+    every member belongs to it, so every member is that location's customer.
+    """
     ids = visible_location_ids(user)
     if ids is None:
         return clusters
     if not ids:
         return clusters.none()
-    return clusters.filter(clusters_touching_q(ids))
+    return clusters.filter(Q(location_id__in=in_values(ids)) | (Q(location__isnull=True) & clusters_touching_q(ids)))
 
 
 def clusters_visible_to(user: AnyUser) -> QuerySet[Cluster]:
@@ -177,7 +185,7 @@ def count_visible_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> int:
         return 0
     within = clusters.filter(location_id__in=in_values(ids)).count()
     cross = clusters.filter(location__isnull=True).filter(clusters_touching_q(ids)).count()
-    return within + cross + clusters.filter(_elsewhere_but_touching(ids)).count()
+    return within + cross
 
 
 def _member_location_exists(ids: Collection[int], *, inside: bool) -> Exists:
@@ -223,16 +231,9 @@ def split_by_decidable(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[Quer
         Q(location_id__in=in_values(ids)) | Q(location__isnull=True, all_granted=1)
     )
     readable_only = clusters.alias(all_granted=all_granted, any_granted=any_granted).filter(
-        Q(location__isnull=True, any_granted=1, all_granted=0) | _elsewhere_but_touching(ids)
+        location__isnull=True, any_granted=1, all_granted=0
     )
     return decidable, readable_only
-
-
-def _elsewhere_but_touching(ids: frozenset[int]) -> Q:
-    """Within-location clusters of another location that a member of one of ``ids`` belongs to as well (a
-    Podium contact may belong to several locations): visible, not decidable. Driven by the through rows of
-    ``ids``, so its cost follows the user's locations, not the table."""
-    return Q(location__isnull=False) & ~Q(location_id__in=in_values(ids)) & clusters_touching_q(ids)
 
 
 def count_split(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[int, int]:
@@ -249,8 +250,7 @@ def count_split(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[int, int]:
     cross = clusters.filter(location__isnull=True).filter(_member_location_exists(ids, inside=True)).aggregate(
         decidable=Count("pk", filter=~Q(outside)), readable=Count("pk", filter=Q(outside))
     )
-    elsewhere = clusters.filter(_elsewhere_but_touching(ids)).count()
-    return within + (cross["decidable"] or 0), (cross["readable"] or 0) + elsewhere
+    return within + (cross["decidable"] or 0), cross["readable"] or 0
 
 
 def masks_location(user: AnyUser, location_id: int | None) -> bool:
@@ -296,9 +296,13 @@ def cluster_location_ids(cluster: Cluster) -> set[int]:
 
 
 def can_see_cluster(user: AnyUser, cluster: Cluster) -> bool:
+    """As ``restrict_clusters``: a within-location cluster through its location, a cross-location one
+    through any of its locations."""
     ids = visible_location_ids(user)
     if ids is None:
         return True
+    if cluster.location_id is not None:
+        return cluster.location_id in ids
     return bool(cluster_location_ids(cluster) & ids)
 
 

@@ -18,22 +18,8 @@ class DashboardViewTestCase(DashboardTestCase):
         assert response.context["open_review"] == 0
         assert b"Scan now" in response.content
         assert b"<svg" in response.content
-        assert response.context["contacts_retired"] == 0 and response.context["strategy"] == "consolidate"
+        assert response.context["strategy"] == "consolidate"
         assert b"Merges go through Podium's published API" in response.content
-
-    def test_contacts_retired_by_merges_are_counted_per_location(self) -> None:
-        from dedup.models import Contact
-
-        primary = self.sydney_cluster.suggested_primary_uid
-        Contact.objects.filter(location=self.sydney).exclude(uid=primary).update(
-            deleted_at=timezone.now(), merged_into_uid=primary
-        )
-        self.login(self.sydney_manager)
-        response = self.client.get("/")
-        assert response.context["contacts_retired"] == 2 and response.context["contacts_indexed"] == 1
-        assert '<span class="n" id="contacts-retired">2</span>' in response.content.decode()
-        self.login(self.burleigh_manager)
-        assert self.client.get("/").context["contacts_retired"] == 0
 
     def test_the_auditor_sees_every_location_but_cannot_scan(self) -> None:
         self.login(self.auditor)

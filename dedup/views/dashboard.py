@@ -36,10 +36,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     by_kind, per_location = _open_cluster_counts(user)
     ops = access.operations_visible_to(user)
     incidents = ops.filter(state__in=INCIDENT_STATES).select_related("cluster").order_by("created_at")
-    contacts = access.contacts_visible_to(user)
     context: dict[str, Any] = {
-        "contacts_indexed": contacts.filter(deleted_at__isnull=True, merged_into_uid="").count(),
-        "contacts_retired": contacts.exclude(merged_into_uid="").count(),
+        "contacts_indexed": access.contacts_visible_to(user).filter(deleted_at__isnull=True, merged_into_uid="").count(),
         "strategy": current_strategy(),
         "open_auto": by_kind.get(Cluster.AUTO, 0),
         "open_review": by_kind.get(Cluster.REVIEW, 0),
