@@ -115,3 +115,13 @@ class ClusterDetailTestCase(DashboardTestCase):
 
     def test_anonymous_is_sent_to_sign_in(self) -> None:
         self.assert_login_redirect(self.get(self.sydney_cluster), "/clusters/")
+
+    def test_on_a_tenant_with_podiums_merge_the_preview_says_so(self) -> None:
+        self.login(self.sydney_manager)
+        with self.settings(PODIUM_CAPABILITIES=["merge", "restore"]):
+            response = self.get(self.sydney_cluster)
+        preview = response.context["preview"]
+        assert preview.strategy == "native"
+        body = html.unescape(response.content.decode())
+        assert "Podium's merge (this tenant has the merge capability) folds the duplicates into the primary" in body
+        assert "Only then is each duplicate deleted" not in body
