@@ -200,7 +200,11 @@ class Command(BaseCommand):
         from dedup.models import Policy
         from dedup.podium import get_client
 
+        # As a scan records them: a location Podium gives no country gets the default region and is
+        # shown to admins as needing one.
         with get_client() as client:
+            # As a scan records them: a location Podium gives no country (the pop-up) gets the default
+            # region instead of a NULL country, which the table refuses.
             IndexWriter(Policy.current().default_region).ensure_locations(client.list_locations())
 
     def _first_scan(self, *, force: bool = False) -> None:
