@@ -85,3 +85,17 @@ class BlockedClusterTestCase(PodiumMixin, DashboardTestCase):
         assert "only review clusters can change it" in response.content.decode()
         self.sydney_cluster.refresh_from_db()
         assert self.sydney_cluster.kind == Cluster.AUTO and self.sydney_cluster.chosen_primary_uid == ""
+
+    def test_members_the_published_api_cannot_reach_block_every_primary(self) -> None:
+        unreachable = build_cluster([
+            person("ct_4700001_aaaaaa", SYDNEY, "Ava Patel", phones=["+61 417 333 444"], conversations=0,
+                   address="3 King St, Sydney"),
+            person("ct_4700002_bbbbbb", SYDNEY, "Ava Patel", phones=["0417 333 444"], conversations=0),
+        ])  # fmt: skip
+        self.login(self.sydney_manager)
+        response = self.client.get(f"/clusters/{unreachable.cluster_id}/")
+        preview = response.context["preview"]
+        assert len(preview.blockers) == 2 and preview.alternatives == []
+        body = response.content.decode()
+        assert "cannot reach it without risking another contact" in body
+        assert "No member could be the primary without a blocker" in body and "Approve merge…" not in body

@@ -40,7 +40,7 @@ from dedup.scoring import (
     TAGS_POINTS,
     reason_text,
 )
-from dedup.survivorship import MergePlan
+from dedup.survivorship import MergePlan, plan_merge
 from dedup.views import presenting
 from dedup.views.clusters import queue_filter, region_for
 from dedup.views.common import login_required
@@ -242,7 +242,9 @@ def _preview(
                 sources.setdefault(wire, []).append(uid)
     union = plan.opt_outs.to_wire()
     others: list[_Alternative] = []
-    if plan.blockers and alternatives:
+    # A member the published API cannot reach blocks every primary alike; only consent blockers (what the
+    # rule's primary could not carry) may lift with another primary, so only then are candidates planned.
+    if plan.blockers and alternatives and plan_merge(records, primary_uid=plan.primary_uid).blockers:
         for r in records:
             if r.uid == plan.primary_uid:
                 continue
