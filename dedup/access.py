@@ -16,13 +16,15 @@ Locations a user sees:
   locations (the usual compliance reviewer), one with grants sees only those. They change nothing.
 * A signed-in user in no role group has no view permission and gets 403 on every page.
 
-A cross-location cluster is *visible* when any of its locations is visible to the user and *actionable*
-only when all of them are.
+A within-location cluster belongs to its location: visible and actionable with that location. A
+cross-location cluster is *visible* when any of its locations is visible to the user and *actionable*
+only when all of them are. A Podium contact may belong to several locations; it is read in full by anyone
+granted one of them (``masks_contact``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, PermissionsMixin
 from django.core.exceptions import PermissionDenied
@@ -49,6 +51,7 @@ AnyUser = AbstractBaseUser | AnonymousUser
 # Cached on the user object, which lives as long as the request.
 _ROLE_ATTR = "_dedup_role"
 _LOCATIONS_ATTR = "_dedup_location_ids"
+_UIDS_ATTR = "_dedup_location_uids"
 
 ROLE_ADMIN = "admin"
 ROLE_MANAGER = "manager"
@@ -96,7 +99,10 @@ def visible_location_ids(user: AnyUser) -> frozenset[int] | None:
     elif role is None:
         ids = frozenset()
     else:
-        ids = frozenset(LocationGrant.objects.filter(user_id=user.pk).values_list("location_id", flat=True))
+        # The uids come along in the same query: masking a contact of several locations compares uids.
+        grants = list(LocationGrant.objects.filter(user_id=user.pk).values_list("location_id", "location__uid"))
+        ids = frozenset(pk for pk, _uid in grants)
+        setattr(user, _UIDS_ATTR, frozenset(uid for _pk, uid in grants))
         if role == ROLE_AUDITOR and not ids:
             ids = None
     setattr(user, _LOCATIONS_ATTR, "all" if ids is None else ids)
@@ -153,13 +159,19 @@ def clusters_touching_q(ids: Collection[int]) -> Q:
 
 
 def restrict_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> QuerySet[Cluster]:
-    """``clusters`` narrowed to those with at least one location this user sees."""
+    """``clusters`` narrowed to those this user sees: a within-location cluster through its location, a
+    cross-location one through any of its locations.
+
+    A within-location cluster may list other locations too (a member that also belongs elsewhere: a
+    Podium contact may belong to several); it is still its location's, filed there by detection because
+    every member belongs to it, so every member is that location's customer.
+    """
     ids = visible_location_ids(user)
     if ids is None:
         return clusters
     if not ids:
         return clusters.none()
-    return clusters.filter(clusters_touching_q(ids))
+    return clusters.filter(Q(location_id__in=in_values(ids)) | (Q(location__isnull=True) & clusters_touching_q(ids)))
 
 
 def clusters_visible_to(user: AnyUser) -> QuerySet[Cluster]:
@@ -184,14 +196,14 @@ def count_visible_clusters(user: AnyUser, clusters: QuerySet[Cluster]) -> int:
     return within + cross
 
 
-def _member_location_exists(ids: Iterable[int], *, inside: bool) -> Exists:
+def _member_location_exists(ids: Collection[int], *, inside: bool) -> Exists:
     """A cluster (the outer row) has a location among ``ids`` (``inside``) or one outside them.
 
     Correlated on the through table's ``(cluster, location)`` index, so it costs one probe per
     cross-location cluster met, instead of hashing every cluster-location row of the deployment.
     """
     rows = Cluster.locations.through.objects.filter(cluster_id=OuterRef("pk"))
-    rows = rows.filter(location_id__in=list(ids)) if inside else rows.exclude(location_id__in=list(ids))
+    rows = rows.filter(location_id__in=in_values(ids)) if inside else rows.exclude(location_id__in=in_values(ids))
     return Exists(rows)
 
 
@@ -219,12 +231,12 @@ def split_by_decidable(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[Quer
         return clusters.none(), clusters.none()
     # A cross-location cluster's share of granted locations, as one scalar per row: 1 for "all of them",
     # read only for rows with no own location (PostgreSQL would hash an IN/EXISTS over the whole table).
-    granted = Case(When(location_id__in=list(ids), then=Value(1)), default=Value(0))
+    granted = Case(When(location_id__in=in_values(ids), then=Value(1)), default=Value(0))
     rows = Cluster.locations.through.objects.filter(cluster_id=OuterRef("pk")).order_by().values("cluster_id")
     all_granted = Subquery(rows.annotate(v=Min(granted)).values("v")[:1])  # type: ignore[misc]
     any_granted = Subquery(rows.annotate(v=Max(granted)).values("v")[:1])  # type: ignore[misc]
     decidable = clusters.alias(all_granted=all_granted).filter(
-        Q(location_id__in=ids) | Q(location__isnull=True, all_granted=1)
+        Q(location_id__in=in_values(ids)) | Q(location__isnull=True, all_granted=1)
     )
     readable_only = clusters.alias(all_granted=all_granted, any_granted=any_granted).filter(
         location__isnull=True, any_granted=1, all_granted=0
@@ -241,7 +253,7 @@ def count_split(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[int, int]:
         return clusters.count(), 0
     if not ids:
         return 0, 0
-    within = clusters.filter(location_id__in=ids).count()
+    within = clusters.filter(location_id__in=in_values(ids)).count()
     outside = _member_location_exists(ids, inside=False)
     cross = clusters.filter(location__isnull=True).filter(_member_location_exists(ids, inside=True)).aggregate(
         decidable=Count("pk", filter=~Q(outside)), readable=Count("pk", filter=Q(outside))
@@ -260,6 +272,29 @@ def masks_location(user: AnyUser, location_id: int | None) -> bool:
     return ids is not None and location_id not in ids
 
 
+def masks_contact(user: AnyUser, contact: Contact) -> bool:
+    """Whether this user sees ``contact`` only masked: none of its locations is one they see.
+
+    A Podium contact may belong to several locations; it is the customer of each, so a viewer granted
+    any of them reads it in full (as ``contacts_visible_to`` lists it), not only one granted its home.
+    """
+    ids = visible_location_ids(user)
+    if ids is None or contact.location_id in ids:
+        return False
+    others = [uid for uid in contact.location_uids or () if isinstance(uid, str)]
+    return not others or not set(others) & set(_visible_uids(user))
+
+
+def _visible_uids(user: AnyUser) -> frozenset[str]:
+    """The uids of the granted locations, read once per request (cached on the user object)."""
+    visible_location_ids(user)
+    cached = getattr(user, _UIDS_ATTR, None)
+    if cached is None:
+        cached = frozenset(visible_location_uids(user) or ())
+        setattr(user, _UIDS_ATTR, cached)
+    return cached
+
+
 def cluster_location_ids(cluster: Cluster) -> set[int]:
     """Every location of the cluster: its own and those of its members (prefetch ``locations``)."""
     ids = {loc.pk for loc in cluster.locations.all()}
@@ -269,19 +304,30 @@ def cluster_location_ids(cluster: Cluster) -> set[int]:
 
 
 def can_see_cluster(user: AnyUser, cluster: Cluster) -> bool:
+    """As ``restrict_clusters``: a within-location cluster through its location, a cross-location one
+    through any of its locations."""
     ids = visible_location_ids(user)
     if ids is None:
         return True
+    if cluster.location_id is not None:
+        return cluster.location_id in ids
     return bool(cluster_location_ids(cluster) & ids)
 
 
 def can_act_on_cluster(user: AnyUser, cluster: Cluster, perm: str = "dedup.approve_cluster") -> bool:
-    """Holds ``perm`` and sees *every* location of the cluster."""
+    """Holds ``perm`` and is granted the cluster: its own location, or every location of a cross-location one.
+
+    A within-location cluster is its location's even when a member also belongs to other locations (a
+    Podium contact may belong to several; detection files such a group under the location every member
+    shares), which is what the queue's ``split_by_decidable`` reads in SQL.
+    """
     if not has_perm(user, perm):
         return False
     ids = visible_location_ids(user)
     if ids is None:
         return True
+    if cluster.location_id is not None:
+        return cluster.location_id in ids
     locations = cluster_location_ids(cluster)
     return bool(locations) and locations <= ids
 
@@ -399,10 +445,15 @@ def get_operation_for_user(
 # --- everything else that is filtered by location ------------------------------------------------
 
 def uncategorized_visible_to(user: AnyUser) -> QuerySet[UncategorizedPhone]:
+    """Phones of contacts the user sees: through the contact's home or any other of its locations."""
     ids = visible_location_ids(user)
     if ids is None:
         return UncategorizedPhone.objects.all()
-    return UncategorizedPhone.objects.filter(location_id__in=in_values(ids))
+    granted = in_values(ids)
+    return UncategorizedPhone.objects.filter(
+        Q(location_id__in=granted)
+        | Exists(ContactLocation.objects.filter(contact_id=OuterRef("contact_id"), location_id__in=granted))
+    )
 
 
 def _names_a_location(field: str, ids: frozenset[int]) -> Q:

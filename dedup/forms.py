@@ -150,7 +150,7 @@ class ResolveForm(forms.Form):
 
 class ContactSearchForm(forms.Form):
     q = forms.CharField(required=False, max_length=200, label="Search",
-                        help_text="Name, contact uid or phone number")
+                        help_text="Name, phone number, a contact's uid, the uid it was merged into or re-created as")
 
 
 class UncategorizedFilterForm(_LocationChoiceMixin, forms.Form):

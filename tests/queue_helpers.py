@@ -1,4 +1,5 @@
-"""Many open auto clusters at once, bulk-inserted (the real indexer would take minutes for thousands)."""
+"""Many open auto clusters at once, bulk-inserted in the index's v4 shape (the real indexer would take minutes
+for thousands): every member has its location, per-channel consent and a conversation of its own."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from decimal import Decimal
 from django.db import transaction
 
 from dedup.clustering import stable_cluster_id
-from dedup.models import Cluster, ClusterMember, Contact, ContactKey, Location
+from dedup.models import Cluster, ClusterMember, Contact, ContactKey, ContactLocation, Location
 from dedup.names import normalize_name
 
 _WHEN = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -21,14 +22,22 @@ def bulk_auto_clusters(location: Location, n: int, *, start: int = 0, name: str 
     for i in range(start, start + n):
         e164 = f"+6141{i:07d}"
         for m, raw in enumerate((e164, "04" + e164[4:])):
+            uid = f"ct_q{location.pk:02d}{i:07d}{m}_bulk"
             contacts.append(Contact(
-                uid=f"ct_q{location.pk:02d}{i:07d}{m}_bulk", location=location, name=name,
-                normalized_name=normalize_name(name), channels=[{"type": "PHONE", "identifier": raw}],
+                uid=uid, location=location, location_uids=[location.uid], name=name,
+                normalized_name=normalize_name(name),
+                channels=[{"type": "PHONE", "identifier": raw, "label": None,
+                           "marketingOptedInLocationUids": [location.uid], "transactionalOptedOutAt": None}],
+                # A conversation of its own: the published API reaches each member alone through it.
+                conversations=[f"conv-{uid}"], conversation_count=1,
                 field_count=2, updated_at=_WHEN, created_at=_WHEN,
             ))
             keys.append((len(contacts) - 1, e164, raw))
     with transaction.atomic():
         created = Contact.objects.bulk_create(contacts, batch_size=500)
+        ContactLocation.objects.bulk_create(
+            [ContactLocation(contact=c, location=location) for c in created], batch_size=500
+        )
         ContactKey.objects.bulk_create(
             [ContactKey(contact=created[i], location=location, kind="PHONE", key=k, raw=r) for i, k, r in keys],
             batch_size=500,

@@ -9,14 +9,17 @@ from django.http import Http404, HttpRequest
 from django.test import RequestFactory
 
 from dedup import access
-from dedup.models import Cluster, Location
+from dedup.models import Cluster, Contact, Location
 from tests.dashboard_base import (
+    AUCKLAND,
     BURLEIGH,
     SYDNEY,
     DashboardTestCase,
     build_cluster,
+    ensure_locations,
     household,
     make_user,
+    person,
     same_person,
 )
 
@@ -34,7 +37,7 @@ class AccessTestCase(DashboardTestCase):
         cls.cross = build_cluster(
             [same_person(SYDNEY, "ct_400")[0], same_person(BURLEIGH, "ct_410")[1]]
         )
-        cls.auckland = Location.objects.create(uid="loc_auckland", name="Auckland", country="NZ")
+        (cls.auckland,) = ensure_locations(AUCKLAND)
         cls.sydney_auditor = make_user("sydney_auditor", "auditor", [cls.sydney])
         cls.both_manager = make_user("both_manager", "manager", [cls.sydney, cls.burleigh])
         cls.nobody = make_user_without_role()
@@ -140,3 +143,79 @@ class AccessTestCase(DashboardTestCase):
 
 def make_user_without_role() -> User:
     return User.objects.create_user("nobody", password="x-irrelevant-password")
+
+
+class SeveralLocationsTestCase(DashboardTestCase):
+    """A Podium contact may belong to several locations: it is the customer of each of them."""
+
+    auckland: Location
+    auckland_manager: User
+    shared: Cluster
+
+    @classmethod
+    def setUpTestData(cls) -> None:
+        super().setUpTestData()
+        (cls.auckland,) = ensure_locations(AUCKLAND)
+        cls.auckland_manager = make_user("auckland_manager", "manager", [cls.auckland])
+        # One contact whose home is Auckland and that also belongs to Sydney, one of Sydney only: both are
+        # Sydney's customers, so it is a within-location cluster of Sydney (as detection files it).
+        cls.shared = build_cluster([
+            person("ct_7100001_aaaaaa", [AUCKLAND, SYDNEY], "Ana Lima", phones=["+61 415 010 203"]),
+            person("ct_7100002_bbbbbb", SYDNEY, "Ana Lima", phones=["0415 010 203"]),
+        ])  # fmt: skip
+
+    def member(self, uid: str) -> Contact:
+        return Contact.objects.get(uid=uid)
+
+    def test_the_cluster_is_sydneys(self) -> None:
+        assert self.shared.location == self.sydney and not self.shared.cross_location
+        assert set(self.shared.locations.values_list("uid", flat=True)) == {SYDNEY, AUCKLAND}
+
+    def test_the_sydney_manager_reads_every_member_in_full_and_decides_it(self) -> None:
+        away = self.member("ct_7100001_aaaaaa")
+        assert away.location == self.auckland
+        assert not access.masks_contact(self.sydney_manager, away)
+        assert access.masks_location(self.sydney_manager, away.location_id)  # by its home alone it would be
+        assert access.can_act_on_cluster(self.sydney_manager, self.shared)
+        decidable, readable = access.split_by_decidable(self.sydney_manager, Cluster.objects.filter(pk=self.shared.pk))
+        assert list(decidable) == [self.shared] and not readable.exists()
+
+    def test_the_auckland_manager_reads_their_customer_but_the_cluster_is_sydneys(self) -> None:
+        assert not access.masks_contact(self.auckland_manager, self.member("ct_7100001_aaaaaa"))
+        assert access.masks_contact(self.auckland_manager, self.member("ct_7100002_bbbbbb"))
+        assert self.shared not in access.clusters_visible_to(self.auckland_manager)
+        assert not access.can_see_cluster(self.auckland_manager, self.shared)
+        assert not access.can_act_on_cluster(self.auckland_manager, self.shared)
+        auckland_auditor = make_user("auckland_auditor", "auditor", [self.auckland])
+        for user in (self.auckland_manager, auckland_auditor, self.sydney_manager, self.burleigh_manager):
+            visible = access.restrict_clusters(user, Cluster.objects.all())
+            assert access.count_visible_clusters(user, Cluster.objects.all()) == visible.count(), user
+            assert sum(access.count_split(user, Cluster.objects.all())) == visible.count(), user
+
+    def test_the_pages_follow_the_same_rule(self) -> None:
+        self.login(self.sydney_manager)
+        page = self.client.get(f"/clusters/{self.shared.cluster_id}/")
+        body = page.content.decode()
+        assert page.context["masked_count"] == 0 and "•••" not in body
+        assert "Approve merge…" in body and "Auckland, Sydney CBD" in body
+        assert [r.cluster.pk for r in self.client.get("/clusters/", {"q": "ana lima"}).context["rows"]] == [
+            self.shared.pk
+        ]
+        self.login(self.auckland_manager)
+        assert self.client.get(f"/clusters/{self.shared.cluster_id}/").status_code == 404
+        assert self.client.get("/clusters/").context["rows"] == []
+
+    def test_in_a_cross_location_cluster_a_member_is_read_through_any_of_its_locations(self) -> None:
+        cross = build_cluster([
+            person("ct_7300001_aaaaaa", [BURLEIGH, AUCKLAND], "Tom Lee", phones=["+61 416 111 222"]),
+            person("ct_7300002_bbbbbb", SYDNEY, "Tom Lee", phones=["0416 111 222"]),
+        ])  # fmt: skip
+        assert cross.kind == Cluster.CROSS
+        self.login(self.auckland_manager)
+        response = self.client.get(f"/clusters/{cross.cluster_id}/")
+        assert response.status_code == 200 and response.context["masked_count"] == 1
+        body = response.content.decode()
+        assert "+61 416 111 222" in body  # its home is Burleigh Heads, but it is Auckland's customer too
+        assert "0416 111 222" not in body and "041• ••• •22" in body
+        rows = {r.cluster.pk: r for r in self.client.get("/clusters/").context["rows"]}
+        assert rows[cross.pk].names == "Tom Lee · T••• L•••" and not rows[cross.pk].decidable

@@ -307,7 +307,7 @@ def test_every_list_page_renders(corpus: Corpus, who: str) -> None:
     ):
         _get(client, url)
     if who != "manager_sydney":
-        _get(client, f"/clusters/{corpus.cluster_pk}/")
+        _get(client, f"/clusters/{Cluster.objects.get(pk=corpus.cluster_pk).cluster_id}/")
         _get(client, f"/history/{corpus.operation_pk}/")
 
 

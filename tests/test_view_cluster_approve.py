@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dedup.models import Cluster, MergeOperation
-from tests.dashboard_base import SYDNEY, DashboardTestCase, PodiumMixin, same_person
+from tests.dashboard_base import SYDNEY, DashboardTestCase, PodiumMixin, flags_of, same_person
 
 
 class ApproveClusterTestCase(PodiumMixin, DashboardTestCase):
@@ -21,8 +21,17 @@ class ApproveClusterTestCase(PodiumMixin, DashboardTestCase):
         assert response["Location"].startswith(f"/history/{op.pk}/")  # type: ignore[index]
         assert op.state == MergeOperation.PATCHED
         assert op.requested_by == self.sydney_manager
+        # The published API only: consolidated onto the primary, which now carries every member's data and
+        # the strictest consent (marketing withdrawn from the shared phone, the SMS opt-out kept) ...
+        assert op.strategy == MergeOperation.CONSOLIDATE and op.request_count > 0
         primary = self.emulator.state.get(op.primary_uid)
-        assert primary.marketing_opt_out and primary.sms_opt_out
+        assert flags_of(primary) == {"marketingOptOut": True, "smsOptOut": True, "emailOptOut": False}
+        assert {t["label"] for t in primary["tags"]} == {"VIP", "Birthday March"}
+        conversations = {c for contact in self.podium_contacts for c in (x["uid"] for x in contact["conversations"])}
+        assert {c["uid"] for c in primary["conversations"]} == conversations
+        # ... and the duplicates are gone from Podium (deleted, their snapshots kept with the merge).
+        assert {d["uid"] for d in self.emulator.state.deleted()} == set(op.duplicate_uids)
+        assert set(op.member_snapshot) == {op.primary_uid, *op.duplicate_uids}
         self.sydney_cluster.refresh_from_db()
         assert self.sydney_cluster.status == Cluster.MERGED
         # The view answered before the worker ran (the merge runs after the commit), so it said so;
@@ -30,6 +39,10 @@ class ApproveClusterTestCase(PodiumMixin, DashboardTestCase):
         page = self.client.get(f"/history/{op.pk}/").content.decode()
         assert "Merge approved. The merge is running" in page
         assert '<span class="badge ok" id="op-state">Patched</span>' in page
+        # The merge page says how it merged, what it sent and what became of the duplicates.
+        assert "Consolidate (published API)" in page and f'id="request-count">{op.request_count} ' in page
+        assert "attach tag Birthday March" in page and "campaigns opt-out of +61" in page
+        assert page.count("deleted in Podium by this merge (snapshot kept)") == 2
 
     def test_when_someone_acted_first_the_second_person_is_told_who(self) -> None:
         self.login(self.sydney_manager)

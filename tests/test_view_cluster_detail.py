@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from dedup.models import Cluster
@@ -48,6 +49,42 @@ class ClusterDetailTestCase(DashboardTestCase):
         assert set(preview.tags) == {"VIP", "Birthday March"}
         assert preview.address == "1 George St, Sydney"
 
+    def test_members_show_podiums_v4_data_side_by_side(self) -> None:
+        self.login(self.sydney_manager)
+        response = self.get(self.sydney_cluster)
+        rows = {row.label: row for row in response.context["rows"]}
+        primary, marketing_out, plain = rows["Consent per channel"].values
+        # Consent per channel, in words, with location names.
+        assert "+61 412 345 678 — marketing: opted in at Sydney CBD; transactional opt-out (no texts at all)" in primary
+        assert "0412 345 678 — marketing: opted out (not opted in anywhere)" in marketing_out
+        assert "maria@example.com — marketing: opted in at Sydney CBD" in plain
+        assert rows["Consent per channel"].differs
+        assert rows["Locations"].values == [["Sydney CBD"]] * 3 and not rows["Locations"].differs
+        assert rows["Conversations"].values == [["1"]] * 3
+        assert rows["Attributes"].values[0] == ["Birthday: 03-14"] and rows["Attributes"].differs
+        assert rows["Address"].values[0] == ["1 George St, Sydney"]
+        body = response.content.decode()
+        assert "Consent per channel" in body and "transactional opt-out" in body
+
+    def test_the_preview_says_how_it_merges_and_what_the_survivor_is_held_to(self) -> None:
+        self.login(self.sydney_manager)
+        response = self.get(self.sydney_cluster)
+        preview = response.context["preview"]
+        assert preview.strategy == "consolidate"
+        survivor = preview.survivor
+        assert survivor.tags == [("VIP", False), ("Birthday March", True)]
+        assert survivor.locations == [("Sydney CBD", False)]
+        assert survivor.conversations == 3 and survivor.conversations_moved == 2
+        assert survivor.consent == [
+            "phone +61412345678 (3 members): no marketing anywhere — withdrawn on the survivor with Podium's "
+            "campaigns opt-out; transactional opt-out",
+            "email maria@example.com (3 members): marketing at most at Sydney CBD",
+        ]
+        body = html.unescape(response.content.decode())
+        assert "Through Podium's published API" in body and "their 2 conversations are moved to it" in body
+        assert "Only then is each duplicate deleted in Podium" in body
+        assert not preview.losses and 'name="accept_losses"' not in body
+
     def test_a_household_shows_its_conflict_and_may_change_primary(self) -> None:
         self.login(self.sydney_manager)
         body = self.get(self.household).content.decode()
@@ -78,3 +115,13 @@ class ClusterDetailTestCase(DashboardTestCase):
 
     def test_anonymous_is_sent_to_sign_in(self) -> None:
         self.assert_login_redirect(self.get(self.sydney_cluster), "/clusters/")
+
+    def test_on_a_tenant_with_podiums_merge_the_preview_says_so(self) -> None:
+        self.login(self.sydney_manager)
+        with self.settings(PODIUM_CAPABILITIES=["merge", "restore"]):
+            response = self.get(self.sydney_cluster)
+        preview = response.context["preview"]
+        assert preview.strategy == "native"
+        body = html.unescape(response.content.decode())
+        assert "Podium's merge (this tenant has the merge capability) folds the duplicates into the primary" in body
+        assert "Only then is each duplicate deleted" not in body

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dedup.merging import approve_cluster
+from dedup.consent import violations
+from dedup.merge import approve_cluster
+from dedup.merge.readback import channel_consent
 from dedup.models import AuditEvent, MergeOperation, RestoreRecord, ReviewDecision
+from dedup.survivorship import MergePlan
+from podium_client import Contact as PodiumContact
 from tests.dashboard_base import SYDNEY, DashboardTestCase, PodiumMixin, same_person
 
 
@@ -24,11 +28,19 @@ class RestoreContactTestCase(PodiumMixin, DashboardTestCase):
         assert not RestoreRecord.objects.exists()  # the GET only asks
         response = self.client.post(f"/contacts/{uid}/restore/", {"different_people": "on", "note": "twins"},
                                     follow=True)
-        assert f"Restored {uid}." in response.content.decode()
-        restored = self.emulator.state.get(uid)
-        assert restored.deleted_at is None
-        assert restored.marketing_opt_out and restored.sms_opt_out  # at least the merge's union
         record = RestoreRecord.objects.get(contact_uid=uid)
+        body = response.content.decode()
+        # The published API cannot un-delete: the contact is re-created from the merge's snapshot, with a new uid.
+        assert record.method == RestoreRecord.RECREATED and record.new_uid and record.new_uid != uid
+        assert f"Re-created {uid} as {record.new_uid}." in body
+        recreated = self.emulator.state.get(record.new_uid)
+        assert recreated["name"] == "Maria Garcia" and "Birthday March" in {t["label"] for t in recreated["tags"]}
+        # Its phone opted out of texts on the survivor: the published API cannot set that, so it is left off
+        # (and said so), and the contact keeps at least the consent the merge computed.
+        assert {x["field"] for x in record.not_restored} == {"phone"}
+        assert "opted out of transactional messages" in body
+        plan = MergePlan.from_dict(MergeOperation.objects.get().plan)
+        assert violations(plan.consent, channel_consent(PodiumContact.from_wire(recreated), "AU")) == []
         assert record.marked_different_people and record.restored_by == self.admin
         assert ReviewDecision.objects.filter(decision=ReviewDecision.DIFFERENT_PEOPLE).exists()
         assert AuditEvent.objects.filter(event_type="contact.restored", actor="user:admin").exists()

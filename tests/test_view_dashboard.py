@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.utils import timezone
 
 from dedup.models import MergeBatch, MergeOperation, ScanRun, UncategorizedPhone
-from tests.dashboard_base import DashboardTestCase, make_operation
+from tests.dashboard_base import SYDNEY, DashboardTestCase, make_operation
 
 
 class DashboardViewTestCase(DashboardTestCase):
@@ -18,6 +18,8 @@ class DashboardViewTestCase(DashboardTestCase):
         assert response.context["open_review"] == 0
         assert b"Scan now" in response.content
         assert b"<svg" in response.content
+        assert response.context["strategy"] == "consolidate"
+        assert b"Merges go through Podium's published API" in response.content
 
     def test_the_auditor_sees_every_location_but_cannot_scan(self) -> None:
         self.login(self.auditor)
@@ -52,7 +54,7 @@ class DashboardViewTestCase(DashboardTestCase):
         assert self.client.get("/").context["uncategorized"] == 1
 
     def test_the_progress_partial_shows_running_scans_and_batches(self) -> None:
-        ScanRun.objects.create(scope=[], scope_key="all", state=ScanRun.RUNNING, contacts_seen=40,
+        ScanRun.objects.create(scope=[SYDNEY], scope_key=f"loc:{SYDNEY}", state=ScanRun.RUNNING, contacts_seen=40,
                                contacts_total=100, started_at=timezone.now())
         batch = MergeBatch.objects.create(label="Approve 1 cluster(s)")
         make_operation(self.sydney_cluster, MergeOperation.PENDING, batch=batch)
@@ -62,6 +64,7 @@ class DashboardViewTestCase(DashboardTestCase):
         body = response.content.decode()
         assert 'hx-trigger="every 2s"' in body
         assert "Scan #" in body and "40 of 100 contacts" in body
+        assert "Sydney CBD" in body and SYDNEY not in body  # the scope by name, not Podium's uid
         assert "Approve 1 cluster(s)" in body and "0 of 1 merged" in body
         # Burleigh's manager does not see Sydney's batch.
         self.login(self.burleigh_manager)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dedup import audit
 from dedup.models import AuditEvent, MergeOperation
-from tests.dashboard_base import DashboardTestCase, make_operation
+from tests.dashboard_base import SYDNEY, DashboardTestCase, make_operation
 
 
 class HistoryTestCase(DashboardTestCase):
@@ -17,7 +17,7 @@ class HistoryTestCase(DashboardTestCase):
         cls.incident = make_operation(cls.sydney_cluster, MergeOperation.COMPLIANCE_FAILED, error_code="ERR_DEDUP_010",
                                       requested_by=cls.sydney_manager, last_error="read-back showed smsOptOut false")
         cls.burleigh_op = make_operation(cls.burleigh_cluster, MergeOperation.UNRECONCILABLE, error_code="ERR_DEDUP_012")
-        audit.record("merge.patch_failed", operation_ref=cls.incident.pk, location_uids=["loc_sydney"],
+        audit.record("merge.patch_failed", operation_ref=cls.incident.pk, location_uids=[SYDNEY],
                      payload={"error": "timeout"})
 
     def test_the_sydney_manager_sees_sydneys_merges(self) -> None:

@@ -3,15 +3,16 @@ masked to someone not granted that location (the queue, the cluster page, the me
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from dedup import access
+from dedup import access, audit
+from dedup.merge.planning import plan_payload
 from dedup.models import Cluster, MergeOperation
+from dedup.survivorship import MergePlan
 from tests.dashboard_base import (
     BURLEIGH,
     SYDNEY,
@@ -19,21 +20,19 @@ from tests.dashboard_base import (
     build_cluster,
     household,
     make_operation,
+    person,
     same_person,
 )
-from tests.fixtures_emulator import make_contact
-
-_WHEN = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 
 
 def cross_pair(prefix: str = "ct_600") -> list[Any]:
     """One customer at Sydney and at Burleigh Heads; the Burleigh record holds a phone and email of its own."""
     return [
-        make_contact(f"{prefix}0001_aaaaaa", SYDNEY, "Maria Garcia", phones=["+61 412 345 678"],
-                     emails=["maria@example.com"], address="1 George St, Sydney", created_at=_WHEN, updated_at=_WHEN),
-        make_contact(f"{prefix}0002_bbbbbb", BURLEIGH, "Mariana Gomez", phones=["0412 345 678", "0455 123 987"],
-                     emails=["mariana.gomez@example.net"], address="9 Gold Coast Hwy, Burleigh Heads",
-                     attributes=[("Birthday", "1990-04-01")], created_at=_WHEN, updated_at=_WHEN),
+        person(f"{prefix}0001_aaaaaa", SYDNEY, "Maria Garcia", phones=["+61 412 345 678"],
+               emails=["maria@example.com"], address="1 George St, Sydney"),
+        person(f"{prefix}0002_bbbbbb", BURLEIGH, "Mariana Gomez", phones=["0412 345 678", "0455 123 987"],
+               emails=["mariana.gomez@example.net"], address="9 Gold Coast Hwy, Burleigh Heads",
+               attributes=[("Birthday", "1990-04-01")]),
     ]
 
 
@@ -146,14 +145,30 @@ class DecidableFirstTestCase(DashboardTestCase):
 
     def test_the_merge_page_masks_what_came_from_the_other_location(self) -> None:
         op = make_operation(self.cross, MergeOperation.PATCHED)
+        # The merge's audit trail carries the plan's values (as an approval records it).
+        audit.record("merge.planned", cluster_ref=self.cross.cluster_id, operation_ref=op.pk,
+                     location_uids=[SYDNEY, BURLEIGH], payload=plan_payload(MergePlan.from_dict(op.plan)))
+        audit.record("merge.refused", cluster_ref=self.cross.cluster_id, operation_ref=op.pk,
+                     location_uids=[SYDNEY, BURLEIGH],
+                     payload={"writeBack": {"name": "Mariana Gomez", "email": "mariana.gomez@example.net",
+                                            "address": {"addressLine1": "9 Gold Coast Hwy, Burleigh Heads"}},
+                              "losses": [{"field": "phone", "value": "0455 123 987", "fromUid": "ct_6000002_bbbbbb"}]})
         self.login(self.sydney_manager)
         response = self.client.get(f"/history/{op.pk}/")
         assert response.status_code == 200
-        write_back = response.context["write_back"]
-        assert "mariana.gomez@example.net" not in write_back["emails"]
-        assert "m•••@example.net" in write_back["emails"] and "maria@example.com" in write_back["emails"]
+        # The Burleigh record holds more, so it survives: its email is shown masked, the Sydney member's
+        # email it cannot carry (a loss) in full.
+        emails = [e for e, _added in response.context["survivor"].emails]
+        assert emails == ["m•••@example.net"]
+        losses = {loss["value"] for loss in response.context["accepted_losses"]}
+        assert "maria@example.com" in losses and "1 George St, Sydney" in losses
+        body = response.content.decode()
+        for secret in ("Mariana Gomez", "mariana.gomez@example.net", "0455 123 987", "Gold Coast Hwy", "1990-04-01"):
+            assert secret not in body, secret
         self.login(self.admin)
-        assert "mariana.gomez@example.net" in self.client.get(f"/history/{op.pk}/").context["write_back"]["emails"]
+        admin_page = self.client.get(f"/history/{op.pk}/")
+        assert [e for e, _added in admin_page.context["survivor"].emails] == ["mariana.gomez@example.net"]
+        assert "Mariana Gomez" in admin_page.content.decode()
 
     def test_a_search_never_finds_a_masked_member(self) -> None:
         self.login(self.sydney_manager)

@@ -41,7 +41,7 @@ class ScanNowTestCase(DashboardTestCase):
         run = ScanRun.objects.get()
         assert run.scope == [SYDNEY]
         assert run.requested_by == self.sydney_manager
-        assert f"Scan #{run.pk} started for {SYDNEY}" in response.content.decode()
+        assert f"Scan #{run.pk} started for Sydney CBD." in response.content.decode()
 
     def test_a_second_scan_of_the_same_scope_names_the_holder(self) -> None:
         ScanRun.objects.create(scope=[SYDNEY], scope_key=f"loc:{SYDNEY}", state=ScanRun.RUNNING, holder="user:admin")

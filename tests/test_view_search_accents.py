@@ -32,7 +32,7 @@ class AccentInsensitiveSearchTestCase(DashboardTestCase):
     def deleted(self, q: str) -> set[str]:
         response = self.client.get("/contacts/deleted/", {"q": q})
         assert response.status_code == 200
-        return {row["contact"].name for row in response.context["rows"]}
+        return {row.contact.name for row in response.context["rows"]}
 
     def test_the_queue_finds_accented_names_from_plain_letters_and_back(self) -> None:
         self.login(self.sydney_manager)

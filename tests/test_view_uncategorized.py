@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dedup.models import Contact, UncategorizedPhone
-from tests.dashboard_base import DashboardTestCase
+from tests.dashboard_base import POPUP, SYDNEY, DashboardTestCase, ensure_locations, index_contacts, person
 
 
 class UncategorizedTestCase(DashboardTestCase):
@@ -39,7 +39,7 @@ class UncategorizedTestCase(DashboardTestCase):
         self.login(self.auditor)
         assert len(self.raws(self.client.get("/uncategorized/"))) == 2
         assert self.raws(self.client.get("/uncategorized/", {"code": "ERR_DEDUP_001"})) == ["call me"]
-        assert self.raws(self.client.get("/uncategorized/", {"location": "loc_sydney"})) == ["0412 34"]
+        assert self.raws(self.client.get("/uncategorized/", {"location": SYDNEY})) == ["0412 34"]
 
     def test_anonymous_is_sent_to_sign_in(self) -> None:
         self.assert_login_redirect(self.client.get("/uncategorized/"), "/uncategorized/")
@@ -47,3 +47,28 @@ class UncategorizedTestCase(DashboardTestCase):
     def test_post_is_not_allowed(self) -> None:
         self.login(self.sydney_manager)
         assert self.client.post("/uncategorized/").status_code == 405
+
+
+class SeveralLocationsUncategorizedTestCase(DashboardTestCase):
+    """v4: a contact of several locations, and a location Podium gives no country (the pop-up van)."""
+
+    @classmethod
+    def setUpTestData(cls) -> None:
+        super().setUpTestData()
+        ensure_locations(POPUP)
+        index_contacts([
+            person("ct_7200001_aaaaaa", [POPUP, SYDNEY], "Ivy Ng", phones=["0412 34"]),
+        ])  # fmt: skip
+
+    def test_a_contact_of_several_locations_is_listed_for_each(self) -> None:
+        phone = UncategorizedPhone.objects.get(contact__uid="ct_7200001_aaaaaa")
+        assert phone.location.uid == POPUP  # parsed with its home's region
+        self.login(self.sydney_manager)
+        assert "0412 34" in [p.raw for p in self.client.get("/uncategorized/").context["page"]]
+        self.login(self.burleigh_manager)
+        assert "0412 34" not in [p.raw for p in self.client.get("/uncategorized/").context["page"]]
+
+    def test_a_location_without_a_country_is_said_to_need_a_region(self) -> None:
+        self.login(self.admin)
+        body = self.client.get("/uncategorized/").content.decode()
+        assert "Podium gives Pop-up Van no country" in body and "an admin can set this location" in body

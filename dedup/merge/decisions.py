@@ -442,7 +442,9 @@ def reject_cluster(cluster: Cluster, *, user: User, note: str = "", actor: str =
 def change_primary(cluster: Cluster, *, user: User, primary_uid: str, actor: str = "") -> Cluster:
     """A reviewer picks the primary of an open review (or cross-location) cluster; audited.
 
-    Automatic clusters refuse (``MergeRefused``): their primary always follows the rule.
+    Automatic clusters refuse (``MergeRefused``): their primary always follows the rule, unless the
+    rule's primary is blocked (consent the strategy cannot carry onto it, an unreachable member): then
+    nobody could ever merge the cluster, so it goes to review (``cannot_carry``) with the person's choice.
     """
     actor_name, actor_user_id = _actor(user, actor)
     try:
@@ -450,11 +452,15 @@ def change_primary(cluster: Cluster, *, user: User, primary_uid: str, actor: str
             locked = lock_cluster_nowait(cluster)
             if locked.status != Cluster.OPEN:
                 raise ClusterBusyError(locked, busy_message(locked))
+            sent_to_review = False
             if locked.auto_merge:
-                raise MergeRefused(
-                    f"Cluster {locked.cluster_id} merges automatically; its primary follows the rule",
-                    cluster=locked,
-                )
+                if not plan_for(locked, member_records(locked)).blockers:
+                    raise MergeRefused(
+                        f"Cluster {locked.cluster_id} merges automatically; its primary follows the rule",
+                        cluster=locked,
+                    )
+                _demote(locked, CANNOT_CARRY)
+                sent_to_review = True
             uids = cluster_member_uids(locked)
             if primary_uid not in uids:
                 raise MergeRefused(
@@ -466,7 +472,7 @@ def change_primary(cluster: Cluster, *, user: User, primary_uid: str, actor: str
                 decided_by=person_of(user),
             )  # fmt: skip
             locked.chosen_primary_uid = primary_uid
-            locked.save(update_fields=["chosen_primary_uid", "updated_at"])
+            locked.save(update_fields=["chosen_primary_uid", "kind", "auto_merge", "reasons", "updated_at"])
             audit.record(
                 "cluster.primary_changed",
                 actor=actor_name,
@@ -475,7 +481,7 @@ def change_primary(cluster: Cluster, *, user: User, primary_uid: str, actor: str
                 location_uids=cluster_location_uids(locked),
                 contact_uids=uids,
                 natural_keys=locked.natural_keys,
-                payload={"from": before, "to": primary_uid},
+                payload={"from": before, "to": primary_uid, "sentToReview": CANNOT_CARRY if sent_to_review else None},
             )
             return locked
     except ClusterBusyError as exc:

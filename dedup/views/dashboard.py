@@ -16,9 +16,10 @@ from dedup import access, charts
 from dedup.access import AnyUser
 from dedup.dblimits import in_values
 from dedup.forms import ScanForm
-from dedup.merge import batch_progress
+from dedup.merge import batch_progress, current_strategy
 from dedup.models import Cluster, MergeBatch, MergeOperation, ScanRun
 from dedup.views.common import INCIDENT_STATES, login_required
+from dedup.views.presenting import location_names
 
 LIVE_STATES = (MergeOperation.PENDING, MergeOperation.MERGING, MergeOperation.MERGED)
 MERGE_DAYS = 14
@@ -37,6 +38,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     incidents = ops.filter(state__in=INCIDENT_STATES).select_related("cluster").order_by("created_at")
     context: dict[str, Any] = {
         "contacts_indexed": access.contacts_visible_to(user).filter(deleted_at__isnull=True, merged_into_uid="").count(),
+        "strategy": current_strategy(),
         "open_auto": by_kind.get(Cluster.AUTO, 0),
         "open_review": by_kind.get(Cluster.REVIEW, 0),
         "open_cross": by_kind.get(Cluster.CROSS, 0),
@@ -80,6 +82,10 @@ def _merges_today(ops: Any) -> int:
 
 def _progress(user: AnyUser) -> dict[str, Any]:
     scans = list(access.scans_visible_to(user).filter(state__in=ScanRun.ACTIVE_STATES).order_by("created_at")[:10])
+    # Scopes hold Podium's location uids; people read names.
+    names = location_names({uid for scan in scans for uid in scan.scope or ()})
+    for scan in scans:
+        scan.scope_names = [names.get(uid, uid) for uid in scan.scope or ()]  # type: ignore[attr-defined]
     visible_ops = access.operations_visible_to(user)
     recent = timezone.now() - FINISHED_BATCH_GRACE
     batch_ids = (

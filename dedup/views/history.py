@@ -1,7 +1,14 @@
-"""Merge history: every merge operation with its state; one merge's opt-outs, write-back and audit trail."""
+"""Merge history: every merge operation with its state; one merge's plan, the calls it sent, what it retired.
+
+The merge page reads the v4 plan the approval committed (``MergePlan``): the survivor it promised,
+the consent it is held to, the losses a person accepted; the calls the write-back sent (from the
+merge's audit events), each duplicate's retirement and restore, and how many requests it cost.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import messages
@@ -12,13 +19,18 @@ from django.views.decorators.http import require_GET, require_POST
 
 from dedup import access
 from dedup.access import AnyUser
+from dedup.detection import load_member_records
 from dedup.forms import HistoryFilterForm, ResolveForm
 from dedup.masking import Revealer
 from dedup.merge import ClusterBusyError, MergeRefused, resolve_operation, retry_operation
-from dedup.models import AuditEvent, ClusterMember, ContactKey, MergeOperation, Policy
+from dedup.models import AuditEvent, ClusterMember, Contact, ContactKey, MergeOperation, Policy, RestoreRecord
 from dedup.queue import next_cluster
-from dedup.views.clusters import OPT_OUT_LABELS, queue_filter
+from dedup.records import MemberRecord
+from dedup.survivorship import MergePlan
+from dedup.views import presenting
+from dedup.views.clusters import queue_filter
 from dedup.views.common import INCIDENT_STATES, login_required, paginate, query_without_page
+from dedup.views.review import OPT_OUT_LABELS
 
 
 @login_required
@@ -99,17 +111,16 @@ def operation_state(request: HttpRequest, operation_id: int) -> HttpResponse:
 @require_GET
 def history_detail(request: HttpRequest, operation_id: int) -> HttpResponse:
     op = access.get_operation_for_user(request, operation_id)
-    plan = op.plan or {}
-    write_back = plan.get("writeBack") or {}
-    events = AuditEvent.objects.filter(operation_ref=op.pk).order_by("id")
+    plan = _plan_of(op)
+    events = list(AuditEvent.objects.filter(operation_ref=op.pk).order_by("id"))
     can_retry = op.state == MergeOperation.COMPLIANCE_FAILED and access.can_act_on_cluster(
         request.user, op.cluster, "dedup.retry_operation"
     )
     can_resolve = op.state == MergeOperation.UNRECONCILABLE and access.can_act_on_cluster(
         request.user, op.cluster, "dedup.resolve_operation"
     )
-    channels = write_back.get("channels") or []
     reveal = _revealer(request.user, op)
+    names = presenting.location_names()
     # Approving from a filtered queue comes here with the filter, so the next cluster is one click away.
     upcoming_url = ""
     if request.GET.get("from"):
@@ -117,24 +128,23 @@ def history_detail(request: HttpRequest, operation_id: int) -> HttpResponse:
         upcoming = next_cluster(request.user, flt, op.cluster, Policy.current().default_region)
         if upcoming is not None:
             upcoming_url = upcoming.get_absolute_url() + (f"?{filter_query}" if filter_query else "")
+    duplicates = len(op.duplicate_uids) or 1
     return render(
         request,
         "history/detail.html",
         {
             **_state_context(op),
             "opt_outs": _opt_out_table(op),
-            "write_back": {
-                "name": reveal.name(str(write_back.get("name", "") or "")),
-                "address": reveal.text(str(write_back.get("address", "") or "")),
-                "phones": [reveal.phone(c.get("identifier", "")) for c in channels if c.get("type") == "PHONE"],
-                "emails": [reveal.email(c.get("identifier", "")) for c in channels if c.get("type") == "EMAIL"],
-                "tags": [t.get("label", "") for t in write_back.get("tags") or []],
-                "attributes": [(a.get("label", ""), reveal.text(str(a.get("value", "") or "")))
-                               for a in write_back.get("attributes") or []],
-            },
-            "conflicts": [{**c, "kept": reveal.text(str(c.get("kept", ""))),
-                           "dropped": reveal.text(str(c.get("dropped", "")))} for c in plan.get("conflicts") or []],
-            "events": events,
+            "plan": plan,
+            "survivor": presenting.survivor(plan, _indexed(op.primary_uid), reveal, names) if plan else None,
+            "calls": [presenting.call_text(call, reveal) for call in _calls_sent(events)],
+            "accepted_losses": presenting.loss_rows(op.accepted_losses or [], reveal),
+            "retired": _retired(op),
+            "requests_per_duplicate": op.request_count / duplicates,
+            "strategy_sentence": presenting.strategy_sentence(
+                op.strategy, len(op.duplicate_uids), len(plan.conversation_uids) if plan else 0
+            ),
+            "events": [(event, presenting.mask_payload(event.payload, reveal)) for event in events],
             "can_retry": can_retry,
             "can_resolve": can_resolve,
             "resolve_form": ResolveForm(),
@@ -143,18 +153,72 @@ def history_detail(request: HttpRequest, operation_id: int) -> HttpResponse:
     )
 
 
+def _plan_of(op: MergeOperation) -> MergePlan | None:
+    """The typed plan the operation committed (None for a row without one)."""
+    if not isinstance(op.plan, dict) or not op.plan.get("primaryUid"):
+        return None
+    try:
+        return MergePlan.from_dict(op.plan)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _indexed(uid: str) -> MemberRecord | None:
+    """The contact as the index holds it now (the survivor once the merge wrote onto it)."""
+    pk = Contact.objects.filter(uid=uid).values_list("pk", flat=True).first()
+    return None if pk is None else load_member_records([pk]).get(pk)
+
+
+def _calls_sent(events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
+    """What the write-back sent to Podium, from the merge's audit events (each attempt's list, in order)."""
+    calls: list[dict[str, Any]] = []
+    for event in events:
+        sent = event.payload.get("writtenBack") if isinstance(event.payload, dict) else None
+        if isinstance(sent, list):
+            calls.extend(c for c in sent if isinstance(c, dict))
+    return calls
+
+
+@dataclass
+class _Retired:
+    uid: str
+    outcome: str
+    restore: RestoreRecord | None = None
+
+
+def _retired(op: MergeOperation) -> list[_Retired]:
+    """Each duplicate and what became of it: deleted by the merge, gone already, hidden by Podium, restored."""
+    steps = op.steps if isinstance(op.steps, dict) else {}
+    retired = steps.get("retired") if isinstance(steps.get("retired"), dict) else {}
+    restores = {r.contact_uid: r for r in RestoreRecord.objects.filter(operation=op).order_by("restored_at")}
+    rows = []
+    for uid in op.duplicate_uids:
+        outcome = (retired or {}).get(uid, "")
+        if outcome == "deleted":
+            text = "deleted in Podium by this merge (snapshot kept)"
+        elif outcome:
+            text = f"{outcome} when this merge came to delete it"
+        elif op.strategy == MergeOperation.NATIVE and op.state in (MergeOperation.MERGED, MergeOperation.PATCHED):
+            text = "merged and hidden by Podium"
+        else:
+            text = "not retired yet"
+        rows.append(_Retired(uid, text, restores.get(uid)))
+    return rows
+
+
 def _revealer(user: AnyUser, op: MergeOperation) -> Revealer:
-    """The write-back shows in full what members in the viewer's locations hold; the rest is masked."""
+    """The merge page shows in full what members in the viewer's locations hold; the rest is masked."""
     members = list(ClusterMember.objects.filter(cluster_id=op.cluster_id).select_related("contact"))
-    if not any(access.masks_location(user, m.location_id) for m in members):
+    readable = [m.contact for m in members if not access.masks_contact(user, m.contact)]
+    if len(readable) == len(members):
         return Revealer(reveal_all=True)
     seen: set[str] = set()
-    readable = [m.contact for m in members if not access.masks_location(user, m.location_id)]
     for contact in readable:
         seen.add(contact.name)
-        seen.add(str(contact.address or ""))
-        seen.update(str(ch.get("identifier", "")) for ch in contact.channels or [])
-        seen.update(str(a.get("value", "") or "") for a in contact.attributes or [])
+        address = contact.address if isinstance(contact.address, dict) else None
+        seen.add(presenting.address_text(address))
+        seen.update(str(ch.get("identifier", "")) for ch in contact.channels or [] if isinstance(ch, dict))
+        seen.update(str(a.get("value", "") or "") for a in contact.attributes or [] if isinstance(a, dict))
     seen.update(ContactKey.objects.filter(contact__in=readable).values_list("key", flat=True))
     return Revealer(seen)
 

@@ -13,6 +13,7 @@ from dedup import access
 from dedup.forms import ScanForm
 from dedup.scanning import ConcurrentRunError, start_scan
 from dedup.views.common import is_htmx, login_required
+from dedup.views.presenting import location_names
 
 
 @login_required
@@ -47,7 +48,7 @@ def scan_now(request: HttpRequest) -> HttpResponse:
             # The message names the scan holding the scope, who started it and when.
             messages.error(request, str(exc))
         else:
-            where = "every location" if scope is None else ", ".join(scope)
+            where = "every location" if scope is None else ", ".join(sorted(location_names(scope).values()))
             messages.success(request, f"Scan #{run.pk} started for {where}. Progress is shown below.")
     target = request.POST.get("next") or reverse("scan_list")
     if not url_has_allowed_host_and_scheme(target, {request.get_host()}):

@@ -18,9 +18,8 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.db.models.signals import post_migrate
 
-from dedup.models import Location, Policy
-from podium_client import Contact as PodiumContact
-from tests.dashboard_base import BURLEIGH, PASSWORD, SYDNEY, ensure_role_groups, make_user
+from dedup.models import Policy
+from tests.dashboard_base import BURLEIGH, PASSWORD, SYDNEY, ensure_locations, ensure_role_groups, make_user
 from tests.fixtures_emulator import empty_state
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -106,8 +105,7 @@ class People:
 
     def __init__(self) -> None:
         ensure_role_groups()
-        self.sydney = Location.objects.create(uid=SYDNEY, name="Sydney CBD", country="AU")
-        self.burleigh = Location.objects.create(uid=BURLEIGH, name="Burleigh Heads", country="AU")
+        self.sydney, self.burleigh = ensure_locations(SYDNEY, BURLEIGH)
         self.sydney_manager = make_user("sydney_manager", "manager", [self.sydney])
         self.burleigh_manager = make_user("burleigh_manager", "manager", [self.burleigh])
         self.auditor = make_user("auditor", "auditor")
@@ -120,16 +118,19 @@ def people(transactional_db: None) -> People:
 
 
 @pytest.fixture
-def podium(emulator_factory: Callable[..., Any], settings: Any, people: People) -> Callable[[list[PodiumContact]], Any]:
-    """``load(contacts)``: start an emulator holding ``contacts`` and point Django at it."""
+def podium(
+    emulator_factory: Callable[..., Any], settings: Any, people: People
+) -> Callable[[list[dict[str, Any]]], Any]:
+    """``load(contacts)``: start an emulator (published API only) holding these v4 contacts; point Django at it."""
 
-    def load(contacts: list[PodiumContact]) -> Any:
+    def load(contacts: list[dict[str, Any]]) -> Any:
         state = empty_state()
         for contact in contacts:
             state.add_contact(contact)
         server = emulator_factory(state)
         settings.PODIUM_BASE_URL = server.url
         settings.PODIUM_ACCESS_TOKEN = server.token
+        settings.PODIUM_CAPABILITIES = []
         Policy.objects.filter(pk=Policy.current().pk).update(rate_limit_per_minute=60_000)
         return server
 

@@ -1,4 +1,5 @@
-"""An admin restores a duplicate that a merge took, marking them different people; opt-outs stay on."""
+"""An admin restores a duplicate that a merge deleted, marking them different people: re-created from its
+snapshot with a new uid; consent never weaker than the merge computed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from playwright.sync_api import expect
 from dedup.merge import approve_cluster
 from dedup.models import MergeOperation, RestoreRecord, ReviewDecision
 from tests.browser.conftest import Browser, People
-from tests.dashboard_base import SYDNEY, build_cluster, same_person
+from tests.dashboard_base import SYDNEY, build_cluster, flags_of, same_person
 
 
 def test_an_admin_restores_a_merged_duplicate(browser: Browser, people: People, podium: Any) -> None:
@@ -31,12 +32,18 @@ def test_an_admin_restores_a_merged_duplicate(browser: Browser, people: People, 
     page.get_by_label("These are different people").check()
     browser.screenshot("confirm")
     page.get_by_role("button", name="Confirm: restore this contact").click()
-    expect(page.get_by_text(f"Restored {duplicate}.")).to_be_visible()
+    record = RestoreRecord.objects.get(contact_uid=duplicate)
+    # The published API cannot un-delete: it was re-created from its snapshot, with a new uid, and the page
+    # says so, the new uid beside the old one, with what could not be put back.
+    expect(page.get_by_text(f"Re-created {duplicate} as {record.new_uid}.")).to_be_visible()
+    expect(page.get_by_text("Not restored: the phone").first).to_contain_text("opted out of transactional messages")
+    expect(page.locator("td", has_text=f"Re-created as {record.new_uid}")).to_be_visible()
     browser.screenshot("restored")
 
-    restored = server.state.get(duplicate)
-    assert restored.deleted_at is None
-    # It keeps at least the opt-outs the merge computed (marketing and SMS were on in the cluster).
-    assert restored.marketing_opt_out and restored.sms_opt_out
-    assert RestoreRecord.objects.filter(contact_uid=duplicate, marked_different_people=True).exists()
+    assert record.method == RestoreRecord.RECREATED and record.marked_different_people
+    recreated = server.state.get(record.new_uid)
+    assert recreated["name"] == "Maria Garcia"
+    # It keeps at least the consent the merge computed for what it holds (its email: marketing opted in
+    # nowhere until the customer says so; its phone, opted out of texts on the survivor, is left off).
+    assert flags_of(recreated)["marketingOptOut"] and not recreated["phoneNumbers"]
     assert ReviewDecision.objects.filter(decision=ReviewDecision.DIFFERENT_PEOPLE).exists()

@@ -9,8 +9,7 @@ from django.utils import timezone
 from dedup import audit
 from dedup.models import Contact, MergeOperation, ScanRun, UncategorizedPhone
 from tests.browser.conftest import Browser, People
-from tests.dashboard_base import BURLEIGH, SYDNEY, build_cluster, household, make_operation
-from tests.fixtures_emulator import make_contact
+from tests.dashboard_base import BURLEIGH, SYDNEY, build_cluster, household, make_operation, person
 
 LONG = "Wolfeschlegelsteinhausenbergerdorff" * 12
 RTL = "محمد عبد الله \u202eevil.exe"
@@ -18,11 +17,12 @@ RTL = "محمد عبد الله \u202eevil.exe"
 
 def hostile_people() -> list[Any]:
     return [
-        make_contact("ct_6660001_aaaaaa", SYDNEY, "<script>alert('x')</script>", phones=["0412 000 111"],
-                     tags=["{{ 7*7 }}", LONG], emails=[f"{LONG}@example.com"]),
-        make_contact("ct_6660002_bbbbbb", SYDNEY, LONG, phones=["+61 412 000 111"], tags=["VIP"],
-                     address=LONG),
-        make_contact("ct_6660003_cccccc", SYDNEY, RTL, phones=["(04) 1200-0111"], sms_opt_out=True),
+        person("ct_6660001_aaaaaa", SYDNEY, "<script>alert('x')</script>", phones=["0412 000 111"],
+               tags=["{{ 7*7 }}", LONG], emails=[f"{LONG}@example.com"], attributes=[(LONG, LONG)]),
+        person("ct_6660002_bbbbbb", [SYDNEY, BURLEIGH], LONG, phones=["+61 412 000 111"], tags=["VIP"],
+               address={"addressLine1": LONG, "city": RTL, "postalCode": "2000"}),
+        person("ct_6660003_cccccc", SYDNEY, RTL, phones=["(04) 1200-0111"], transactional_opt_out="PHONE",
+               marketing_opt_out=True),
     ]
 
 

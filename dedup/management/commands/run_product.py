@@ -2,11 +2,15 @@
 
 First checks that the web port and the emulator's port are free, and stops with one line naming the
 port and how to choose another when one is not: nothing is migrated, created or started then. Then
-migrates, generates a demo corpus on first use, starts the Podium emulator with it, creates one demo
-user per role, runs a ``qcluster`` worker and the web server, and queues the first scan only once the
-web server listens. Until Ctrl-C, when it stops every child and says, for each, whether it stopped by
-itself or had to be killed. The emulator's state is dumped on exit and reloaded next time, so merges
-made in the demo survive a restart.
+migrates, generates a demo corpus on first use (Podium's v4 export: the demo organization's four
+locations, ``podium_client.corpus``), starts the Podium emulator with it serving Podium's published API
+only (no capabilities, so merges consolidate and restores re-create, as on a real tenant), creates the
+demo users with grants on the demo locations, runs a ``qcluster`` worker and the web server, and
+queues the first scan only once the web server listens. Until Ctrl-C, when it stops every child and
+says, for each, whether it stopped by itself or had to be killed. The emulator's state is dumped on
+exit and reloaded next time, so merges made in the demo survive a restart. Files left by an earlier
+run in the pre-v4 shape (or of another organization) are set aside and regenerated, and the index is
+rescanned.
 """
 
 from __future__ import annotations
@@ -27,12 +31,24 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from podium_client import MalformedResponse
+from podium_client.corpus import BURLEIGH, SYDNEY
+from podium_client.types import Location as PodiumLocation
+from podium_client.types import OldExportShape, parse_export_line
+
 DEMO_USERS = [
-    # (username, role, locations) — the manager looks after the two Australian sites.
-    ("manager", "manager", "loc_sydney,loc_burleigh"),
+    # (username, role, location uids): the style guide's people, on the demo organization's locations.
+    ("sydney_manager", "manager", SYDNEY),
+    ("burleigh_manager", "manager", BURLEIGH),
     ("auditor", "auditor", ""),
     ("admin", "admin", ""),
 ]
+DEMO_USER_SEES = {
+    "sydney_manager": "Sydney CBD",
+    "burleigh_manager": "Burleigh Heads",
+    "auditor": "every location, read only",
+    "admin": "every location",
+}
 DEMO_PASSWORD = "demo-password-1"
 WEB_HOST = "127.0.0.1"
 # How long a child may take to stop after SIGTERM before it is killed: the worker gives the task in
@@ -70,9 +86,17 @@ class Command(BaseCommand):
 
         children: list[_Child] = []
         stop_timeout = float(settings.Q_STOP_GRACE) + STOP_MARGIN_SECONDS
+        # The demo is Podium's published API: the product must not expect capabilities the emulator lacks.
+        if podium is not None and settings.PODIUM_CAPABILITIES:
+            self.stdout.write("PODIUM_CAPABILITIES is not used by the demo: its emulator serves Podium's published API only")
+        if podium is not None:
+            os.environ["PODIUM_CAPABILITIES"] = ""
+            settings.PODIUM_CAPABILITIES = []
+        rescan = False
         try:
             if podium is not None:
-                children.append(self._start_emulator(demo_dir, options["people"], *podium))
+                emulator, rescan = self._start_emulator(demo_dir, options["people"], *podium)
+                children.append(emulator)
             self._create_demo_users()
             children.append(self._spawn("background worker", "qcluster"))
             web = self._spawn("web server", "runserver", f"{WEB_HOST}:{port}", "--noreload")
@@ -81,10 +105,12 @@ class Command(BaseCommand):
             # Only now: a scan queued by a start that then failed would be left waiting for nobody.
             if not options["no_emulator"]:
                 self._register_webhook(port)
-            self._first_scan()
+            self._first_scan(force=rescan)
             self.stdout.write(self.style.SUCCESS(f"\nPodium Contact Dedup is running at http://{WEB_HOST}:{port}/"))
             for username, role, _ in DEMO_USERS:
-                self.stdout.write(f"  log in as {username:<8} password {DEMO_PASSWORD}   ({role})")
+                self.stdout.write(
+                    f"  log in as {username:<16} password {DEMO_PASSWORD}   ({role}: {DEMO_USER_SEES[username]})"
+                )
             self.stdout.write("Press Ctrl-C to stop.\n")
             died = self._wait(children)
         except BaseException:
@@ -98,41 +124,78 @@ class Command(BaseCommand):
 
     # --- steps ------------------------------------------------------------------------------------
 
-    def _start_emulator(self, demo_dir: Path, people: int, host: str, port: int) -> _Child:
+    def _start_emulator(self, demo_dir: Path, people: int, host: str, port: int) -> tuple[_Child, bool]:
+        """Start the emulator on the demo files; also says whether they were (re)generated (index them)."""
         corpus = demo_dir / "corpus.ndjson"
         state = demo_dir / "emulator-state.ndjson"
+        regenerated = False
+        for path in (corpus, state):
+            stale = _stale_reason(path) if path.exists() else None
+            if stale is not None:
+                aside = path.with_name(path.name + ".stale")
+                path.replace(aside)
+                self.stdout.write(f"{path.name} from an earlier run is {stale}: set aside as {aside.name}")
+                regenerated = True
         if not corpus.exists():
             self.stdout.write(f"generating a demo corpus of {people} people in {corpus} …")
             call_command("make_demo_corpus", str(corpus), people=people, seed=2026, verbosity=0)
+            # A state saved from another corpus does not belong with this one.
+            if state.exists():
+                state.replace(state.with_name(state.name + ".stale"))
+            regenerated = True
         load = state if state.exists() and state.stat().st_size > 0 else corpus
         child = self._spawn(
             "Podium emulator", "podium_emulator", "--load", str(load), "--host", host, "--port", str(port),
-            "--token", settings.PODIUM_ACCESS_TOKEN or "dev-token", "--dump", str(state),
+            "--token", settings.PODIUM_ACCESS_TOKEN or "dev-token", "--dump", str(state), "--capabilities", "",
         )
         _wait_listening(child, host, port, timeout=60)
-        self.stdout.write(f"Podium emulator listening at {settings.PODIUM_BASE_URL} (state from {load.name})")
-        return child
+        self.stdout.write(
+            f"Podium emulator listening at {settings.PODIUM_BASE_URL} (state from {load.name}; "
+            "Podium's published API only)"
+        )
+        return child, regenerated
 
     def _create_demo_users(self) -> None:
+        """One user per demo role, with grants on the demo locations (brought up to date if an earlier run's
+        grants name locations the demo no longer has); an existing user keeps its password."""
         from django.contrib.auth import get_user_model
 
         from dedup.models import Location
 
-        existing = set(get_user_model().objects.values_list("username", flat=True))
+        users = {u.username: u for u in get_user_model().objects.filter(username__in=[n for n, _r, _l in DEMO_USERS])}
         known_locations = set(Location.objects.values_list("uid", flat=True))
         for username, role, locations in DEMO_USERS:
-            if username in existing:
-                continue
-            # Grants name locations the first scan creates; create the rows now so they resolve.
             wanted = [uid for uid in locations.split(",") if uid]
             if wanted and not set(wanted) <= known_locations:
+                # Grants name locations the first scan creates; create the rows now so they resolve.
                 self._seed_locations()
                 known_locations = set(Location.objects.values_list("uid", flat=True))
-            args = [username, "--role", role, "--password", DEMO_PASSWORD]
             usable = [uid for uid in wanted if uid in known_locations]
-            if usable:
-                args += ["--locations", ",".join(usable)]
-            call_command("create_user", *args, verbosity=0)
+            user = users.get(username)
+            if user is None:
+                args = [username, "--role", role, "--password", DEMO_PASSWORD]
+                if usable:
+                    args += ["--locations", ",".join(usable)]
+                call_command("create_user", *args, verbosity=0)
+            else:
+                self._refresh_grants(user, usable)
+
+    def _refresh_grants(self, user: Any, uids: list[str]) -> None:
+        from dedup import audit
+        from dedup.models import Location, LocationGrant
+
+        held = set(LocationGrant.objects.filter(user=user).values_list("location__uid", flat=True))
+        if held == set(uids):
+            return
+        LocationGrant.objects.filter(user=user).delete()
+        LocationGrant.objects.bulk_create(
+            LocationGrant(user=user, location=loc) for loc in Location.objects.filter(uid__in=uids)
+        )
+        audit.record(
+            "user.updated", actor="system:make-run", location_uids=sorted(uids),
+            payload={"username": user.username, "locations": sorted(uids), "before": sorted(held)},
+        )  # fmt: skip
+        self.stdout.write(f"demo user {user.username}: grants brought up to date with the demo locations")
 
     def _seed_locations(self) -> None:
         from dedup.indexing import IndexWriter
@@ -157,18 +220,18 @@ class Command(BaseCommand):
             return
         self.stdout.write(f"webhook {reg.podium_uid} registered: contact changes reach the dashboard in seconds")
 
-    def _first_scan(self) -> None:
+    def _first_scan(self, *, force: bool = False) -> None:
         from dedup.models import ScanRun
         from dedup.scanning import ConcurrentRunError, start_scan
 
-        if ScanRun.objects.filter(state=ScanRun.SUCCEEDED).exists():
+        if not force and ScanRun.objects.filter(state=ScanRun.SUCCEEDED).exists():
             return
         try:
             run = start_scan(full=True, actor="system:make-run")
         except ConcurrentRunError as exc:
             self.stdout.write(str(exc))
             return
-        self.stdout.write(f"first full scan queued (scan #{run.pk}); watch it on the dashboard")
+        self.stdout.write(f"{'first ' if not force else ''}full scan queued (scan #{run.pk}); watch it on the dashboard")
 
     # --- processes --------------------------------------------------------------------------------
 
@@ -289,3 +352,33 @@ def _port_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def _stale_reason(path: Path) -> str | None:
+    """Why a demo file from an earlier run cannot be used now (None when it can).
+
+    The demo files are Podium's v4 export; a file in the product's pre-v4 shape, an empty or unreadable
+    one, or one of another organization (without the demo locations the demo users are granted) is stale.
+    Only the locations and the first contact are read.
+    """
+    locations: set[str] = set()
+    try:
+        with path.open("rb") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                parsed = parse_export_line(line)
+                if isinstance(parsed, PodiumLocation):
+                    locations.add(parsed.uid)
+                    continue
+                break
+            else:
+                if not locations:
+                    return "empty"
+    except OldExportShape:
+        return "in the pre-v4 export shape"
+    except (MalformedResponse, OSError, UnicodeDecodeError) as exc:
+        return f"unreadable ({exc})"
+    if not {SYDNEY, BURLEIGH} <= locations:
+        return "of another organization (the demo locations are missing)"
+    return None
