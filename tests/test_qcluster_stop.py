@@ -142,9 +142,9 @@ def test_sigterm_to_the_whole_group_lets_a_short_task_finish(
 def test_ctrl_c_stops_an_idle_cluster_and_its_workers_at_once(var_dir: Path, start_cluster: type[_Cluster]) -> None:
     cluster = start_cluster(var_dir)
     cluster.wait_ready()
-    # Both workers started together, yet each schedule exists once (the unique index of migration 0004).
+    # Both workers started together, yet each schedule exists once (the unique index of migration 0007).
     names = cluster.query("SELECT name FROM django_q_schedule WHERE name LIKE 'dedup:%' ORDER BY name")
-    assert names == [("dedup: incremental scan",), ("dedup: retry due merges",)]
+    assert names == [("dedup: incremental scan",), ("dedup: retry due merges",), ("dedup: webhook sweep",)]
     import psutil
 
     processes = psutil.Process(cluster.proc.pid).children(recursive=True)
