@@ -79,8 +79,9 @@ def write_back(
         client.attach_tag(identifier, tag_uid)
         sent.append({"call": "attach_tag", "tag": tag.label})
 
-    attribute_uids = {a.uid for a in live.attributes if a.uid}
-    attribute_labels = {attribute_key(a.label) for a in live.attributes}
+    # An attribute held with an empty value holds nothing: the planned value is set over it.
+    attribute_uids = {a.uid for a in live.attributes if a.uid and a.text.strip()}
+    attribute_labels = {attribute_key(a.label) for a in live.attributes if a.text.strip()}
     definitions: dict[str, str] | None = None
     for attribute in plan.attributes:
         if (attribute.uid and attribute.uid in attribute_uids) or attribute_key(
@@ -94,7 +95,8 @@ def write_back(
             attribute_uid = definitions.get(attribute_key(attribute.label))
             if attribute_uid is None:
                 continue  # verification names it: the organization no longer has that attribute
-        client.set_attribute(identifier, attribute_uid, attribute.value)
+        held_empty = attribute_uid in {a.uid for a in live.attributes}
+        client.set_attribute(identifier, attribute_uid, attribute.value, existing=held_empty)
         sent.append({"call": "set_attribute", "attribute": attribute.label})
 
     # Consent is judged on the primary as it is now, so an opt-in added meanwhile is withdrawn too.
