@@ -99,6 +99,8 @@ class Runner:
         # True right after this run committed `merging` and before it called merge (native): only then
         # is the merge known not to have happened. Any other `merging` is reconciled first.
         self.fresh_merging = False
+        # Merges sent again in this run after reconciliation found nothing merged: one, then backoff.
+        self.merge_retries = 0
         self._requests_before = client.requests_sent
 
     # --- reading -----------------------------------------------------------------------------------
@@ -232,23 +234,23 @@ class Runner:
         MergeOperation.objects.filter(pk=self.op.pk).update(steps=steps, updated_at=timezone.now())
         self.op.steps = steps
 
-    def defer(self, exc: PodiumError) -> None:
-        """Podium is unavailable after the client's retries: keep the state, try again later."""
+    def defer(self, exc: PodiumError | None = None, *, why: str = "") -> None:
+        """Podium is unavailable after the client's retries (``exc``), or keeps failing a step without
+        applying it (``why``): keep the state, try again later with backoff."""
         attempts = self.op.attempts + 1
         delay = backoff(attempts, TIMINGS.retry_base, TIMINGS.retry_cap)
         if isinstance(exc, RateLimitError) and exc.retry_after:
             delay = max(delay, exc.retry_after)
+        reason = type(exc).__name__ if exc is not None else "retry_later"
         self.transition(
             self.op.state,
             event="merge.deferred",
-            last_error=f"{type(exc).__name__}: {exc}",
+            last_error=f"{type(exc).__name__}: {exc}" if exc is not None else why,
             next_attempt_in=delay,
             operation_changes={"attempts": attempts},
-            payload={"reason": type(exc).__name__, "retryInSeconds": round(delay, 3)},
+            payload={"reason": reason, "retryInSeconds": round(delay, 3), **({"why": why} if why else {})},
         )
-        logger.warning(
-            "merge #%s deferred %.1fs in %s: %s", self.op.pk, delay, self.op.state, type(exc).__name__
-        )
+        logger.warning("merge #%s deferred %.1fs in %s: %s", self.op.pk, delay, self.op.state, reason)
 
     def fail(
         self,
