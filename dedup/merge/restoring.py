@@ -31,7 +31,7 @@ from dedup.consent import mask, needs_for, violations
 from dedup.merge.common import ERR_COMPLIANCE, ERR_RESTORE_LOOP, RESTORE_LOOP_ROUNDS, MergeRefused, new_client
 from dedup.merge.decisions import User, person_of
 from dedup.merge.finish import index_survivor
-from dedup.merge.progress import restore_loop_contacts
+from dedup.merge.progress import restore_loop_contacts, restore_rounds
 from dedup.merge.readback import channel_consent, contact_from_snapshot
 from dedup.models import Cluster, Contact, ContactKey, MergeOperation, RestoreRecord, ReviewDecision
 from dedup.podium import shared_keys
@@ -205,17 +205,13 @@ def _recreate(
     emails = [(e, normalize_email(e)) for e in snapshot.emails]
     phone = next(((p, i) for p, i in phones if i.startswith("+") and attachable("phone", i, p)), None)
     email = next(((e, i) for e, i in emails if attachable("email", i, e)), None)
-    for _p, i in phones:
-        if phone is None or i != phone[1]:
-            not_restored.append(
-                {"field": "phone", "value": mask(i), "reason": "Podium's published API takes one phone"}
-            )
-    for _e, i in emails:
-        if email is None or i != email[1]:
-            if not any(x["value"] == mask(i) for x in not_restored):
-                not_restored.append(
-                    {"field": "email", "value": mask(i), "reason": "Podium's published API takes one email"}
-                )
+    # Each value left out is named once: for its consent (above) or because one of a kind is taken.
+    for kind, values, chosen in (("phone", phones, phone), ("email", emails, email)):
+        for _v, i in values:
+            named = any(x["field"] == kind and x["value"] == mask(i) for x in not_restored)
+            if (chosen is None or i != chosen[1]) and not named:
+                reason = f"Podium's published API takes one {kind}"
+                not_restored.append({"field": kind, "value": mask(i), "reason": reason})
     # The create is an upsert on phone and email: only ones no live contact holds go in it.
     taken = shared_keys(uid, [i for _v, i in ([phone] if phone else []) + ([email] if email else [])])
     create_phone = phone if phone and phone[1] not in taken else None
@@ -309,7 +305,7 @@ def _record(
                 status=Cluster.SUPERSEDED, updated_at=timezone.now()
             )
         )
-        rounds = RestoreRecord.objects.filter(contact_uid=contact_uid).count()
+        rounds = restore_rounds([contact_uid]).get(contact_uid, 0)
         keys = sorted(set(ContactKey.objects.filter(contact__uid=restored_uid).values_list("key", flat=True)))
         common: dict[str, Any] = {
             "actor": actor,
