@@ -72,8 +72,7 @@ class Requirement:
     allowed_opt_in: frozenset[str]
     transactional_opt_out: bool
     held_by: tuple[str, ...]
-    # The members whose own consent makes it strict: opted out of transactional messages, or not
-    # opted in for marketing somewhere another holder was.
+    # The members that opted it out of transactional messages (named in messages, not every holder).
     opted_out_by: tuple[str, ...] = ()
 
 
@@ -90,16 +89,14 @@ def reachable(channel: ChannelConsent) -> bool:
 def requirements(members: Mapping[str, Iterable[ChannelConsent]]) -> dict[str, Requirement]:
     """The strictest consent per identity over the members (``{member uid: its channels}``).
 
-    ``held_by`` names every member holding the number or address; ``opted_out_by`` those whose own
-    consent makes the requirement strict (a transactional opt-out, or no marketing opt-in at a location
-    another holder was opted in at), so messages name who said no rather than everyone.
+    ``held_by`` names every member holding the number or address; ``opted_out_by`` those that opted it
+    out of transactional messages, so messages name who said no rather than everyone.
     """
     allowed: dict[str, frozenset[str]] = {}
-    offered: dict[str, frozenset[str]] = {}
     transactional: dict[str, bool] = {}
     kinds: dict[str, str] = {}
     holders: dict[str, list[str]] = {}
-    held: list[tuple[str, ChannelConsent]] = []
+    strict: dict[str, list[str]] = {}
     for uid, channels in members.items():
         for c in channels:
             if not c.identity or not reachable(c):
@@ -107,17 +104,11 @@ def requirements(members: Mapping[str, Iterable[ChannelConsent]]) -> dict[str, R
             key = c.identity
             kinds[key] = c.kind
             allowed[key] = allowed[key] & c.opted_in if key in allowed else c.opted_in
-            offered[key] = offered.get(key, frozenset()) | c.opted_in
             transactional[key] = transactional.get(key, False) or c.transactional_opt_out
             if uid not in holders.setdefault(key, []):
                 holders[key].append(uid)
-            held.append((uid, c))
-    strict: dict[str, list[str]] = {}
-    for uid, c in held:
-        if (c.transactional_opt_out or offered[c.identity] - c.opted_in) and uid not in strict.get(
-            c.identity, []
-        ):
-            strict.setdefault(c.identity, []).append(uid)
+            if c.transactional_opt_out and uid not in strict.setdefault(key, []):
+                strict[key].append(uid)
     return {
         key: Requirement(
             kinds[key], key, allowed[key], transactional[key], tuple(holders[key]), tuple(strict.get(key, ()))
