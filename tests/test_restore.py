@@ -189,20 +189,15 @@ def test_different_people_at_restore_keeps_the_pair_apart(
     assert not Cluster.objects.filter(status=Cluster.OPEN, members__contact__uid=restored).exists()
 
 
-def test_a_channel_whose_transactional_opt_out_cannot_be_set_is_not_restored_onto_a_new_contact(
+def test_a_channel_whose_transactional_opt_out_cannot_be_set_is_left_off_a_re_created_contact(
     merge_env: MergeEnv, manager: User, admin_user: User
 ) -> None:
     # The primary had opted the shared number out of transactional messages; the duplicate had not.
     merge_env.add("ct_p1", name="Sam Lee", phones=["0411 111 111"], tags=["a"], address="2 Pitt St",
                   transactional_opt_out=True)  # fmt: skip
     merge_env.add("ct_p2", name="Sam Lee", phones=["+61411111111"], emails=["sam@example.com"])
+    before = merge_env.alive("ct_p2")
     _merge(merge_env, manager, ["ct_p1", "ct_p2"])
-    if merge_env.native:
-        # Un-hiding would bring back the number without the opt-out: refused, named.
-        with pytest.raises(RestoreError, match="less strict than its merge required") as caught:
-            restore_contact("ct_p2", user=admin_user)
-        assert caught.value.code == "ERR_DEDUP_010" and merge_env.retired("ct_p2")
-        return
     record = restore_contact("ct_p2", user=admin_user)
     restored = _restored(merge_env, record)
     assert restored.phones == () and restored.emails == ("sam@example.com",)
@@ -210,4 +205,9 @@ def test_a_channel_whose_transactional_opt_out_cannot_be_set_is_not_restored_ont
         {"field": "phone", "value": "+61••••••111", "reason": "it opted out of transactional messages, which "
          "Podium's published API cannot set"}
     ]  # fmt: skip
-    assert consent_problems([merge_env.deleted()["ct_p2"], merge_env.alive("ct_p1")], restored) == []
+    assert record.method == "recreated" and record.new_uid == restored.uid != "ct_p2"
+    if merge_env.native:
+        # Un-hiding would bring back the number without its opt-out: it stays hidden, re-created instead.
+        assert merge_env.retired("ct_p2")
+    assert sorted(restored.conversation_uids) == sorted(before.conversation_uids)
+    assert consent_problems([before, merge_env.alive("ct_p1")], restored) == []

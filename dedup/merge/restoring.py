@@ -11,8 +11,9 @@ Two ways, by what the tenant has:
 
 Either way the restored contact ends with consent at least as strict as the merge required for every
 number and address it holds: marketing is withdrawn where needed (``campaigns/opt_out``); a channel whose
-transactional opt-out the published API cannot set is not re-attached (named in ``not_restored``), and
-an un-hidden contact that would be left weaker is not restored at all. "These are different people" can
+transactional opt-out the published API cannot set is not re-attached (named in ``not_restored``). A
+contact that un-hiding would leave weaker stays hidden and is re-created instead, without that channel,
+so every retired contact is restorable. "These are different people" can
 be remembered with the restore. A restore by a person is a decision: the pair is not merged again
 automatically. A contact restored three times is a restore loop (``ERR_DEDUP_013``).
 """
@@ -110,10 +111,9 @@ def restore_contact(
     own = client is None
     active = client or new_client()
     try:
-        if active.has("restore"):
-            outcome = _unhide(active, contact_uid, plan, region)
-        else:
-            outcome = _recreate(active, operation, contact_uid, plan, region)
+        outcome = _unhide(active, contact_uid, plan, region) if active.has("restore") else None
+        if outcome is None:
+            outcome = _recreate(active, operation, contact_uid, plan, region, hidden=active.has("restore"))
     except PodiumError as exc:
         audit.record(
             "contact.restore_failed",
@@ -146,7 +146,10 @@ def _region(uid: str) -> str:
     return (country or "AU").upper()
 
 
-def _unhide(client: PodiumClient, uid: str, plan: MergePlan, region: str) -> _Outcome:
+def _unhide(client: PodiumClient, uid: str, plan: MergePlan, region: str) -> _Outcome | None:
+    """Un-hide the contact; None when that would leave it less strict than its merge required (a
+    channel without a transactional opt-out the published API cannot set): it is re-created instead,
+    without that channel, and stays hidden."""
     try:
         before = client.get_contact(uid)
     except NotFoundError as exc:
@@ -155,11 +158,8 @@ def _unhide(client: PodiumClient, uid: str, plan: MergePlan, region: str) -> _Ou
         raise RestoreError(f"{uid} is not deleted or merged in Podium; there is nothing to restore")
     needs = needs_for(plan.consent, channel_consent(before, region))
     if needs.uncarriable:
-        raise RestoreError(
-            f"{uid} cannot be un-hidden without leaving it less strict than its merge required: "
-            + "; ".join(needs.uncarriable),
-            code=ERR_COMPLIANCE,
-        )
+        logger.info("%s cannot be un-hidden without weakening its consent; re-created instead", uid)
+        return None
     restored = client.restore_contact(uid)
     for phone in needs.opt_out_phones:
         client.opt_out_phone(phone)
@@ -168,12 +168,13 @@ def _unhide(client: PodiumClient, uid: str, plan: MergePlan, region: str) -> _Ou
 
 
 def _recreate(
-    client: PodiumClient, operation: MergeOperation, uid: str, plan: MergePlan, region: str
+    client: PodiumClient, operation: MergeOperation, uid: str, plan: MergePlan, region: str, *, hidden: bool
 ) -> _Outcome:
+    """Re-create the contact from its snapshot; ``hidden`` when Podium was seen to hold it hidden."""
     raw = (operation.member_snapshot.get(uid) or {}).get("contact")
     if not isinstance(raw, dict):
         raise RestoreError(f"the merge of {uid} kept no snapshot to re-create it from")
-    if (operation.steps.get("retired") or {}).get(uid) != "deleted":
+    if not hidden and (operation.steps.get("retired") or {}).get(uid) != "deleted":
         raise RestoreError(
             f"{uid} was not deleted by its merge (operation #{operation.pk}); there is nothing to restore"
         )
