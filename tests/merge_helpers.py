@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 from django.db import connection
 from django.db.models.signals import post_migrate
 
@@ -37,7 +37,7 @@ from dedup.merge import common
 from dedup.merge.readback import channel_consent
 from dedup.models import Cluster, ClusterMember, Contact, Location, LocationGrant, Policy
 from dedup.records import OptOuts, normalize_email, tag_key
-from dedup.roles import ADMIN, MANAGER
+from dedup.roles import ADMIN, MANAGER, ROLE_PERMISSIONS
 from dedup.survivorship import choose_primary
 from podium_client import Contact as PodiumContact
 from podium_client import Location as PodiumLocation
@@ -79,14 +79,16 @@ class HookedClient(PodiumClient):
     """A real client that records every contact call and lets a test act just before one, or instead.
 
     ``before[name]`` runs with the call's arguments before it is sent (say, an edit made in Podium
-    meanwhile); ``instead[name]`` replaces the call (and may still make it with ``real(name, ...)``).
-    ``calls`` lists ``(name, args)`` in order.
+    meanwhile); ``instead[name]`` replaces the call (and may still make it with ``real(name, ...)``);
+    ``after`` runs once any call returned. ``calls`` lists ``(name, args)`` in order.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.before: dict[str, Hook] = {}
         self.instead: dict[str, Hook] = {}
+        #: Runs with the call's name once it returned (say, to stop the process between two calls).
+        self.after: Callable[[str], None] | None = None
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
 
     def real(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -103,9 +105,10 @@ class HookedClient(PodiumClient):
         if hook is not None:
             hook(*args)
         instead = self.instead.get(name)
-        if instead is not None:
-            return instead(*args, **kwargs)
-        return self.real(name, *args, **kwargs)
+        result = instead(*args, **kwargs) if instead is not None else self.real(name, *args, **kwargs)
+        if self.after is not None:
+            self.after(name)
+        return result
 
     def get_contact(self, identifier: str) -> PodiumContact:
         result: PodiumContact = self._call("get_contact", identifier)
@@ -254,7 +257,7 @@ class MergeEnv:
         cluster.save()
         return cluster
 
-    def maria(self, prefix: str = "ct_m") -> list[str]:
+    def maria(self, prefix: str = "ct_m", number: str = "412345678") -> list[str]:
         """Three spellings of one customer, data and consent spread over them, nothing that cannot be
         carried by either strategy; returns their uids (``{prefix}1`` is the primary by the rule).
 
@@ -262,17 +265,19 @@ class MergeEnv:
         ``{prefix}2``: the same number in E.164, the only email, tag ``Newsletter``.
         ``{prefix}3``: the number typed another way, attribute ``loyalty``, *not* opted in for marketing
         (so the survivor's number must be opted out of marketing), and two conversations.
+        ``number`` is the mobile's nine digits after the leading 0 (tests making several Marias vary it).
         """
+        n = number
         self.add(
-            f"{prefix}1", name="Maria Garcia", phones=["0412 345 678"], tags=["vip"],
+            f"{prefix}1", name="Maria Garcia", phones=[f"0{n[:3]} {n[3:6]} {n[6:]}"], tags=["vip"],
             attributes=[("birthday", "1990-01-01")], address="1 George St",
         )  # fmt: skip
         self.add(
-            f"{prefix}2", name="maria garcia", phones=["+61412345678"], emails=["maria@example.com"],
+            f"{prefix}2", name="maria garcia", phones=[f"+61{n}"], emails=[f"maria.{n}@example.com"],
             tags=["Newsletter"],
         )  # fmt: skip
         self.add(
-            f"{prefix}3", name="Garcia, Maria", phones=["(04) 1234-5678"], attributes=[("loyalty", "gold")],
+            f"{prefix}3", name="Garcia, Maria", phones=[f"(0{n[0]}) {n[1:5]}-{n[5:]}"], attributes=[("loyalty", "gold")],
             marketing_opted_in=False, conversations=2,
         )  # fmt: skip
         return [f"{prefix}1", f"{prefix}2", f"{prefix}3"]
@@ -464,7 +469,15 @@ def _person(username: str, role: str) -> User:
     user = User.objects.create_user(
         username, password="x", is_staff=role == ADMIN, is_superuser=role == ADMIN
     )
-    user.groups.add(Group.objects.get(name=role))
+    group, created = Group.objects.get_or_create(name=role)
+    if created:
+        # A flushed database (after a transactional test) lost what the roles migration made.
+        for dotted in ROLE_PERMISSIONS[role]:
+            app_label, codename = dotted.split(".")
+            group.permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+    user.groups.add(group)
     return user
 
 
