@@ -16,7 +16,7 @@ from django.contrib.auth.models import User
 from dedup.merge import approve_cluster, merge_all_auto, resolve_operation, run_operation
 from dedup.models import AuditEvent, Cluster, Contact, MergeOperation
 from podium_client import APIConnectionError
-from tests.merge_helpers import consent_problems, missing_on
+from tests.merge_helpers import BURLEIGH, consent_problems, missing_on
 
 if TYPE_CHECKING:
     from tests.merge_helpers import MergeEnv
@@ -241,3 +241,50 @@ def test_a_member_nothing_reaches_alone_cannot_be_consolidated(
     refused = AuditEvent.objects.get(event_type="merge.refused", cluster_ref=cluster.cluster_id)
     assert any(pair[1] in b and "cannot reach it" in b for b in refused.payload["blockers"])
     assert consolidate_env.stats()["requests"] == 0
+
+
+def test_a_member_retired_by_another_merge_meanwhile_supersedes_the_cluster(
+    consolidate_env: MergeEnv, manager: User
+) -> None:
+    from dedup.merge.decisions import _snapshot_basis
+    from dedup.merge.planning import member_records, plan_for
+
+    consolidate_env.add("ct_s1", phones=["0411 111 111"], tags=["a"], address="1 George St")
+    consolidate_env.add("ct_s2", phones=["0411111111", "0422 222 222"])
+    consolidate_env.add("ct_s3", phones=["0422222222"], locations=[BURLEIGH], tags=["b"])
+    consolidate_env.index()
+    within = consolidate_env.cluster(["ct_s1", "ct_s2"])
+    cross = consolidate_env.cluster(["ct_s2", "ct_s3"], auto=False)
+    first = approve_cluster(within, user=manager, run_async=True, accept_losses=True)
+    # Planned while ct_s2 was live (two detections racing could leave that behind).
+    plan = plan_for(cross, member_records(cross))
+    later = MergeOperation.objects.create(
+        cluster=cross, primary_uid=plan.primary_uid, duplicate_uids=list(plan.duplicate_uids), plan=plan.to_dict(),
+        member_snapshot=_snapshot_basis(cross, plan, {}),
+    )  # fmt: skip
+    Cluster.objects.filter(pk=cross.pk).update(status=Cluster.APPROVED)
+    assert run_operation(first.pk, client=consolidate_env.client()).state == MergeOperation.PATCHED
+    requests = consolidate_env.stats()["requests"]
+
+    later = run_operation(later.pk, client=consolidate_env.client())
+
+    assert (later.state, later.error_code) == (MergeOperation.FAILED_PERMANENT, "ERR_DEDUP_007")
+    assert later.cluster.status == Cluster.SUPERSEDED, "left for the next scan, not sent to review"
+    assert consolidate_env.stats()["requests"] == requests, "the index knew: no call"
+
+
+def test_a_member_whose_conversation_moved_elsewhere_has_changed(
+    consolidate_env: MergeEnv, manager: User
+) -> None:
+    pair = consolidate_env.pair()
+    op = _approved(consolidate_env, manager, pair)
+    other = consolidate_env.add("ct_other", phones=["0499 999 999"])
+    # In Podium, someone moved the duplicate's only conversation to another contact.
+    consolidate_env.state.patch(
+        consolidate_env.alive(other).conversation_uids[0],
+        {"conversationUid": consolidate_env.alive(pair[1]).conversation_uids[0]},
+    )
+    op = run_operation(op.pk, client=consolidate_env.client())
+    assert (op.state, op.error_code) == (MergeOperation.RE_INDEX_REQUIRED, "ERR_DEDUP_011")
+    assert op.evidence["drift"] == {pair[1]: {"reached": "ct_other"}}
+    assert op.cluster.status == Cluster.SUPERSEDED

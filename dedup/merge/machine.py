@@ -96,6 +96,8 @@ class Runner:
         self.region = primary.location.country if primary is not None else "AU"
         # Contacts read from Podium during this run, by uid: the next step uses them instead of re-reading.
         self.live: dict[str, PodiumContact] = {}
+        # Members whose identifier reached another contact in this run: {member uid: the uid reached}.
+        self.moved: dict[str, str] = {}
         # True right after this run committed `merging` and before it called merge (native): only then
         # is the merge known not to have happened. Any other `merging` is reconciled first.
         self.fresh_merging = False
@@ -141,6 +143,8 @@ class Runner:
         except NotFoundError:
             return None
         if contact.uid != uid:
+            # Its identifier (a conversation, an address) moved to another contact: it changed.
+            self.moved[uid] = contact.uid
             return Unaddressable(uid, f"its identifier now reaches contact {contact.uid}")
         self.live[uid] = contact
         return contact
@@ -350,8 +354,11 @@ class Runner:
     def pending(self) -> bool:
         """Re-read every member once: gone, unreachable or changed stops the merge; else snapshot them."""
         crash_point("pending")
-        reads = {uid: self.read(uid) for uid in self.plan.member_uids}
-        missing = sorted(uid for uid, c in reads.items() if c is None)
+        # A member the index already knows is retired (merged away by another operation since this one
+        # was planned) is gone: no call needed to know that.
+        retired = [uid for uid in self.plan.member_uids if uid in self.rows and not self.rows[uid].is_active]
+        reads = {} if retired else {uid: self.read(uid) for uid in self.plan.member_uids}
+        missing = sorted([*retired, *(uid for uid, c in reads.items() if c is None)])
         if missing:
             self.fail(
                 ERR_NOT_FOUND,
@@ -361,6 +368,10 @@ class Runner:
                 re_evaluate=True,
             )
             self.queue_rescan("contact_not_found", missing)
+            return False
+        moved = {uid: {"reached": self.moved[uid]} for uid in reads if uid in self.moved}
+        if moved:
+            self.re_index(moved)
             return False
         unreachable = {uid: c.reason for uid, c in reads.items() if isinstance(c, Unaddressable)}
         if unreachable:
