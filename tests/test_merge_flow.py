@@ -577,3 +577,40 @@ def test_an_attribute_the_primary_holds_empty_gets_the_duplicates_value(
     op = approve_cluster(merge_env.cluster(pair), user=manager, run_async=False)
     assert op.state == MergeOperation.PATCHED, op.last_error
     assert {a.label: a.text for a in merge_env.alive(pair[0]).attributes} == {"birthday": "1990-01-01"}
+
+
+# --- what a merge costs ----------------------------------------------------------------------------------
+
+#: Requests a merge may send, by strategy and cluster size, for members that each hold one conversation
+#: and one tag to carry (see the note in bench/bench_merge.py for where each request goes).
+#: native: a read per member (drift check, snapshot), the merge, one write per value, one read-back.
+#: consolidate: a read per member, per duplicate a retirement handle (PATCH + read back) when nothing
+#: else reaches it once its conversations move, one PATCH per conversation moved, one write per value,
+#: the primary's read-back, per duplicate a last look and the DELETE.
+REQUEST_CEILING = {("native", 2): 5, ("native", 4): 9, ("consolidate", 2): 9, ("consolidate", 4): 23}
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_the_requests_a_merge_costs_per_duplicate(merge_env: MergeEnv, manager: User, size: int) -> None:
+    uids = [
+        merge_env.add(
+            f"ct_{i}",
+            name="Sam Lee",
+            phones=["0411 111 111" if i % 2 else "+61411111111"],
+            tags=[f"t{i}"] if i else ["a", "b"],
+            address="1 St" if i == 0 else None,
+        )  # fmt: skip
+        for i in range(size)
+    ]
+    merge_env.index()
+    op = approve_cluster(merge_env.cluster(uids), user=manager, run_async=False)
+    assert op.state == MergeOperation.PATCHED, op.last_error
+    ceiling = REQUEST_CEILING[(merge_env.strategy, size)]
+    assert op.request_count == merge_env.stats()["requests"] <= ceiling
+    per_duplicate = op.request_count / (size - 1)
+    if merge_env.native:
+        assert per_duplicate <= (5 if size == 2 else 3)
+    gets = merge_env.stats()["by_route"]["GET /v4/contacts/{identifier}"]
+    # No contact is read twice for the same purpose: a read per member, the read-back, and (consolidate)
+    # each duplicate's handle check and last look.
+    assert gets == size + 1 + (0 if merge_env.native else 2 * (size - 1))

@@ -248,3 +248,24 @@ def test_a_merge_podium_keeps_failing_is_deferred_not_hammered(native_env: Merge
     del client.before["merge"]
     assert run_operation(op.pk, client=client).state == MergeOperation.PATCHED
     assert server.stats()["merges"] == 1
+
+
+def test_an_opt_out_answering_with_the_primary_is_the_read_back(native_env: MergeEnv, manager: User) -> None:
+    uids = native_env.maria()
+    before = {uid: native_env.alive(uid) for uid in uids}
+    op = _approved(native_env, manager, uids)
+    client = native_env.client()
+    op = run_operation(op.pk, client=client)
+    assert op.state == MergeOperation.PATCHED
+    names = [name for name, _args in client.calls]
+    assert names == ["get_contact"] * 3 + [
+        "merge",
+        "update_contact",
+        "attach_tag",
+        "set_attribute",
+        "opt_out_phone",
+    ]
+    assert op.request_count == 8
+    survivor = native_env.alive("ct_m1")
+    assert consent_problems(before.values(), survivor) == []
+    assert all(missing_on(survivor, m) == [] for m in before.values())
