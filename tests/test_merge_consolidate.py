@@ -15,7 +15,7 @@ from django.contrib.auth.models import User
 
 from dedup.merge import approve_cluster, merge_all_auto, resolve_operation, run_operation
 from dedup.models import AuditEvent, Cluster, Contact, MergeOperation
-from podium_client import APIConnectionError
+from podium_client import APIConnectionError, InvalidRequestError
 from tests.merge_helpers import BURLEIGH, consent_problems, missing_on
 
 if TYPE_CHECKING:
@@ -288,3 +288,39 @@ def test_a_member_whose_conversation_moved_elsewhere_has_changed(
     assert (op.state, op.error_code) == (MergeOperation.RE_INDEX_REQUIRED, "ERR_DEDUP_011")
     assert op.evidence["drift"] == {pair[1]: {"reached": "ct_other"}}
     assert op.cluster.status == Cluster.SUPERSEDED
+
+
+def test_a_conversation_gone_during_the_write_back_means_the_members_changed(
+    consolidate_env: MergeEnv, manager: User, rescans: list[dict[str, Any]]
+) -> None:
+    pair = consolidate_env.pair()
+    op = _approved(consolidate_env, manager, pair)
+    client = consolidate_env.client()
+    # Someone deletes the duplicate in Podium (its conversation with it) just before it is moved.
+    client.before["attach_tag"] = lambda *args: None
+    moving = consolidate_env.alive(pair[1]).conversation_uids[0]
+    client.before["update_contact"] = lambda identifier, fields: (
+        fields.get("conversationUid") == moving and consolidate_env.state.delete(moving)
+    )
+    op = run_operation(op.pk, client=client)
+    assert (op.state, op.error_code) == (MergeOperation.RE_INDEX_REQUIRED, "ERR_DEDUP_011")
+    assert "during the write-back; nothing was deleted" in op.last_error
+    assert op.cluster.status == Cluster.SUPERSEDED and rescans[-1]["reason"] == "changed_during_merge"
+    assert not client.called("delete_contact")
+
+
+def test_a_write_podium_refuses_for_good_sends_the_cluster_to_review(
+    consolidate_env: MergeEnv, manager: User
+) -> None:
+    uids = consolidate_env.maria()
+    op = _approved(consolidate_env, manager, uids)
+    client = consolidate_env.client()
+
+    def refuse(*args: Any) -> None:
+        raise InvalidRequestError("tag not allowed", http_status=400, code="invalid_request_values")
+
+    client.instead["attach_tag"] = refuse
+    op = run_operation(op.pk, client=client)
+    assert op.state == MergeOperation.FAILED_PERMANENT and "write_back_refused" in op.cluster.reasons
+    assert "Podium refused the write-back (400 invalid_request_values)" in op.last_error
+    assert not client.called("delete_contact") and all(not consolidate_env.retired(uid) for uid in uids)

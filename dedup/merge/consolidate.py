@@ -18,7 +18,7 @@ import secrets
 from typing import Any
 
 from dedup.consent import mask, requirements, violations
-from dedup.merge.common import ERR_NOT_FOUND, ERR_UNRECONCILABLE, crash_point
+from dedup.merge.common import ERR_DRIFT, ERR_NOT_FOUND, ERR_UNRECONCILABLE, crash_point
 from dedup.merge.finish import (
     compliance_failed,
     index_survivor,
@@ -33,8 +33,15 @@ from dedup.models import MergeOperation
 from dedup.podium import Unaddressable
 from dedup.records import normalize_email
 from dedup.survivorship import MergePlan
+from podium_client import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PodiumError,
+    UnaddressableContact,
+    UnprocessableError,
+)
 from podium_client import Contact as PodiumContact
-from podium_client import NotFoundError, PodiumError, UnaddressableContact
 
 #: Retirement handles live on the reserved ``.invalid`` top-level domain (RFC 2606): never deliverable.
 HANDLE_DOMAIN = "dedup-retire.invalid"
@@ -65,8 +72,28 @@ def merging(runner: Runner) -> bool:
             runner.client, plan, primary, identifier=runner.identifier(op.primary_uid), region=runner.region,
             primary_name_before=before.name if before else None, move_conversations=True,
         )  # fmt: skip
+    except NotFoundError as exc:
+        # The primary, or a conversation being moved, is gone from Podium: the members changed under the
+        # merge. Nothing was deleted; the cluster is re-detected.
+        runner.transition(
+            MergeOperation.RE_INDEX_REQUIRED, error_code=ERR_DRIFT,
+            last_error=f"{ERR_DRIFT} updated_at_drift: {exc.message} during the write-back; nothing was deleted",
+            evidence={"notFound": exc.message},
+            in_transaction=lambda: unmark_duplicates(list(plan.duplicate_uids)),
+        )  # fmt: skip
+        runner.queue_rescan("changed_during_merge", list(plan.member_uids))
+        return False
+    except (InvalidRequestError, UnprocessableError, ConflictError) as exc:
+        # Podium refuses a write for good: repeating it cannot help; nothing was deleted, a person looks.
+        runner.back_to_review(
+            ERR_UNRECONCILABLE, f"Podium refused the write-back ({exc.http_status} {exc.code}): {exc.message}; "
+            "nothing was deleted", "write_back_refused", evidence={"refused": exc.message},
+        )  # fmt: skip
+        return False
     except PodiumError as exc:
-        compliance_failed(runner, [f"write-back call failed: {type(exc).__name__}: {exc}"], [])
+        # Unlike Podium's merge, nothing is retired before the primary verified: a write-back that could
+        # not be sent loses nothing and is no compliance incident. It is retried later.
+        runner.defer(exc)
         return False
     runner.live[op.primary_uid] = result.survivor
     crash_point("after_patch")
