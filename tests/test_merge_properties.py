@@ -142,7 +142,7 @@ def _consent_of(contacts: dict[str, PodiumContact]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("strategy", ["consolidate", "native"])
 @settings(
-    max_examples=25,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -226,14 +226,15 @@ def test_no_sequence_of_actions_leaves_a_members_consent_weaker_on_the_survivor(
         assert violations(plan.consent, channel_consent(restored, "AU")) == []
 
 
-_envs: dict[int, Any] = {}
+_current: dict[str, Any] = {}
 
 
 def _env(factory: Callable[..., MergeEnv], strategy: str) -> MergeEnv:
-    """One emulator per test run (hypothesis calls the test body many times with the same fixtures)."""
-    key = id(factory)
-    if key not in _envs:
-        _envs.clear()
-        _envs[key] = factory(strategy)
-    env: MergeEnv = _envs[key]
+    """One emulator per test run: hypothesis calls the test body many times with the same fixtures (the
+    factory is kept as the key, so a later run's factory is never mistaken for it)."""
+    if _current.get("factory") is not factory:
+        _current.clear()
+        _current.update(factory=factory, env=factory(strategy))
+    env: MergeEnv = _current["env"]
+    assert env.strategy == strategy
     return env
