@@ -18,6 +18,7 @@ from dedup.merge import approve_cluster, restore_loop_contacts
 from dedup.merge.restoring import RestoreError, RestoreLoopError, restore_contact
 from dedup.models import AuditEvent, Cluster, Contact, MergeOperation, RestoreRecord, ReviewDecision
 from podium_client import Contact as PodiumContact
+from podium_client import ServerError
 from tests.merge_helpers import consent_problems, flags, missing_on
 
 if TYPE_CHECKING:
@@ -211,3 +212,42 @@ def test_a_channel_whose_transactional_opt_out_cannot_be_set_is_left_off_a_re_cr
         assert merge_env.retired("ct_p2")
     assert sorted(restored.conversation_uids) == sorted(before.conversation_uids)
     assert consent_problems([before, merge_env.alive("ct_p1")], restored) == []
+
+
+@pytest.mark.parametrize("failure", ["create_answer_lost", "after_create"])
+def test_a_re_creation_that_failed_half_way_continues_with_the_same_contact(
+    consolidate_env: MergeEnv, manager: User, admin_user: User, failure: str
+) -> None:
+    uids = consolidate_env.maria()
+    before = consolidate_env.alive("ct_m3")
+    _merge(consolidate_env, manager, uids)
+    client = consolidate_env.client()
+    server = consolidate_env.server
+    if failure == "create_answer_lost":
+
+        def drop_the_answer(*args: Any, **kwargs: Any) -> Any:
+            server.drop_after_commit_rate = 1.0  # created, then the connection is reset
+            try:
+                return client.real("create_contact", *args, **kwargs)
+            finally:
+                server.drop_after_commit_rate = 0.0
+
+        client.instead["create_contact"] = drop_the_answer
+    else:
+
+        def fail(*args: Any, **kwargs: Any) -> None:
+            raise ServerError("unavailable", http_status=503)
+
+        client.instead["set_attribute"] = fail
+    with pytest.raises(RestoreError, match="failed"):
+        restore_contact("ct_m3", user=admin_user, client=client)
+    client.instead.clear()
+
+    record = restore_contact("ct_m3", user=admin_user, client=client)
+
+    assert len(client.called("create_contact")) == 1, "never created twice"
+    named_like_her = [c for c in consolidate_env.state.contacts() if c["name"] == "Garcia, Maria"]
+    assert [c["uid"] for c in named_like_her] == [record.new_uid]
+    restored = consolidate_env.alive(record.new_uid)
+    assert missing_on(restored, before) == []
+    assert consent_problems([before], restored) == []

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -217,14 +218,27 @@ def _recreate(
     taken = shared_keys(uid, [i for _v, i in ([phone] if phone else []) + ([email] if email else [])])
     create_phone = phone if phone and phone[1] not in taken else None
     create_email = email if email and email[1] not in taken else None
-    identifier = client.create_contact(
-        snapshot.name or "Restored contact",
-        list(snapshot.location_uids),
-        phone_number=create_phone[1] if create_phone else None,
-        email=create_email[0] if create_email else None,
-    )
-    if not identifier:
-        raise RestoreError(f"Podium created {uid}'s replacement but named no identifier to reach it")
+    name = snapshot.name or "Restored contact"
+    # Re-creation is resumable: the create is announced before it is sent and its identifier kept after,
+    # so a restore repeated after a failure continues with the same contact instead of making another.
+    progress = dict((operation.steps.get("recreating") or {}).get(uid) or {})
+    identifier = progress.get("identifier")
+    if identifier is None and progress.get("attemptAt"):
+        identifier = _find_lost_creation(
+            client, uid, name, snapshot, progress["attemptAt"], create_phone, create_email
+        )
+    if identifier is None:
+        attempt = timezone.now()
+        _save_progress(operation, uid, {"attemptAt": attempt.isoformat()})
+        identifier = client.create_contact(
+            name,
+            list(snapshot.location_uids),
+            phone_number=create_phone[1] if create_phone else None,
+            email=create_email[0] if create_email else None,
+        )
+        if not identifier:
+            raise RestoreError(f"Podium created {uid}'s replacement but named no identifier to reach it")
+        _save_progress(operation, uid, {"attemptAt": attempt.isoformat(), "identifier": identifier})
     created = client.get_contact(identifier)
     if created.uid in plan.member_uids or Contact.objects.filter(uid=created.uid).exists():
         raise RestoreError(
@@ -261,6 +275,50 @@ def _recreate(
         not_restored=not_restored,
         opted_out=[mask(p) for p in needs.opt_out_phones],
     )
+
+
+def _save_progress(operation: MergeOperation, uid: str, progress: dict[str, Any]) -> None:
+    steps = dict(operation.steps)
+    steps["recreating"] = {**(steps.get("recreating") or {}), uid: progress}
+    MergeOperation.objects.filter(pk=operation.pk).update(steps=steps, updated_at=timezone.now())
+    operation.steps = steps
+
+
+def _find_lost_creation(
+    client: PodiumClient,
+    uid: str,
+    name: str,
+    snapshot: PodiumContact,
+    attempt_at: str,
+    phone: tuple[str, str] | None,
+    email: tuple[str, str] | None,
+) -> str | None:
+    """The identifier of the contact an earlier attempt created when its answer was lost, else None.
+
+    Contacts created since the attempt are few: the listing of those updated after it finds the one with
+    this name and these locations that the index does not know. Two such contacts are for a person.
+    """
+    since = datetime.fromisoformat(attempt_at) - timedelta(seconds=2)
+    found: list[PodiumContact] = []
+    for page in client.iter_contact_pages(updated_after=since):
+        for contact in page:
+            if (
+                contact.name == name
+                and set(contact.location_uids) == set(snapshot.location_uids)
+                and contact.created_at is not None
+                and contact.created_at >= since
+                and not Contact.objects.filter(uid=contact.uid).exists()
+            ):
+                found.append(contact)
+    if len(found) > 1:
+        raise RestoreError(
+            f"re-creating {uid}: an earlier attempt's outcome was unknown and {len(found)} new contacts named like it "
+            f"exist ({', '.join(c.uid for c in found)}); a person must look before it is re-created again"
+        )
+    if not found:
+        return None
+    # Reached the way it was created: its phone or email, else its uid (a contact created without either).
+    return phone[1] if phone else email[0] if email else found[0].uid
 
 
 def _record(
