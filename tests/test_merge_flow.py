@@ -220,10 +220,8 @@ def test_change_primary_is_for_review_clusters(merge_env: MergeEnv, manager: Use
     change_primary(review, user=manager, primary_uid="ct_m2")
     review.refresh_from_db()
     assert review.primary_uid == "ct_m2"
-    assert AuditEvent.objects.get(event_type="cluster.primary_changed").payload == {
-        "from": "ct_m1",
-        "to": "ct_m2",
-    }
+    changed = AuditEvent.objects.get(event_type="cluster.primary_changed").payload
+    assert (changed["from"], changed["to"]) == ("ct_m1", "ct_m2")
     with pytest.raises(MergeRefused):
         change_primary(auto, user=manager, primary_uid=pair[1])
     with pytest.raises(MergeRefused, match="not a member"):
