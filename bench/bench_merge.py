@@ -1,113 +1,150 @@
-"""Merge throughput against the emulator with 1, 2 and 4 workers, and rate-limit budget use.
+"""What a merge costs in requests, for each strategy, and how many merges fit Podium's request budget.
 
-Runs against its own PostgreSQL database (``dedup_bench_merge`` next to ``BENCH_PG_URL``'s, default
-``postgres://postgres@127.0.0.1:5432/postgres``), dropped and created afresh each run (audit events are
-append-only, so a clean slate is a new database). The emulator runs in its own process, as Podium would,
-loaded with synthetic customers (each two or three contacts with one phone in different spellings and
-opt-outs on one of them), one location per measured run so each run merges clusters nobody touched.
-Workers are processes running ``run_operation`` on operations queued for them, as django-q2 workers do.
+For each strategy — *consolidate* (Podium's published API only) and *native* (the ``merge,restore,
+soft-delete`` capabilities) — a fresh emulator runs in its own process, as Podium would, loaded with
+synthetic customers whose contacts are one person typed several ways (one number in different
+spellings, a conversation each, a tag on each duplicate to carry; one customer in four with a duplicate
+not opted in for marketing). The product
+scans it over HTTP, detects the clusters and merges them inline, as ``manage.py merge`` does:
 
-    .venv/bin/python bench/bench_merge.py [--clusters 400] [--budget 1200] [--budget-seconds 20]
+1. *requests per merged duplicate*: every pair, then every 4-member cluster, without a rate limit
+   (the emulator's request counter, divided by the duplicates retired);
+2. *the budget*: the emulator limits to ``--budget`` requests per minute (Podium's 300) over a sliding
+   minute, the product's client paces at the same budget, and merges run for ``--budget-seconds``
+   (clusters of 2 to 4 as the demo corpus has them): merges per minute, the share of the budget used
+   (target >= 95%) and the share of requests answered 429 (target < 1%).
 
-Prints clusters merged per second for 1, 2 and 4 workers with no latency (target >= 50/s), then, with
-the emulator limiting to the budget and the clients pacing at it (split between workers), the share of
-the budget used (target >= 90%) and the share of calls answered 429 (target < 1%).
+    .venv/bin/python bench/bench_merge.py [--pairs 40] [--quads 20] [--budget 300] [--budget-seconds 120]
+
+It also merges every auto-mergeable cluster of the demo corpus (``--demo-people``, the product's own
+demo data: clusters as detection finds them) and prints its average requests per merged duplicate, the
+figure issue 10 measured before the rework (2,029 requests for 328 merges: 6.2 per merged pair).
+
+The database is a fresh SQLite file in a temporary directory unless ``--database-url`` names another
+(the figures are Podium requests, not database speed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
+
+from podium_client.corpus import write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BENCH_DB = "dedup_bench_merge"
-WORKER_COUNTS = (1, 2, 4)
-TARGET_RATE = 50.0
-TARGET_BUDGET_USE = 0.90
+STRATEGIES = {"consolidate": "", "native": "merge,restore,soft-delete"}
+TARGET_NATIVE_PER_DUPLICATE = 4.0
+TARGET_BUDGET_USE = 0.95
 TARGET_429_SHARE = 0.01
-FIRST = ["Maria", "Wei", "Jack", "Olivia", "Noah", "Aisha", "Liam", "Priya", "Mateo", "Chloe", "Tane", "Sofia"]
+ORGANIZATION = "0f4e6c2a-9d1b-4c57-8e3f-5a2b7c9d1e00"
+LOCATIONS = {"pairs": "b0000000-0000-4000-8000-000000000002", "quads": "b0000000-0000-4000-8000-000000000004",
+             "budget": "b0000000-0000-4000-8000-0000000000bb"}  # fmt: skip
+FIRST = [
+    "Maria",
+    "Wei",
+    "Jack",
+    "Olivia",
+    "Noah",
+    "Aisha",
+    "Liam",
+    "Priya",
+    "Mateo",
+    "Chloe",
+    "Tane",
+    "Sofia",
+]
 LAST = ["Garcia", "Chen", "Smith", "Nguyen", "Williams", "Patel", "Brown", "Kaur", "Jones", "Taylor", "Ngata"]
 
 
-def _database_url() -> str:
-    base = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-    return urlunsplit(urlsplit(base)._replace(path=f"/{BENCH_DB}"))
+# --- the corpus ---------------------------------------------------------------------------------------------
 
 
-def _fresh_database(url: str) -> None:
-    import psycopg
-
-    admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-
-
-def _setup_django(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DEBUG", "1")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "dedup.settings_test"
-    os.environ.setdefault("LOG_LEVEL", "ERROR")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+def _contact(
+    uid: str, location: str, name: str, phone: str, tags: list[str], opted_in: bool, serial: int
+) -> str:
+    stamp = f"2026-01-01T{serial // 3600 % 24:02d}:{serial // 60 % 60:02d}:{serial % 60:02d}Z"
+    channel = {"type": "PHONE", "identifier": phone, "label": None,
+               "marketingOptedInLocationUids": [location] if opted_in else [], "transactionalOptedOutAt": None,
+               "createdAt": stamp, "updatedAt": stamp}  # fmt: skip
+    contact = {
+        "uid": uid, "name": name, "locations": [{"uid": location}], "organization": {"uid": ORGANIZATION},
+        "phoneNumbers": [phone], "emails": [], "channels": [channel],
+        "tags": [{"uid": f"7a900000-0000-4000-8000-{abs(hash(t)) % 10**12:012d}", "label": t, "description": None}
+                 for t in tags],
+        "attributes": [], "address": None, "conversations": [{"uid": f"c{uid[1:]}"}],
+        "createdAt": stamp, "updatedAt": stamp,
+    }  # fmt: skip
+    return json.dumps(contact)
 
 
-# --- the corpus ---------------------------------------------------------------------------------------
+def _customers(kind: str, count: int, rnd: random.Random, serial: Iterator[int]) -> Iterator[str]:
+    """``count`` customers at the kind's location; each of 2 (pairs), 4 (quads) or 2-4 (budget) contacts."""
+    location = LOCATIONS[kind]
+    for person in range(count):
+        size = {"pairs": 2, "quads": 4}.get(kind) or rnd.choice((2, 2, 2, 3, 4))
+        digits = f"4{list(LOCATIONS).index(kind)}{person:07d}"
+        spellings = [
+            f"0{digits}",
+            f"+61{digits}",
+            f"0{digits[:3]} {digits[3:6]} {digits[6:]}",
+            f"(0{digits[0]}) {digits[1:5]}-{digits[5:]}",
+        ]
+        name = f"{FIRST[person % len(FIRST)]} {LAST[(person // len(FIRST)) % len(LAST)]}"
+        for i in range(size):
+            n = next(serial)
+            tags = ["vip", "newsletter"] if i == 0 else [f"visit-{i}"]
+            # One customer in four has a duplicate not opted in for marketing: the survivor's number is
+            # then opted out (campaigns/opt_out).
+            opted_in = not (i == 1 and person % 4 == 0)
+            yield _contact(
+                f"a{n:07d}-0000-4000-8000-000000000000", location, name, spellings[i], tags, opted_in, n
+            )
 
 
-def _write_corpus(path: Path, runs: list[tuple[str, int]], seed: int) -> None:
-    """One location per run, each with ``n`` customers of 2-3 contacts sharing a phone."""
-    from podium_client.types import Channel, Contact, Location, contact_export_line, location_export_line
-
+def _write_corpus(path: Path, pairs: int, quads: int, budget: int, seed: int) -> None:
     rnd = random.Random(seed)
-    base = datetime(2026, 1, 1, tzinfo=UTC)
-    serial = 0
+    serial = iter(range(1, 10**7))
     with path.open("w") as out:
-        for location_uid, _n in runs:
-            out.write(location_export_line(Location(location_uid, location_uid, "AU")) + "\n")
-        for run_index, (location_uid, n) in enumerate(runs):
-            for person in range(n):
-                digits = f"4{run_index:02d}{person:06d}"
-                spellings = [f"0{digits}", f"+61{digits}", f"0{digits[:3]} {digits[3:6]} {digits[6:]}"]
-                name = f"{FIRST[person % len(FIRST)]} {LAST[(person // len(FIRST)) % len(LAST)]}"
-                for i in range(rnd.choice((2, 2, 3))):
-                    serial += 1
-                    moment = base + timedelta(seconds=serial)
-                    contact = Contact(
-                        uid=f"ct_{serial:07d}_bench", location_uid=location_uid, name=name,
-                        channels=(Channel.phone(spellings[i]),), tags=(f"t{i}",) if i else ("vip",),
-                        attributes=(), address=None,
-                        marketing_opt_out=i == 1 and rnd.random() < 0.5, sms_opt_out=i == 2,
-                        email_opt_out=False, created_at=moment, updated_at=moment, deleted_at=None,
-                        merged_into_uid=None, conversation_count=1,
-                    )  # fmt: skip
-                    out.write(contact_export_line(contact) + "\n")
+        for kind, uid in LOCATIONS.items():
+            out.write(json.dumps({"object": "location", "uid": uid, "name": f"Bench {kind}", "displayName": kind,
+                                  "organizationUid": ORGANIZATION, "archived": False, "addressDetails": {"country": "AU"},
+                                  "createdAt": "2024-01-01T00:00:00Z", "updatedAt": "2024-01-01T00:00:00Z"}) + "\n")  # fmt: skip
+        for kind, count in (("pairs", pairs), ("quads", quads), ("budget", budget)):
+            for line in _customers(kind, count, rnd, serial):
+                out.write(line + "\n")
 
 
-def _start_emulator(corpus: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "podium_client.emulator", "--load", str(corpus), "--port", "0", "--seed", "3"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
+# --- the emulator and the product -----------------------------------------------------------------------------
+
+
+def _start_emulator(corpus: Path, capabilities: str) -> tuple[subprocess.Popen[str], str]:
+    args = [
+        sys.executable,
+        "-m",
+        "podium_client.emulator",
+        "--load",
+        str(corpus),
+        "--port",
+        "0",
+        "--seed",
+        "3",
+    ]
+    if capabilities:
+        args += ["--capabilities", capabilities]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if "listening on" not in line:
@@ -116,199 +153,211 @@ def _start_emulator(corpus: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, line.rsplit(" ", 1)[-1]
 
 
-def _index_and_detect(corpus: Path) -> None:
-    from dedup.detection import detect
-    from dedup.indexing import IndexWriter, prepare_contact
+def _control(url: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    resp = (requests.get(url + path, timeout=10) if body is None
+            else requests.post(url + path, data=json.dumps(body), timeout=10))  # fmt: skip
+    resp.raise_for_status()
+    data: dict[str, Any] = resp.json() if resp.content else {}
+    return data
+
+
+def _setup_django(database_url: str) -> None:
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("DEBUG", "1")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "dedup.settings_test"
+    os.environ.setdefault("LOG_LEVEL", "ERROR")
+    import django
+
+    django.setup()
+
+
+def _fresh_product(podium_url: str, capabilities: str) -> None:
+    """Point the product at this emulator and empty its database (migrated, flushed)."""
+    from django.conf import settings
+    from django.core.management import call_command
+
     from dedup.models import Policy
-    from podium_client.types import Contact, Location, parse_export_line
 
-    writer = IndexWriter(Policy.current().default_region)
-    locations: list[Location] = []
-    contacts: list[Contact] = []
-    with corpus.open() as lines:
-        for line in lines:
-            item = parse_export_line(line)
-            (locations if isinstance(item, Location) else contacts).append(item)  # type: ignore[arg-type]
-    writer.ensure_locations(locations)
-    writer.write([prepare_contact(c, writer.region_for(c.location_uid)) for c in contacts])
-    detect()
+    call_command("migrate", verbosity=0)
+    settings.PODIUM_BASE_URL = podium_url
+    settings.PODIUM_ACCESS_TOKEN = "dev-token"
+    settings.PODIUM_REFRESH_TOKEN = ""
+    settings.PODIUM_CAPABILITIES = [c for c in capabilities.split(",") if c]
+    policy = Policy.current()
+    policy.rate_limit_per_minute = 0
+    policy.save()
 
 
-def _plan_run(location_uid: str) -> list[int]:
-    """Approve every open cluster of the location (the plan committed, nothing called); their op ids."""
-    from dedup import merging
+def _scan() -> None:
+    from dedup.models import ScanRun
+    from dedup.scanning import start_scan
+
+    run = start_scan(full=True, run_async=False, actor="worker:bench")
+    if run.state != ScanRun.SUCCEEDED:
+        raise SystemExit(f"the scan failed: {run.error_message}")
+
+
+def _clusters(kind: str) -> list[Any]:
     from dedup.models import Cluster
 
-    clusters = list(Cluster.objects.filter(location__uid=location_uid, status=Cluster.OPEN, auto_merge=True))
-    ids = []
-    for cluster in clusters:
-        ids.append(merging.approve_cluster(cluster, user=None, run_async=True, actor="bench").pk)
-    return ids
+    return list(
+        Cluster.objects.filter(locations__uid=LOCATIONS[kind], status=Cluster.OPEN, auto_merge=True).order_by(
+            "pk"
+        )
+    )
 
 
-# --- workers ------------------------------------------------------------------------------------------------
+def _merge(cluster: Any, client: Any) -> Any:
+    from dedup.merge import approve_cluster
+
+    return approve_cluster(cluster, user=None, run_async=False, actor="bench", client=client)
 
 
-def _worker(queue: Any, name: str, requests_per_minute: int | None, results: Any) -> None:
-    from dedup import merging
+def _requests_per_duplicate(url: str, kind: str) -> tuple[int, int, int, float]:
+    """Merge every cluster of the kind; (clusters merged, duplicates retired, requests, per duplicate)."""
+    from dedup.merge.common import new_client
+
+    clusters = _clusters(kind)
+    before = _control(url, "/_emulator/stats")["requests"]
+    merged = duplicates = 0
+    with new_client() as client:
+        for cluster in clusters:
+            op = _merge(cluster, client)
+            if op.state == "patched":
+                merged += 1
+                duplicates += len(op.duplicate_uids)
+    sent = _control(url, "/_emulator/stats")["requests"] - before
+    return merged, duplicates, sent, sent / max(duplicates, 1)
+
+
+def _budget_run(url: str, budget: int, seconds: float) -> dict[str, float]:
+    """Merge for ``seconds`` with the emulator limiting and the client pacing at ``budget`` per minute."""
     from dedup.podium import get_client
 
-    done = 0
-    cpu = time.process_time()
-    with get_client(requests_per_minute=requests_per_minute) as client:
-        while True:
-            op_id = queue.get()
-            if op_id is None:
-                break
-            op = merging.run_operation(op_id, worker=name, client=client)
-            done += op.state == "patched"
-    results.put((done, time.process_time() - cpu))
-
-
-def _run_workers(op_ids: list[int], workers: int, requests_per_minute: int | None = None) -> tuple[float, int, float]:
-    """Merge the operations with ``workers`` processes; (elapsed seconds, merged, worker CPU seconds)."""
-    from django.db import connections
-
-    connections.close_all()  # children open their own
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    results = ctx.Queue()
-    for op_id in op_ids:
-        queue.put(op_id)
-    for _ in range(workers):
-        queue.put(None)
-    procs = [ctx.Process(target=_worker, args=(queue, f"bench-{i}", requests_per_minute, results))
-             for i in range(workers)]
+    _control(
+        url, "/_emulator/config", {"rate_limit": budget, "rate_window_s": 60.0, "fault_retry_after": 1.0}
+    )
+    _control(url, "/_emulator/stats/reset", {})
+    clusters = _clusters("budget")
+    merged = duplicates = 0
     started = time.perf_counter()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    with get_client(requests_per_minute=budget) as client:
+        for cluster in clusters:
+            if time.perf_counter() - started >= seconds:
+                break
+            op = _merge(cluster, client)
+            if op.state == "patched":
+                merged += 1
+                duplicates += len(op.duplicate_uids)
     elapsed = time.perf_counter() - started
-    outcomes = [results.get() for _ in procs]
-    return elapsed, sum(done for done, _cpu in outcomes), sum(cpu for _done, cpu in outcomes)
-
-
-def _emulator(url: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    if body is None:
-        resp = requests.get(url + path, timeout=10)
-    else:
-        resp = requests.post(url + path, data=json.dumps(body), timeout=10)
-    resp.raise_for_status()
-    return resp.json() if resp.content else {}
+    stats = _control(url, "/_emulator/stats")
+    sent = stats["requests"]
+    limited = stats["by_status"].get("429", 0)
+    if merged == len(clusters):
+        raise SystemExit("the budget run ran out of clusters: raise the corpus size")
+    return {
+        "elapsed": elapsed, "merges": merged, "duplicates": duplicates, "sent": sent, "limited": limited,
+        "per_minute": merged / elapsed * 60, "use": sent / (budget / 60 * elapsed), "share_429": limited / max(sent, 1),
+    }  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clusters", type=int, default=400, help="clusters merged per worker-count run")
-    parser.add_argument("--budget", type=int, default=1200, help="rate-limit budget, requests per minute")
-    parser.add_argument("--budget-seconds", type=float, default=20.0, help="length of each budget run")
+    parser.add_argument("--pairs", type=int, default=40, help="customers with two contacts")
+    parser.add_argument("--quads", type=int, default=20, help="customers with four contacts")
+    parser.add_argument("--budget", type=int, default=300, help="Podium's request budget per minute")
+    parser.add_argument("--budget-seconds", type=float, default=120.0, help="length of each budget run")
+    parser.add_argument("--database-url", default="", help="default: a fresh SQLite file per strategy")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--strategy", choices=list(STRATEGIES), help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--demo-people", type=int, default=300, help="people in the demo corpus run")
     args = parser.parse_args()
+    if args.strategy:
+        # A child run: one strategy, one fresh product; the figures as one JSON line.
+        print(json.dumps(_one_strategy(args)))
+        return
 
-    url = _database_url()
-    _fresh_database(url)
-    _setup_django(url)
-    from unittest import mock
-
-    from django.conf import settings
-
-    from dedup import merging
-    from dedup.models import MergeOperation, Policy
-
-    # Requests a budget run can make at most (about 6 calls per 2-3 member merge), with room to spare.
-    budget_clusters = int(args.budget / 60 * args.budget_seconds / 4) + 20
-    runs = [(f"loc_w{w}", args.clusters) for w in WORKER_COUNTS]
-    runs += [(f"loc_budget{w}", budget_clusters) for w in (1, 2)]
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "bench.ndjson"
-        _write_corpus(corpus, runs, args.seed)
-        emulator, podium_url = _start_emulator(corpus)
-        try:
-            settings.PODIUM_BASE_URL = podium_url
-            settings.PODIUM_ACCESS_TOKEN = "dev-token"
-            settings.PODIUM_OAUTH_URL = ""
-            policy = Policy.current()
-            policy.rate_limit_per_minute = 0
-            policy.save()
-            started = time.perf_counter()
-            _index_and_detect(corpus)
-            print(f"indexed and detected {sum(n for _, n in runs):,} customers in "
-                  f"{time.perf_counter() - started:.1f}s (not timed below)")
-            with mock.patch.object(merging, "_enqueue", lambda op_id: None):
-                plans = {loc: _plan_run(loc) for loc, _n in runs}
-
-            print(f"\nclusters merged per second, emulator without latency (PostgreSQL, worker processes; "
-                  f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before):")
-            for workers in WORKER_COUNTS:
-                op_ids = plans[f"loc_w{workers}"]
-                elapsed, patched, cpu = _run_workers(op_ids, workers)
-                rate = patched / elapsed
-                verdict = "ok" if rate >= TARGET_RATE else f"BELOW target {TARGET_RATE:.0f}/s"
-                print(f"  {workers} worker(s): {patched}/{len(op_ids)} merged in {elapsed:5.2f}s = "
-                      f"{rate:6.1f} clusters/s  [{verdict}]  (worker CPU {1000 * cpu / max(patched, 1):.1f} ms/merge)")
-
-            print(f"\nrate-limit budget {args.budget}/min (emulator limit = client pacing, split between workers):")
-            _emulator(podium_url, "/_emulator/config", {"rate_limit": args.budget, "rate_window_s": 10})
-            for workers in (1, 2):
-                op_ids = plans[f"loc_budget{workers}"]
-                _emulator(podium_url, "/_emulator/stats/reset", {})
-                # Only as many merges as fill the run's length; the rest stay pending and are not counted.
-                elapsed, patched = _run_workers_for(op_ids, workers, args.budget, args.budget_seconds)
-                stats = _emulator(podium_url, "/_emulator/stats")
-                sent = stats["requests"]
-                limited = stats["by_status"].get("429", 0)
-                capacity = args.budget / 60 * elapsed
-                use, share_429 = sent / capacity, limited / max(sent, 1)
-                ok = use >= TARGET_BUDGET_USE and share_429 < TARGET_429_SHARE
-                print(f"  {workers} worker(s): {sent} calls in {elapsed:5.2f}s ({patched} merges) = "
-                      f"{use:6.1%} of the budget, {limited} answered 429 ({share_429:.2%})  "
-                      f"[{'ok' if ok else 'BELOW target'}]")
-            left = MergeOperation.objects.exclude(state__in=MergeOperation.TERMINAL_STATES).count()
-            print(f"\n(operations left unfinished on purpose when the budget runs ended: {left})")
-        finally:
-            emulator.terminate()
-            emulator.wait(10)
+        # Enough 2-4 member customers that the budget run never runs dry (at least ~6 requests per merge).
+        budget_customers = int(args.budget / 60 * args.budget_seconds / 6) + 40
+        _write_corpus(corpus, args.pairs, args.quads, budget_customers, args.seed)
+        demo = Path(tmp) / "demo.ndjson"
+        write_corpus(demo, args.demo_people, 20260)
+        results: dict[str, dict[str, Any]] = {}
+        for strategy in STRATEGIES:
+            results[strategy] = {}
+            for name, path, extra in (("synthetic", corpus, []), ("demo", demo, ["--demo"])):
+                database = args.database_url or f"sqlite:///{tmp}/bench-{strategy}-{name}.sqlite3"
+                child = subprocess.run(
+                    [sys.executable, __file__, *sys.argv[1:], "--strategy", strategy, "--corpus", str(path),
+                     "--database-url", database, *extra],
+                    cwd=ROOT, capture_output=True, text=True,
+                    env={**os.environ, "DEDUP_VAR_DIR": f"{tmp}/var-{strategy}-{name}"},
+                )  # fmt: skip
+                if child.returncode != 0:
+                    raise SystemExit(f"{strategy} run failed:\n{child.stderr[-3000:]}")
+                results[strategy].update(json.loads(child.stdout.strip().splitlines()[-1]))
+        _report(results, args)
 
 
-def _run_workers_for(op_ids: list[int], workers: int, budget: int, seconds: float) -> tuple[float, int]:
-    """Run paced workers over the queue until ``seconds`` have passed; returns (elapsed, merged)."""
-    from django.db import connections
-
-    connections.close_all()
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    results = ctx.Queue()
-    for op_id in op_ids:
-        queue.put(op_id)
-    for _ in range(workers):
-        queue.put(None)
-    share = max(1, budget // workers)
-    deadline = time.time() + seconds
-    procs = [ctx.Process(target=_timed_worker, args=(queue, f"budget-{i}", share, deadline, results))
-             for i in range(workers)]
-    started = time.perf_counter()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    elapsed = time.perf_counter() - started
-    return elapsed, sum(results.get() for _ in procs)
+def _one_strategy(args: argparse.Namespace) -> dict[str, Any]:
+    capabilities = STRATEGIES[args.strategy]
+    _setup_django(args.database_url)
+    emulator, url = _start_emulator(Path(args.corpus), capabilities)
+    try:
+        _fresh_product(url, capabilities)
+        _scan()
+        if args.demo:
+            return {"demo": _demo_corpus(url)}
+        return {
+            "pairs": _requests_per_duplicate(url, "pairs"),
+            "quads": _requests_per_duplicate(url, "quads"),
+            "budget": _budget_run(url, args.budget, args.budget_seconds),
+        }
+    finally:
+        emulator.terminate()
+        emulator.wait(10)
 
 
-def _timed_worker(queue: Any, name: str, requests_per_minute: int, deadline: float, results: Any) -> None:
-    from dedup import merging
-    from dedup.podium import get_client
+def _demo_corpus(url: str) -> tuple[int, int, int, float]:
+    """Every auto-mergeable cluster of the demo corpus, as ``manage.py merge --all-auto`` merges them."""
+    from dedup.merge import merge_all_auto
+    from dedup.merge.common import new_client
 
-    done = 0
-    with get_client(requests_per_minute=requests_per_minute) as client:
-        while time.time() < deadline:
-            op_id = queue.get()
-            if op_id is None:
-                break
-            op = merging.run_operation(op_id, worker=name, client=client)
-            done += op.state == "patched"
-    results.put(done)
+    before = _control(url, "/_emulator/stats")["requests"]
+    with new_client() as client:
+        results = merge_all_auto(actor="bench", client=client)
+    done = [op for op in results if getattr(op, "state", "") == "patched"]
+    duplicates = sum(len(op.duplicate_uids) for op in done)  # type: ignore[union-attr]
+    sent = _control(url, "/_emulator/stats")["requests"] - before
+    return len(done), duplicates, sent, sent / max(duplicates, 1)
+
+
+def _report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    print("requests per merged duplicate (no rate limit):")
+    for strategy, r in results.items():
+        for kind, label in (("pairs", "pairs"), ("quads", "4-member clusters"), ("demo", "demo corpus")):
+            merged, duplicates, sent, per = r[kind]
+            verdict = ""
+            if strategy == "native":
+                verdict = (
+                    "  [ok]"
+                    if per <= TARGET_NATIVE_PER_DUPLICATE
+                    else f"  [above target {TARGET_NATIVE_PER_DUPLICATE:g}]"
+                )
+            print(f"  {strategy:<12} {label:<18} {merged:4d} merged, {duplicates:4d} duplicates, {sent:5d} requests = "
+                  f"{per:5.2f} per duplicate{verdict}")  # fmt: skip
+    print(f"\nat a {args.budget} requests/min budget (the emulator limits, the client paces; {args.budget_seconds:g}s runs, "
+          "clusters of 2-4):")  # fmt: skip
+    for strategy, r in results.items():
+        b = r["budget"]
+        ok = b["use"] >= TARGET_BUDGET_USE and b["share_429"] < TARGET_429_SHARE
+        print(f"  {strategy:<12} {b['merges']:4.0f} merges ({b['duplicates']:.0f} duplicates) in {b['elapsed']:5.1f}s = "
+              f"{b['per_minute']:5.1f} merges/min; {b['sent']:.0f} requests = {b['use']:6.1%} of the budget, "
+              f"{b['limited']:.0f} answered 429 ({b['share_429']:.2%})  [{'ok' if ok else 'BELOW target'}]")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ that held the same number or address**:
 
 Numbers compare by E.164 (``0412 345 678`` and ``+61412345678`` are one number), emails by their
 normalized form. A number or address the survivor does not hold has no consent to check: nobody is
-messaged through the survivor at it.
+messaged through the survivor at it. A phone without a single digit ("n/a") reaches nobody either.
 
 What Podium's published API can do to make the survivor stricter is narrow: ``campaigns/opt_out``
 withdraws a phone number's marketing consent (everywhere). Nothing publishes a way to opt an email out
@@ -72,20 +72,34 @@ class Requirement:
     allowed_opt_in: frozenset[str]
     transactional_opt_out: bool
     held_by: tuple[str, ...]
-    # The members whose own consent makes it strict: opted out of transactional messages, or not
-    # opted in for marketing somewhere another holder was.
+    # The members that opted it out of transactional messages (named in messages, not every holder).
     opted_out_by: tuple[str, ...] = ()
 
 
+def reachable(channel: ChannelConsent) -> bool:
+    """Whether anyone could message this channel: an email, or a phone with digits in it.
+
+    A phone typed as "n/a" or "call me" is kept on the contact (never dropped), but no message can
+    reach it, so it carries no consent to protect; letting all of them share one identity would make
+    unrelated junk of different members constrain each other.
+    """
+    return channel.kind != PHONE or any(ch.isdigit() for ch in channel.identity)
+
+
 def requirements(members: Mapping[str, Iterable[ChannelConsent]]) -> dict[str, Requirement]:
-    """The strictest consent per identity over the members (``{member uid: its channels}``)."""
+    """The strictest consent per identity over the members (``{member uid: its channels}``).
+
+    ``held_by`` names every member holding the number or address; ``opted_out_by`` those that opted it
+    out of transactional messages, so messages name who said no rather than everyone.
+    """
     allowed: dict[str, frozenset[str]] = {}
     transactional: dict[str, bool] = {}
     kinds: dict[str, str] = {}
     holders: dict[str, list[str]] = {}
+    strict: dict[str, list[str]] = {}
     for uid, channels in members.items():
         for c in channels:
-            if not c.identity:
+            if not c.identity or not reachable(c):
                 continue
             key = c.identity
             kinds[key] = c.kind
@@ -93,8 +107,12 @@ def requirements(members: Mapping[str, Iterable[ChannelConsent]]) -> dict[str, R
             transactional[key] = transactional.get(key, False) or c.transactional_opt_out
             if uid not in holders.setdefault(key, []):
                 holders[key].append(uid)
+            if c.transactional_opt_out and uid not in strict.setdefault(key, []):
+                strict[key].append(uid)
     return {
-        key: Requirement(kinds[key], key, allowed[key], transactional[key], tuple(holders[key]))
+        key: Requirement(
+            kinds[key], key, allowed[key], transactional[key], tuple(holders[key]), tuple(strict.get(key, ()))
+        )
         for key in allowed
     }
 
@@ -164,21 +182,29 @@ def needs_for(
     """What must be done so that the primary satisfies ``required``.
 
     ``added`` lists ``(kind, identity)`` of channels the merge will add to the primary: a new channel
-    starts with no marketing opt-in (the product never assumes consent) and no transactional opt-out.
+    starts with no marketing opt-in (the product never assumes consent) and no transactional opt-out;
+    one the primary already holds adds nothing. Every channel of the primary is judged, so a number the
+    primary holds in two spellings is judged in both (``violations`` judges each of them too).
+    ``campaigns/opt_out`` takes an E.164 number: a phone identity that is not one (a number Podium
+    could not parse) cannot have its marketing consent withdrawn that way.
     """
     opt_out: list[str] = []
     uncarriable: list[str] = []
     channels = [(c.kind, c.identity, c.opted_in, c.transactional_opt_out) for c in primary]
-    channels += [(kind, identity, frozenset(), False) for kind, identity in added]
-    seen: set[str] = set()
+    held = {identity for _kind, identity, _in, _out in channels}
+    channels += [(kind, identity, frozenset(), False) for kind, identity in added if identity not in held]
     for kind, identity, opted_in, transactional in channels:
         need = required.get(identity)
-        if need is None or identity in seen:
+        if need is None:
             continue
-        seen.add(identity)
         if opted_in - need.allowed_opt_in:
-            if kind == PHONE:
+            if kind == PHONE and identity.startswith("+"):
                 opt_out.append(identity)
+            elif kind == PHONE:
+                uncarriable.append(
+                    f"the phone {mask(identity)} may not receive marketing at some locations (held by "
+                    f"{', '.join(need.held_by)}), and it is not a number Podium's published API can opt out"
+                )
             else:
                 uncarriable.append(
                     f"the email {mask(identity)} may not receive marketing at some locations (held by "
@@ -191,7 +217,7 @@ def needs_for(
                 f"{', '.join(need.opted_out_by or need.held_by)}, and Podium's published API cannot set that "
                 "opt-out on another contact"
             )
-    return ConsentNeeds(tuple(sorted(set(opt_out))), tuple(uncarriable))
+    return ConsentNeeds(tuple(sorted(set(opt_out))), tuple(dict.fromkeys(uncarriable)))
 
 
 def mask(identity: str) -> str:

@@ -318,60 +318,51 @@ def plan_merge(
     # A channel written onto the primary starts with no consent given and none withdrawn; one whose
     # transactional opt-out would be lost that way is not written (nobody is messaged at a number or
     # address the survivor does not hold), and says so.
-    required = requirements({m.uid: m.consent for m in members})
+    # By uid, so who "held" a number is listed the same way whatever order the members came in.
+    required = requirements({m.uid: m.consent for m in sorted(members, key=lambda m: m.uid)})
 
     def keeps_consent(identity: str) -> bool:
         need = required.get(identity)
         return need is None or not need.transactional_opt_out
 
-    # Emails: the same address in any case is one; a primary without any gets the richest duplicate's.
+    # Emails: the same address in any case is one; a primary without any gets the richest duplicate's
+    # that can carry its consent (a new channel cannot hold a transactional opt-out).
     emails = {key for _raw, key in primary.email_channels()}
+    primary_has_email = bool(emails)
     email = None
     for m in others:
         for raw, key in m.email_channels():
             if not key or key in emails:
                 continue
-            if not emails and not keeps_consent(key):
+            emails.add(key)
+            if primary_has_email or email is not None:
+                reason = "the survivor already has an email; Podium's API cannot add a second"
+                losses.append(Loss("email", raw, m.uid, reason))
+            elif not keeps_consent(key):
                 losses.append(Loss("email", raw, m.uid, _UNSETTABLE_OPT_OUT))
-                emails.add(key)
-            elif not emails:
-                email = raw.strip()
-                emails.add(key)
             else:
-                losses.append(
-                    Loss(
-                        "email",
-                        raw,
-                        m.uid,
-                        "the survivor already has an email; Podium's API cannot add a second",
-                    )
-                )
-                emails.add(key)
+                email = raw.strip()
 
-    # Phones compare by number (E.164); the PATCH takes E.164 only.
-    phones = {phone_identity(key, raw) for raw, key in primary.phone_channels()}
+    # Phones compare by number (E.164); one that is not a valid number by what was typed (two different
+    # junk entries are two values, never one). The PATCH takes E.164 only.
+    phones = {_phone_value(key, raw) for raw, key in primary.phone_channels() if raw.strip()}
+    primary_has_phone = bool(phones)
     phone: str | None = None
     for m in others:
         for raw, phone_key in m.phone_channels():
-            identity = phone_identity(phone_key, raw)
-            if identity in phones or not raw.strip():
+            value = _phone_value(phone_key, raw)
+            if value in phones or not raw.strip():
                 continue
-            phones.add(identity)
+            phones.add(value)
             if phone_key is None:
                 losses.append(Loss("phone", raw, m.uid, "not a valid phone number, so Podium cannot take it"))
-            elif phone is None and len(phones) == 1 and not keeps_consent(identity):
+            elif primary_has_phone or phone is not None:
+                reason = "the survivor already has a phone; Podium's API cannot add a second"
+                losses.append(Loss("phone", raw, m.uid, reason))
+            elif not keeps_consent(phone_identity(phone_key, raw)):
                 losses.append(Loss("phone", raw, m.uid, _UNSETTABLE_OPT_OUT))
-            elif phone is None and len(phones) == 1:
-                phone = phone_key
             else:
-                losses.append(
-                    Loss(
-                        "phone",
-                        raw,
-                        m.uid,
-                        "the survivor already has a phone; Podium's API cannot add a second",
-                    )
-                )
+                phone = phone_key
 
     tags: list[TagRef] = []
     held_tags = {tag_key(label) for _uid, label in _tag_refs(primary)}
@@ -437,6 +428,11 @@ def plan_merge(
     )
 
 
+def _phone_value(natural_key: str | None, identifier: str) -> str:
+    """How a phone value compares across members: its E.164, else what was typed (trimmed, case-folded)."""
+    return natural_key or "raw:" + " ".join(identifier.split()).casefold()
+
+
 def _tag_refs(member: MemberRecord) -> tuple[tuple[str | None, str], ...]:
     return member.tag_refs or tuple((None, label) for label in member.tags)
 
@@ -484,10 +480,11 @@ def verify_survivor(plan: MergePlan, survivor: SurvivorView, *, conversations: b
         if not ((tag.uid and tag.uid in survivor.tag_uids) or tag_key(tag.label) in survivor.tag_labels):
             problems.append(f"tag {tag.label!r} is missing")
     for attribute in plan.attributes:
-        # Present is enough: a value someone set in Podium meanwhile is theirs to keep.
-        if (attribute.uid or "") not in survivor.attribute_uids and (
-            attribute_key(attribute.label) not in survivor.attribute_labels
-        ):
+        # Present with a value is enough: a value someone set in Podium meanwhile is theirs to keep; an
+        # empty one is no value (the planned one was not written).
+        by_uid = survivor.attribute_uids.get(attribute.uid or "", "")
+        by_label = survivor.attribute_labels.get(attribute_key(attribute.label), "")
+        if not (by_uid.strip() or by_label.strip()):
             problems.append(f"attribute {attribute.label!r} is missing")
     missing_locations = set(plan.locations) - survivor.locations
     if missing_locations:

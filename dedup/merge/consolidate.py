@@ -17,8 +17,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from dedup.consent import mask
-from dedup.merge.common import ERR_NOT_FOUND, ERR_UNRECONCILABLE, crash_point
+from dedup.consent import mask, requirements, violations
+from dedup.merge.common import ERR_DRIFT, ERR_NOT_FOUND, ERR_UNRECONCILABLE, crash_point
 from dedup.merge.finish import (
     compliance_failed,
     index_survivor,
@@ -27,13 +27,21 @@ from dedup.merge.finish import (
     unmark_duplicates,
 )
 from dedup.merge.machine import Runner
+from dedup.merge.readback import channel_consent
 from dedup.merge.writeback import missing_conversations, write_back
 from dedup.models import MergeOperation
 from dedup.podium import Unaddressable
 from dedup.records import normalize_email
 from dedup.survivorship import MergePlan
+from podium_client import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PodiumError,
+    UnaddressableContact,
+    UnprocessableError,
+)
 from podium_client import Contact as PodiumContact
-from podium_client import NotFoundError, PodiumError, UnaddressableContact
 
 #: Retirement handles live on the reserved ``.invalid`` top-level domain (RFC 2606): never deliverable.
 HANDLE_DOMAIN = "dedup-retire.invalid"
@@ -64,8 +72,28 @@ def merging(runner: Runner) -> bool:
             runner.client, plan, primary, identifier=runner.identifier(op.primary_uid), region=runner.region,
             primary_name_before=before.name if before else None, move_conversations=True,
         )  # fmt: skip
+    except NotFoundError as exc:
+        # The primary, or a conversation being moved, is gone from Podium: the members changed under the
+        # merge. Nothing was deleted; the cluster is re-detected.
+        runner.transition(
+            MergeOperation.RE_INDEX_REQUIRED, error_code=ERR_DRIFT,
+            last_error=f"{ERR_DRIFT} updated_at_drift: {exc.message} during the write-back; nothing was deleted",
+            evidence={"notFound": exc.message},
+            in_transaction=lambda: unmark_duplicates(list(plan.duplicate_uids)),
+        )  # fmt: skip
+        runner.queue_rescan("changed_during_merge", list(plan.member_uids))
+        return False
+    except (InvalidRequestError, UnprocessableError, ConflictError) as exc:
+        # Podium refuses a write for good: repeating it cannot help; nothing was deleted, a person looks.
+        runner.back_to_review(
+            ERR_UNRECONCILABLE, f"Podium refused the write-back ({exc.http_status} {exc.code}): {exc.message}; "
+            "nothing was deleted", "write_back_refused", evidence={"refused": exc.message},
+        )  # fmt: skip
+        return False
     except PodiumError as exc:
-        compliance_failed(runner, [f"write-back call failed: {type(exc).__name__}: {exc}"], [])
+        # Unlike Podium's merge, nothing is retired before the primary verified: a write-back that could
+        # not be sent loses nothing and is no compliance incident. It is retried later.
+        runner.defer(exc)
         return False
     runner.live[op.primary_uid] = result.survivor
     crash_point("after_patch")
@@ -83,6 +111,10 @@ def merging(runner: Runner) -> bool:
             return False
         compliance_failed(runner, result.problems, result.sent)
         return False
+    # Whatever was read of the duplicates so far predates the write-back: the last look before each
+    # DELETE must come after their data was carried, or an edit made meanwhile would be deleted with them.
+    for uid in plan.duplicate_uids:
+        runner.live.pop(uid, None)
     runner.transition(
         MergeOperation.MERGED,
         payload={"writtenBack": result.sent, "verified": True, "losses": [x.to_dict() for x in plan.losses]},
@@ -179,7 +211,7 @@ def merged(runner: Runner) -> bool:
         if identifier is None:
             # Planned before this step existed, or the steps were lost: decide now (conversations moved).
             return merging(runner)
-        # Read in this run already (its retirement handle was just checked): that read is the last look.
+        # The last look, after the data was carried (``merging`` forgets earlier reads of duplicates).
         live = runner.live.get(uid)
         if live is None or op.steps.get("deleting") == uid:
             try:
@@ -209,7 +241,12 @@ def merged(runner: Runner) -> bool:
             return False
         runner.save_steps(deleting=uid)
         crash_point("before_delete")
-        runner.client.delete_contact(identifier)
+        try:
+            runner.client.delete_contact(identifier)
+        except NotFoundError:
+            # The client repeats a DELETE whose answer was lost; the repeat finds nothing: it was ours
+            # (the duplicate answered to this identifier alone a moment ago).
+            pass
         retired[uid] = "deleted"
         runner.save_steps(retired=retired, deleting=None)
         crash_point("after_delete")
@@ -237,10 +274,29 @@ def _signature(contact: PodiumContact, moved: set[str]) -> dict[str, Any]:
 
 
 def _changes(runner: Runner, uid: str, live: PodiumContact) -> list[str]:
-    """What the duplicate holds now that its snapshot (all carried) did not: names of the fields."""
+    """What the duplicate holds now that its snapshot (all carried) did not: names of the fields.
+
+    Consent counts as changed when the survivor no longer satisfies the duplicate's consent as it is
+    now (an opt-out made meanwhile on a number or address the survivor holds).
+    """
     snapshot = runner.snapshot(uid)
     if snapshot is None:
         return ["no snapshot"]
     moved = set(runner.plan.conversation_uids) | set(snapshot.conversation_uids)
     before, now = _signature(snapshot, moved), _signature(live, moved)
-    return [name for name in before if before[name] != now[name]]
+    changed = [name for name in before if before[name] != now[name]]
+    survivor = _survivor(runner)
+    if survivor is None or violations(
+        requirements({uid: channel_consent(live, runner.region)}), channel_consent(survivor, runner.region)
+    ):
+        changed.append("consent")
+    return changed
+
+
+def _survivor(runner: Runner) -> PodiumContact | None:
+    """The primary as verified in this run; read once when this run did not verify it (a resume)."""
+    primary = runner.live.get(runner.op.primary_uid)
+    if primary is None:
+        read = runner.read(runner.op.primary_uid)
+        primary = read if isinstance(read, PodiumContact) else None
+    return primary

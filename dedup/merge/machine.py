@@ -96,9 +96,13 @@ class Runner:
         self.region = primary.location.country if primary is not None else "AU"
         # Contacts read from Podium during this run, by uid: the next step uses them instead of re-reading.
         self.live: dict[str, PodiumContact] = {}
+        # Members whose identifier reached another contact in this run: {member uid: the uid reached}.
+        self.moved: dict[str, str] = {}
         # True right after this run committed `merging` and before it called merge (native): only then
         # is the merge known not to have happened. Any other `merging` is reconciled first.
         self.fresh_merging = False
+        # Merges sent again in this run after reconciliation found nothing merged: one, then backoff.
+        self.merge_retries = 0
         self._requests_before = client.requests_sent
 
     # --- reading -----------------------------------------------------------------------------------
@@ -139,6 +143,8 @@ class Runner:
         except NotFoundError:
             return None
         if contact.uid != uid:
+            # Its identifier (a conversation, an address) moved to another contact: it changed.
+            self.moved[uid] = contact.uid
             return Unaddressable(uid, f"its identifier now reaches contact {contact.uid}")
         self.live[uid] = contact
         return contact
@@ -232,23 +238,23 @@ class Runner:
         MergeOperation.objects.filter(pk=self.op.pk).update(steps=steps, updated_at=timezone.now())
         self.op.steps = steps
 
-    def defer(self, exc: PodiumError) -> None:
-        """Podium is unavailable after the client's retries: keep the state, try again later."""
+    def defer(self, exc: PodiumError | None = None, *, why: str = "") -> None:
+        """Podium is unavailable after the client's retries (``exc``), or keeps failing a step without
+        applying it (``why``): keep the state, try again later with backoff."""
         attempts = self.op.attempts + 1
         delay = backoff(attempts, TIMINGS.retry_base, TIMINGS.retry_cap)
         if isinstance(exc, RateLimitError) and exc.retry_after:
             delay = max(delay, exc.retry_after)
+        reason = type(exc).__name__ if exc is not None else "retry_later"
         self.transition(
             self.op.state,
             event="merge.deferred",
-            last_error=f"{type(exc).__name__}: {exc}",
+            last_error=f"{type(exc).__name__}: {exc}" if exc is not None else why,
             next_attempt_in=delay,
             operation_changes={"attempts": attempts},
-            payload={"reason": type(exc).__name__, "retryInSeconds": round(delay, 3)},
+            payload={"reason": reason, "retryInSeconds": round(delay, 3), **({"why": why} if why else {})},
         )
-        logger.warning(
-            "merge #%s deferred %.1fs in %s: %s", self.op.pk, delay, self.op.state, type(exc).__name__
-        )
+        logger.warning("merge #%s deferred %.1fs in %s: %s", self.op.pk, delay, self.op.state, reason)
 
     def fail(
         self,
@@ -348,8 +354,11 @@ class Runner:
     def pending(self) -> bool:
         """Re-read every member once: gone, unreachable or changed stops the merge; else snapshot them."""
         crash_point("pending")
-        reads = {uid: self.read(uid) for uid in self.plan.member_uids}
-        missing = sorted(uid for uid, c in reads.items() if c is None)
+        # A member the index already knows is retired (merged away by another operation since this one
+        # was planned) is gone: no call needed to know that.
+        retired = [uid for uid in self.plan.member_uids if uid in self.rows and not self.rows[uid].is_active]
+        reads = {} if retired else {uid: self.read(uid) for uid in self.plan.member_uids}
+        missing = sorted([*retired, *(uid for uid, c in reads.items() if c is None)])
         if missing:
             self.fail(
                 ERR_NOT_FOUND,
@@ -359,6 +368,10 @@ class Runner:
                 re_evaluate=True,
             )
             self.queue_rescan("contact_not_found", missing)
+            return False
+        moved = {uid: {"reached": self.moved[uid]} for uid in reads if uid in self.moved}
+        if moved:
+            self.re_index(moved)
             return False
         unreachable = {uid: c.reason for uid, c in reads.items() if isinstance(c, Unaddressable)}
         if unreachable:

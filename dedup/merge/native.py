@@ -226,6 +226,12 @@ def _reconcile(runner: Runner) -> bool:
                     "finding": "nothing merged and nothing changed: merging again is safe",
                 },  # fmt: skip
             )
+            if runner.merge_retries >= 1:
+                # Podium failed the merge again without applying it: wait with backoff rather than
+                # hammer it within this run (each round costs the reads and the merge call).
+                runner.defer(why="Podium's merge failed again without merging; retried later")
+                return False
+            runner.merge_retries += 1
             if op.state != MergeOperation.MERGING:
                 runner.transition(MergeOperation.MERGING, payload={"retry": True})
             runner.fresh_merging = True

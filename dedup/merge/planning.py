@@ -8,14 +8,14 @@ reaches it alone (``dedup.podium.identifier_of``); Podium's ``merge`` capability
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.conf import settings
 
 from dedup.merge.common import ERR_RESTORE_LOOP, RESTORE_LOOP_ROUNDS, MergeRefused, strategy_for
-from dedup.models import Cluster, Contact, MergeOperation, RestoreRecord
+from dedup.merge.progress import restore_rounds
+from dedup.models import Cluster, Contact, MergeOperation
 from dedup.podium import identifier_of, indexed_contact_as_podium
 from dedup.records import MemberRecord
 from dedup.survivorship import MergePlan, plan_merge
@@ -86,9 +86,8 @@ def _unreachable(plan: MergePlan) -> list[str]:
 
 
 def restore_counts(uids: Iterable[str]) -> dict[str, int]:
-    """How many times each contact was restored after a merge (only contacts restored at least once)."""
-    rows = RestoreRecord.objects.filter(contact_uid__in=list(uids)).values_list("contact_uid", flat=True)
-    return dict(Counter(rows))
+    """How many times each contact (or a contact it was re-created from) was restored after a merge."""
+    return restore_rounds(uids)
 
 
 def restore_loops(plan: MergePlan) -> dict[str, int]:

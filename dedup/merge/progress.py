@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
-
-from django.db.models import Count
 
 from dedup.merge.common import RESTORE_LOOP_ROUNDS
 from dedup.models import AuditEvent, MergeBatch, MergeOperation, RestoreRecord
@@ -51,15 +50,34 @@ def batch_progress(batch: MergeBatch) -> dict[str, Any]:
     }
 
 
+def restore_rounds(uids: Iterable[str]) -> dict[str, int]:
+    """How many times each contact was restored after a merge (only those restored at least once).
+
+    A contact re-created from its snapshot gets a new uid (``RestoreRecord.new_uid``); its rounds are
+    those of every contact it was re-created from, so a duplicate restored and re-merged three times is
+    seen as one loop whether Podium un-hid it (same uid) or the product re-created it (a new uid each time).
+    """
+    rows = list(RestoreRecord.objects.values_list("contact_uid", "new_uid"))
+    parent = {new: old for old, new in rows if new}
+    restored = Counter(old for old, _new in rows)
+    out: dict[str, int] = {}
+    for uid in uids:
+        total, seen, current = 0, set(), uid
+        while current and current not in seen:
+            seen.add(current)
+            total += restored[current]
+            current = parent.get(current, "")
+        if total:
+            out[uid] = total
+    return out
+
+
 def restore_loop_contacts() -> list[str]:
-    """Contacts restored after a merge at least ``RESTORE_LOOP_ROUNDS`` times (``ERR_DEDUP_013``)."""
-    rows = (
-        RestoreRecord.objects.values("contact_uid")
-        .annotate(n=Count("id"))
-        .filter(n__gte=RESTORE_LOOP_ROUNDS)
-        .order_by("contact_uid")
-    )
-    return [row["contact_uid"] for row in rows]
+    """Contacts (as they are now: the latest uid of a re-created one) restored after a merge at least
+    ``RESTORE_LOOP_ROUNDS`` times (``ERR_DEDUP_013``)."""
+    rows = list(RestoreRecord.objects.values_list("contact_uid", "new_uid"))
+    latest = {new or old for old, new in rows} - {old for old, new in rows if new}
+    return sorted(uid for uid, n in restore_rounds(latest).items() if n >= RESTORE_LOOP_ROUNDS)
 
 
 def operation_json(operation: MergeOperation) -> dict[str, Any]:

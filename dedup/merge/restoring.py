@@ -11,8 +11,9 @@ Two ways, by what the tenant has:
 
 Either way the restored contact ends with consent at least as strict as the merge required for every
 number and address it holds: marketing is withdrawn where needed (``campaigns/opt_out``); a channel whose
-transactional opt-out the published API cannot set is not re-attached (named in ``not_restored``), and
-an un-hidden contact that would be left weaker is not restored at all. "These are different people" can
+transactional opt-out the published API cannot set is not re-attached (named in ``not_restored``). A
+contact that un-hiding would leave weaker stays hidden and is re-created instead, without that channel,
+so every retired contact is restorable. "These are different people" can
 be remembered with the restore. A restore by a person is a decision: the pair is not merged again
 automatically. A contact restored three times is a restore loop (``ERR_DEDUP_013``).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -31,7 +33,7 @@ from dedup.consent import mask, needs_for, violations
 from dedup.merge.common import ERR_COMPLIANCE, ERR_RESTORE_LOOP, RESTORE_LOOP_ROUNDS, MergeRefused, new_client
 from dedup.merge.decisions import User, person_of
 from dedup.merge.finish import index_survivor
-from dedup.merge.progress import restore_loop_contacts
+from dedup.merge.progress import restore_loop_contacts, restore_rounds
 from dedup.merge.readback import channel_consent, contact_from_snapshot
 from dedup.models import Cluster, Contact, ContactKey, MergeOperation, RestoreRecord, ReviewDecision
 from dedup.podium import shared_keys
@@ -110,10 +112,9 @@ def restore_contact(
     own = client is None
     active = client or new_client()
     try:
-        if active.has("restore"):
-            outcome = _unhide(active, contact_uid, plan, region)
-        else:
-            outcome = _recreate(active, operation, contact_uid, plan, region)
+        outcome = _unhide(active, contact_uid, plan, region) if active.has("restore") else None
+        if outcome is None:
+            outcome = _recreate(active, operation, contact_uid, plan, region, hidden=active.has("restore"))
     except PodiumError as exc:
         audit.record(
             "contact.restore_failed",
@@ -146,7 +147,10 @@ def _region(uid: str) -> str:
     return (country or "AU").upper()
 
 
-def _unhide(client: PodiumClient, uid: str, plan: MergePlan, region: str) -> _Outcome:
+def _unhide(client: PodiumClient, uid: str, plan: MergePlan, region: str) -> _Outcome | None:
+    """Un-hide the contact; None when that would leave it less strict than its merge required (a
+    channel without a transactional opt-out the published API cannot set): it is re-created instead,
+    without that channel, and stays hidden."""
     try:
         before = client.get_contact(uid)
     except NotFoundError as exc:
@@ -155,11 +159,8 @@ def _unhide(client: PodiumClient, uid: str, plan: MergePlan, region: str) -> _Ou
         raise RestoreError(f"{uid} is not deleted or merged in Podium; there is nothing to restore")
     needs = needs_for(plan.consent, channel_consent(before, region))
     if needs.uncarriable:
-        raise RestoreError(
-            f"{uid} cannot be un-hidden without leaving it less strict than its merge required: "
-            + "; ".join(needs.uncarriable),
-            code=ERR_COMPLIANCE,
-        )
+        logger.info("%s cannot be un-hidden without weakening its consent; re-created instead", uid)
+        return None
     restored = client.restore_contact(uid)
     for phone in needs.opt_out_phones:
         client.opt_out_phone(phone)
@@ -168,12 +169,13 @@ def _unhide(client: PodiumClient, uid: str, plan: MergePlan, region: str) -> _Ou
 
 
 def _recreate(
-    client: PodiumClient, operation: MergeOperation, uid: str, plan: MergePlan, region: str
+    client: PodiumClient, operation: MergeOperation, uid: str, plan: MergePlan, region: str, *, hidden: bool
 ) -> _Outcome:
+    """Re-create the contact from its snapshot; ``hidden`` when Podium was seen to hold it hidden."""
     raw = (operation.member_snapshot.get(uid) or {}).get("contact")
     if not isinstance(raw, dict):
         raise RestoreError(f"the merge of {uid} kept no snapshot to re-create it from")
-    if (operation.steps.get("retired") or {}).get(uid) != "deleted":
+    if not hidden and (operation.steps.get("retired") or {}).get(uid) != "deleted":
         raise RestoreError(
             f"{uid} was not deleted by its merge (operation #{operation.pk}); there is nothing to restore"
         )
@@ -205,29 +207,38 @@ def _recreate(
     emails = [(e, normalize_email(e)) for e in snapshot.emails]
     phone = next(((p, i) for p, i in phones if i.startswith("+") and attachable("phone", i, p)), None)
     email = next(((e, i) for e, i in emails if attachable("email", i, e)), None)
-    for _p, i in phones:
-        if phone is None or i != phone[1]:
-            not_restored.append(
-                {"field": "phone", "value": mask(i), "reason": "Podium's published API takes one phone"}
-            )
-    for _e, i in emails:
-        if email is None or i != email[1]:
-            if not any(x["value"] == mask(i) for x in not_restored):
-                not_restored.append(
-                    {"field": "email", "value": mask(i), "reason": "Podium's published API takes one email"}
-                )
+    # Each value left out is named once: for its consent (above) or because one of a kind is taken.
+    for kind, values, chosen in (("phone", phones, phone), ("email", emails, email)):
+        for _v, i in values:
+            named = any(x["field"] == kind and x["value"] == mask(i) for x in not_restored)
+            if (chosen is None or i != chosen[1]) and not named:
+                reason = f"Podium's published API takes one {kind}"
+                not_restored.append({"field": kind, "value": mask(i), "reason": reason})
     # The create is an upsert on phone and email: only ones no live contact holds go in it.
     taken = shared_keys(uid, [i for _v, i in ([phone] if phone else []) + ([email] if email else [])])
     create_phone = phone if phone and phone[1] not in taken else None
     create_email = email if email and email[1] not in taken else None
-    identifier = client.create_contact(
-        snapshot.name or "Restored contact",
-        list(snapshot.location_uids),
-        phone_number=create_phone[1] if create_phone else None,
-        email=create_email[0] if create_email else None,
-    )
-    if not identifier:
-        raise RestoreError(f"Podium created {uid}'s replacement but named no identifier to reach it")
+    name = snapshot.name or "Restored contact"
+    # Re-creation is resumable: the create is announced before it is sent and its identifier kept after,
+    # so a restore repeated after a failure continues with the same contact instead of making another.
+    progress = dict((operation.steps.get("recreating") or {}).get(uid) or {})
+    identifier = progress.get("identifier")
+    if identifier is None and progress.get("attemptAt"):
+        identifier = _find_lost_creation(
+            client, uid, name, snapshot, progress["attemptAt"], create_phone, create_email
+        )
+    if identifier is None:
+        attempt = timezone.now()
+        _save_progress(operation, uid, {"attemptAt": attempt.isoformat()})
+        identifier = client.create_contact(
+            name,
+            list(snapshot.location_uids),
+            phone_number=create_phone[1] if create_phone else None,
+            email=create_email[0] if create_email else None,
+        )
+        if not identifier:
+            raise RestoreError(f"Podium created {uid}'s replacement but named no identifier to reach it")
+        _save_progress(operation, uid, {"attemptAt": attempt.isoformat(), "identifier": identifier})
     created = client.get_contact(identifier)
     if created.uid in plan.member_uids or Contact.objects.filter(uid=created.uid).exists():
         raise RestoreError(
@@ -264,6 +275,50 @@ def _recreate(
         not_restored=not_restored,
         opted_out=[mask(p) for p in needs.opt_out_phones],
     )
+
+
+def _save_progress(operation: MergeOperation, uid: str, progress: dict[str, Any]) -> None:
+    steps = dict(operation.steps)
+    steps["recreating"] = {**(steps.get("recreating") or {}), uid: progress}
+    MergeOperation.objects.filter(pk=operation.pk).update(steps=steps, updated_at=timezone.now())
+    operation.steps = steps
+
+
+def _find_lost_creation(
+    client: PodiumClient,
+    uid: str,
+    name: str,
+    snapshot: PodiumContact,
+    attempt_at: str,
+    phone: tuple[str, str] | None,
+    email: tuple[str, str] | None,
+) -> str | None:
+    """The identifier of the contact an earlier attempt created when its answer was lost, else None.
+
+    Contacts created since the attempt are few: the listing of those updated after it finds the one with
+    this name and these locations that the index does not know. Two such contacts are for a person.
+    """
+    since = datetime.fromisoformat(attempt_at) - timedelta(seconds=2)
+    found: list[PodiumContact] = []
+    for page in client.iter_contact_pages(updated_after=since):
+        for contact in page:
+            if (
+                contact.name == name
+                and set(contact.location_uids) == set(snapshot.location_uids)
+                and contact.created_at is not None
+                and contact.created_at >= since
+                and not Contact.objects.filter(uid=contact.uid).exists()
+            ):
+                found.append(contact)
+    if len(found) > 1:
+        raise RestoreError(
+            f"re-creating {uid}: an earlier attempt's outcome was unknown and {len(found)} new contacts named like it "
+            f"exist ({', '.join(c.uid for c in found)}); a person must look before it is re-created again"
+        )
+    if not found:
+        return None
+    # Reached the way it was created: its phone or email, else its uid (a contact created without either).
+    return phone[1] if phone else email[0] if email else found[0].uid
 
 
 def _record(
@@ -309,7 +364,7 @@ def _record(
                 status=Cluster.SUPERSEDED, updated_at=timezone.now()
             )
         )
-        rounds = RestoreRecord.objects.filter(contact_uid=contact_uid).count()
+        rounds = restore_rounds([contact_uid]).get(contact_uid, 0)
         keys = sorted(set(ContactKey.objects.filter(contact__uid=restored_uid).values_list("key", flat=True)))
         common: dict[str, Any] = {
             "actor": actor,

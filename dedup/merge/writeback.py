@@ -79,8 +79,9 @@ def write_back(
         client.attach_tag(identifier, tag_uid)
         sent.append({"call": "attach_tag", "tag": tag.label})
 
-    attribute_uids = {a.uid for a in live.attributes if a.uid}
-    attribute_labels = {attribute_key(a.label) for a in live.attributes}
+    # An attribute held with an empty value holds nothing: the planned value is set over it.
+    attribute_uids = {a.uid for a in live.attributes if a.uid and a.text.strip()}
+    attribute_labels = {attribute_key(a.label) for a in live.attributes if a.text.strip()}
     definitions: dict[str, str] | None = None
     for attribute in plan.attributes:
         if (attribute.uid and attribute.uid in attribute_uids) or attribute_key(
@@ -94,12 +95,14 @@ def write_back(
             attribute_uid = definitions.get(attribute_key(attribute.label))
             if attribute_uid is None:
                 continue  # verification names it: the organization no longer has that attribute
-        client.set_attribute(identifier, attribute_uid, attribute.value)
+        held_empty = attribute_uid in {a.uid for a in live.attributes}
+        client.set_attribute(identifier, attribute_uid, attribute.value, existing=held_empty)
         sent.append({"call": "set_attribute", "attribute": attribute.label})
 
     # Consent is judged on the primary as it is now, so an opt-in added meanwhile is withdrawn too.
+    answered: Contact | None = None
     for phone in needs_for(plan.consent, channel_consent(live, region)).opt_out_phones:
-        client.opt_out_phone(phone)
+        answered = client.opt_out_phone(phone)
         sent.append({"call": "campaigns/opt_out", "phone": mask(phone)})
 
     if move_conversations:
@@ -107,8 +110,18 @@ def write_back(
             if conversation not in live.conversation_uids:
                 client.update_contact(identifier, {"conversationUid": conversation})
                 sent.append({"call": "PATCH", "fields": ["conversationUid"], "conversation": conversation})
+                answered = None
 
-    survivor = client.get_contact(identifier) if sent else live
+    if not sent:
+        survivor = live
+    elif (
+        answered is not None and answered.uid == plan.primary_uid and sent[-1]["call"] == "campaigns/opt_out"
+    ):
+        # campaigns/opt_out answers with the contact holding the number; when that is the primary and it
+        # was the last write, its body is the read-back (one GET fewer).
+        survivor = answered
+    else:
+        survivor = client.get_contact(identifier)
     problems = verify_survivor(plan, survivor_view(survivor, region), conversations=move_conversations)
     if survivor.uid != plan.primary_uid:
         problems.insert(0, f"identifier reached contact {survivor.uid}, not the primary {plan.primary_uid}")
