@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from dedup import access
 from dedup.forms import ContactSearchForm, RestoreForm
 from dedup.merge import MergeRefused
+from dedup.merge.progress import restore_rounds
 from dedup.merge.restoring import RestoreError, restore_contact
 from dedup.models import Contact, ContactKey, MergeOperation, Policy, RestoreRecord
 from dedup.phones import normalize_phone
@@ -170,7 +171,8 @@ def restore(request: HttpRequest, uid: str) -> HttpResponse:
                 request, f"Not restored: the {item.get('field', 'value')} {item.get('value', '')} — {item.get('reason', '')}."
             )
         return redirect(back)
-    rounds = len(row.restores)
+    # Re-created contacts get a new uid each round: the rounds follow them back to the first one.
+    rounds = restore_rounds([contact.uid]).get(contact.uid, 0)
     return render(
         request,
         "contacts/restore_confirm.html",
