@@ -57,6 +57,7 @@ from dedup.models import (
     ContactKey,
     Location,
     Policy,
+    RestoreRecord,
     ReviewDecision,
     ScanRun,
 )
@@ -188,6 +189,9 @@ class _Scoring:
     # Policy.scoring_version read with the values above: written on every cluster scored, so a merge
     # can tell a cluster scored under an older policy (dedup.merge.decisions refuses those in bulk).
     policy_version: int = 1
+    # Contacts a person restored after a merge (and the ones re-created from them): a restore is a
+    # person's decision, so a cluster holding one is not merged again without a person.
+    restored_uids: frozenset[str] = frozenset()
 
 
 # --- public API -------------------------------------------------------------------------------------------
@@ -231,6 +235,7 @@ def detect(
         policy_changed_at=policy.updated_at,
         rescore=rescore,
         policy_version=policy.scoring_version,
+        restored_uids=restored_contact_uids(),
     )
 
     key_scoped = keys is not None or contact_ids is not None
@@ -791,6 +796,11 @@ def _propose(
         kind = Cluster.CROSS
     else:
         kind = Cluster.AUTO if assessment.auto_merge else Cluster.REVIEW
+    auto_merge, reasons = assessment.auto_merge, list(assessment.reasons)
+    if scoring.restored_uids.intersection(group.member_uids):
+        auto_merge = False
+        kind = Cluster.REVIEW if kind == Cluster.AUTO else kind
+        reasons = [r for r in reasons if r != "auto_merge_eligible"] + [RESTORED_BY_PERSON]
     if group.location_uid is not None:
         location_uid: str | None = group.location_uid
     else:
@@ -817,9 +827,9 @@ def _propose(
         location_ids=tuple(sorted(location_id_of[uid] for uid in all_locations)),
         kind=kind,
         confidence=Decimal(f"{assessment.confidence:.2f}"),
-        auto_merge=assessment.auto_merge,
+        auto_merge=auto_merge,
         natural_keys_json=_json(list(group.natural_keys)),
-        reasons_json=_json(list(assessment.reasons)),
+        reasons_json=_json(reasons),
         pair_scores_json=_json(pair_scores),
         suggested_primary_uid=choose_primary(members).uid,
         member_ids=ids,
@@ -827,6 +837,15 @@ def _propose(
         member_updated=tuple(m.updated_at for m in members),
         policy_version=scoring.policy_version,
     )
+
+
+RESTORED_BY_PERSON = "restored_by_person"
+
+
+def restored_contact_uids() -> frozenset[str]:
+    """Every contact a person restored after a merge, under its own uid and the uid it was re-created as."""
+    rows = RestoreRecord.objects.filter(restored_by__isnull=False).values_list("contact_uid", "new_uid")
+    return frozenset(uid for pair in rows for uid in pair if uid)
 
 
 def _unchanged_clusters(stable_ids: Sequence[str], scoring: _Scoring) -> dict[str, tuple[str, int]]:

@@ -83,6 +83,9 @@ _REASON_TEXT: dict[str, str] = {
     BELOW_THRESHOLD: "at least one pair is below the threshold",
     CONFLICTING_NAMES: "at least one pair has two different names",
     CROSS_LOCATION: "no location holds every member",
+    "restored_by_person": "a member was restored after a merge by a person: a person decides again",
+    "would_lose_data": "the merge would lose a value a person must accept",
+    "cannot_carry": "consent or a member the published API cannot carry onto this primary",
 }
 
 
