@@ -25,7 +25,6 @@ from podium_client.emulator import EmulatorServer
 from podium_client.ratelimit import TokenBucketPacer, credentials_key
 from tests.scanned_corpus import point_at
 
-
 RPM = 600
 INTERVAL = 60 / RPM * 1.02
 
@@ -113,7 +112,8 @@ def _two_processes(server: EmulatorServer, store: Any) -> tuple[PodiumClient, Po
 @pytest.mark.parametrize(
     # On SQLite the test database is in memory, where connections of two threads lock each other out
     # instead of waiting; a SQLite file (what development uses) is shared in test_budget_processes.py.
-    "where", [pytest.param("database", marks=pytest.mark.postgres), "redis"]
+    "where",
+    [pytest.param("database", marks=pytest.mark.postgres), "redis"],
 )
 def test_a_rate_limit_answer_backs_every_process_off(
     emulator_factory: Callable[..., EmulatorServer], where: str, request: pytest.FixtureRequest

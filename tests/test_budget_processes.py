@@ -96,6 +96,7 @@ def _check_shared(server: EmulatorServer, results: list[dict[str, int]]) -> None
     # Together, about one budget, not three (each process may start one last request past the end).
     assert 0.85 * paced <= accepted <= paced + PROCESSES + 1, (results, stats)
     assert stats["rate_limited"] == 0, stats
+    assert stats["peak_window_requests"] <= int(BUDGET * WINDOW / 60), stats
     # Each process got a share of it.
     assert all(r["sent"] >= 0.15 * paced for r in results), results
 
@@ -119,6 +120,7 @@ def test_three_processes_pacing_themselves_alone_are_refused(limited_emulator: E
     stats = limited_emulator.stats()
     assert all(r["rate_limited"] >= 1 for r in results), results
     assert stats["rate_limited"] >= PROCESSES, stats
+    assert stats["peak_window_requests"] > int(BUDGET * WINDOW / 60), stats
 
 
 @pytest.fixture

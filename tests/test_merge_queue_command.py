@@ -33,15 +33,14 @@ class Queue:
         self.tasks.append((args, kwargs))
         return "task-id"
 
-    def work(self, n: int = 1) -> int:
-        """Run the first ``n`` waiting tasks, as a worker would; returns how many ran."""
+    def work(self, n: int = 1) -> None:
+        """Run the first ``n`` waiting tasks, as a worker would."""
         ran = 0
         while self.tasks and ran < n:
-            (func, *args), kwargs = self.tasks.pop(0)
+            (func, operation_id), kwargs = self.tasks.pop(0)
             assert func == "dedup.workqueue.run_next"
-            workqueue.run_next(*args, interactive=kwargs.get("interactive", False))
+            workqueue.run_next(operation_id, interactive=kwargs.get("interactive", False))
             ran += 1
-        return ran
 
 
 @pytest.fixture
@@ -76,7 +75,9 @@ def test_all_auto_queue_goes_through_the_workers_and_waits_for_them(scanned_corp
     assert json.loads(out.splitlines()[-1])["operations"]["patched"] == len(operations)
 
 
-def test_no_wait_returns_as_soon_as_the_merges_are_queued(scanned_corpus: ScannedCorpus, queue: Queue) -> None:
+def test_no_wait_returns_as_soon_as_the_merges_are_queued(
+    scanned_corpus: ScannedCorpus, queue: Queue
+) -> None:
     before = scanned_corpus.server.stats()["requests"]
     code, out, err = _merge("--all-auto", "--queue", "--no-wait", "--as", "boss")
     assert code == 0, err

@@ -14,8 +14,7 @@ from django_q.models import Task
 
 from dedup import scanning
 from dedup.models import ScanRun
-from dedup.scanning import ScanError
-from dedup.scanning import scope_key_for
+from dedup.scanning import ScanError, scope_key_for
 from dedup.workqueue import follow_scan
 from podium_client.emulator import EmulatorServer
 from tests.scanned_corpus import point_at
@@ -25,7 +24,9 @@ pytestmark = pytest.mark.usefixtures("committed_db")
 
 
 @pytest.fixture
-def server(emulator_factory: Callable[..., EmulatorServer], settings: Any, monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
+def server(
+    emulator_factory: Callable[..., EmulatorServer], settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> EmulatorServer:
     emulator = emulator_factory()
     point_at(emulator, settings, monkeypatch)
     return emulator

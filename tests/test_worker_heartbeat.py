@@ -27,7 +27,9 @@ from dedup.models import WorkerHeartbeat
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _row(name: str, *, ago: float, task: str = "", cluster: str = "vm:1", stopped: bool = False) -> WorkerHeartbeat:
+def _row(
+    name: str, *, ago: float, task: str = "", cluster: str = "vm:1", stopped: bool = False
+) -> WorkerHeartbeat:
     now = timezone.now()
     return WorkerHeartbeat.objects.create(
         name=name, host=name.split(":")[0], pid=int(name.split(":")[1]), cluster=cluster,
@@ -85,7 +87,11 @@ def test_healthz_workers_answers_200_with_a_live_worker(client: Client) -> None:
     response = client.get("/healthz?workers=1")
     assert response.status_code == 200
     body = response.json()
-    assert body["workers"]["live"] == 1 and body["workers"]["busy"] == 1 and body["workers"]["hosts"] == ["alpha"]
+    assert (
+        body["workers"]["live"] == 1
+        and body["workers"]["busy"] == 1
+        and body["workers"]["hosts"] == ["alpha"]
+    )
     assert body["workers"]["queued"] == 0
     assert set(body["budget"]) == {"granted", "rate_limited"}
 
@@ -110,7 +116,9 @@ def test_healthz_workers_answers_503_when_the_queue_cannot_be_read(
 def test_the_scans_page_shows_the_workers(client: Client) -> None:
     from django.core.management import call_command
 
-    call_command("create_user", "boss", "--role", "admin", "--password", "a-long-test-password-1", verbosity=0)
+    call_command(
+        "create_user", "boss", "--role", "admin", "--password", "a-long-test-password-1", verbosity=0
+    )
     client.force_login(get_user_model().objects.get(username="boss"))
     page = client.get("/scans/").content.decode()
     assert "No live worker" in page and "python manage.py qcluster" in page
@@ -126,7 +134,11 @@ def test_the_scans_page_shows_the_workers(client: Client) -> None:
 
 
 def _env(var_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
+    }
     env.update(
         DEBUG="1", DEDUP_VAR_DIR=str(var_dir), PYTHONUNBUFFERED="1", Q_WORKERS="2", Q_STOP_GRACE="1",
         WORKER_HEARTBEAT_SECONDS="0.5",
@@ -162,7 +174,9 @@ def test_a_real_cluster_beats_and_says_when_it_stopped(tmp_path: Path) -> None:
         first = _wait(lambda: (r := _rows(tmp_path)) and len(r) == 2 and r, "two workers beating", log)
         assert all(stopped is None for _name, _beat, stopped in first)
         # Each beat moves on.
-        _wait(lambda: all(b[1] > a[1] for a, b in zip(first, _rows(tmp_path), strict=True)), "beats moving", log)
+        _wait(
+            lambda: all(b[1] > a[1] for a, b in zip(first, _rows(tmp_path), strict=True)), "beats moving", log
+        )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

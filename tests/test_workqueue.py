@@ -21,7 +21,6 @@ from podium_client.ratelimit import BULK, INTERACTIVE, current_priority, priorit
 from tests.scanned_corpus import ScannedCorpus
 
 
-
 class RecordingPacer:
     """Paces nothing; remembers the priority each Podium request asked for."""
 
@@ -76,7 +75,9 @@ def _patched_events(op: MergeOperation) -> int:
     return AuditEvent.objects.filter(operation_ref=op.pk, event_type="merge.patched").count()
 
 
-def test_a_queued_task_runs_a_persons_approval_first(scanned_corpus: ScannedCorpus, pacer: RecordingPacer) -> None:
+def test_a_queued_task_runs_a_persons_approval_first(
+    scanned_corpus: ScannedCorpus, pacer: RecordingPacer
+) -> None:
     clusters = scanned_corpus.auto_clusters()
     batch = MergeBatch.objects.create(label="merge --all-auto")
     bulk = _mergeable(clusters, 3, batch=batch)
