@@ -114,6 +114,13 @@ def handle_stop_signals(sender: Any, proc_name: str = "", **kwargs: Any) -> None
     _Worker.stopping, _Worker.task = False, None
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_stop_signal)
+
+
+@receiver(post_spawn, dispatch_uid="dedup.workers.start_heartbeat")
+def start_heartbeat(sender: Any, proc_name: str = "", **kwargs: Any) -> None:
+    """django-q2 ``post_spawn``: this worker beats until it ends (``dedup.heartbeat``)."""
+    if not _is_cluster_worker():
+        return
     _Worker.heartbeat = Beater()
     _Worker.heartbeat.start()
 
