@@ -977,3 +977,47 @@ class PolicyReevaluation(models.Model):
         if not self.total:
             return 1.0 if self.state == self.SUCCEEDED else None
         return min(self.done / self.total, 1.0)
+
+
+class RateBudget(models.Model):
+    """The Podium request budget shared by every process without Redis (``dedup.budget``).
+
+    One row per set of Podium credentials, named by a hash of them (never the secret). The pacing rule
+    runs in one ``UPDATE … RETURNING`` statement on this row; ``last_*`` columns carry that statement's
+    answer back. ``granted`` and ``rate_limited`` count slots handed out and Podium's refusals.
+    """
+
+    key = models.CharField(max_length=64, primary_key=True)
+    tat = models.FloatField(default=0.0, help_text="when the next request may start (epoch seconds)")
+    blocked_until = models.FloatField(default=0.0, help_text="end of Podium's last rate_limit (epoch seconds)")
+    last_now = models.FloatField(default=0.0)
+    last_start = models.FloatField(default=0.0)
+    last_granted = models.BooleanField(default=False)
+    granted = models.BigIntegerField(default=0)
+    rate_limited = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"Podium budget {self.key[:8]}…"
+
+
+class WorkerHeartbeat(models.Model):
+    """A django-q2 worker process saying it is alive, every few seconds (``dedup.heartbeat``).
+
+    ``task`` names the task in hand (empty while idle). A row whose ``beat_at`` is older than
+    ``dedup.heartbeat.STALE_AFTER`` is a worker that died without saying so; ``stopped_at`` is set
+    by a worker that stopped cleanly.
+    """
+
+    name = models.CharField(max_length=200, unique=True, help_text="host:pid of the worker process")
+    host = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    cluster = models.CharField(max_length=200, blank=True, default="", help_text="host:pid of its qcluster")
+    started_at = models.DateTimeField(default=timezone.now)
+    beat_at = models.DateTimeField(default=timezone.now, db_index=True)
+    task = models.CharField(max_length=200, blank=True, default="")
+    task_started_at = models.DateTimeField(null=True, blank=True)
+    tasks_done = models.PositiveIntegerField(default=0)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"worker {self.name}"

@@ -40,11 +40,16 @@ def get_client(
     backoff_base: float | None = None,
     backoff_cap: float | None = None,
 ) -> PodiumClient:
-    """A client for the configured Podium, paced at the policy's rate budget unless told otherwise.
+    """A client for the configured Podium, paced by the deployment's shared budget (``dedup.budget``).
 
+    Every client this returns, in any process, draws from one budget of the policy's
+    ``rate_limit_per_minute`` (``requests_per_minute`` overrides the rate; 0 turns pacing off, for
+    tests). Calls ask for the priority of their context (``podium_client.ratelimit.prioritized``):
+    interactive while a web request is served or a person's approval is merged, bulk otherwise.
     ``backoff_base``/``backoff_cap`` override the client's retry backoff (tests use tiny values).
     Callers close it (it is a context manager) when their job is done.
     """
+    from dedup.budget import shared_pacer
     from dedup.models import Policy
 
     oauth = None
@@ -56,7 +61,7 @@ def get_client(
             refresh_token=settings.PODIUM_REFRESH_TOKEN,
         )
     if requests_per_minute is None:
-        requests_per_minute = Policy.current().rate_limit_per_minute or None
+        requests_per_minute = Policy.current().rate_limit_per_minute
     kwargs: dict[str, object] = {}
     if max_retries is not None:
         kwargs["max_retries"] = max_retries
@@ -69,7 +74,7 @@ def get_client(
         access_token=settings.PODIUM_ACCESS_TOKEN or None,
         oauth=oauth,
         timeout=settings.PODIUM_TIMEOUT,
-        requests_per_minute=requests_per_minute,
+        rate_limiter=shared_pacer(requests_per_minute) if requests_per_minute else None,
         api_version=settings.PODIUM_API_VERSION,
         capabilities=settings.PODIUM_CAPABILITIES,
         **kwargs,  # type: ignore[arg-type]

@@ -78,6 +78,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Podium calls made while a request is served go before bulk work in the shared budget (dedup.budget).
+    "dedup.budget.InteractivePriority",
     # Last, as django-axes asks: it turns a locked-out sign-in into the 429 page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -191,6 +193,10 @@ Q_CLUSTER: dict[str, object] = {
 }
 # Seconds a busy worker's task gets to finish after SIGTERM/Ctrl-C before it is interrupted (dedup.workers).
 Q_STOP_GRACE = float(ENV.get("Q_STOP_GRACE", "5"))
+# Each worker process writes a heartbeat this often; one silent for WORKER_STALE_SECONDS counts as dead
+# (the Scans page, /healthz?workers=1; dedup.heartbeat).
+WORKER_HEARTBEAT_SECONDS = float(ENV.get("WORKER_HEARTBEAT_SECONDS", "5"))
+WORKER_STALE_SECONDS = float(ENV.get("WORKER_STALE_SECONDS", "30"))
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:

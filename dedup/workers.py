@@ -24,6 +24,9 @@ signal to the whole group) as a request to stop:
 
 Whatever is still running ``Q_STOP_GRACE`` + 5 seconds after the request is killed, and ``qcluster``
 says so and exits with status 1.
+
+Each worker process also beats (``dedup.heartbeat``): a row saying it is alive and what it is doing,
+which the Scans page and ``/healthz?workers=1`` read; a cluster that stops marks its workers stopped.
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ from typing import Any
 
 import psutil
 from django.conf import settings
+from django.db import DatabaseError
 from django.dispatch import receiver
 from django_q.signals import post_execute_in_worker, post_spawn, pre_execute
+
+from dedup.heartbeat import CLUSTER_ENV, Beater, mark_cluster_stopped, this_process
 
 logger = logging.getLogger("dedup.workers")
 
@@ -67,6 +73,7 @@ class _Worker:
 
     stopping = False
     task: str | None = None  # the task in hand, by name; None while idle
+    heartbeat: Beater | None = None  # this worker's heartbeat (dedup.heartbeat), once started
 
 
 def stop_requested() -> bool:
@@ -109,6 +116,15 @@ def handle_stop_signals(sender: Any, proc_name: str = "", **kwargs: Any) -> None
         signal.signal(sig, _on_stop_signal)
 
 
+@receiver(post_spawn, dispatch_uid="dedup.workers.start_heartbeat")
+def start_heartbeat(sender: Any, proc_name: str = "", **kwargs: Any) -> None:
+    """django-q2 ``post_spawn``: this worker beats until it ends (``dedup.heartbeat``)."""
+    if not _is_cluster_worker():
+        return
+    _Worker.heartbeat = Beater()
+    _Worker.heartbeat.start()
+
+
 @receiver(pre_execute, dispatch_uid="dedup.workers.task_started")
 def _task_started(sender: Any, func: Any = None, task: dict[str, Any] | None = None, **kwargs: Any) -> None:
     if not _is_cluster_worker():
@@ -117,6 +133,8 @@ def _task_started(sender: Any, func: Any = None, task: dict[str, Any] | None = N
         # Asked to stop between two tasks: leave this one to the broker, which hands it out again.
         raise WorkerStopping(0)
     _Worker.task = f"task {(task or {}).get('name', '?')!r}"
+    if _Worker.heartbeat is not None:
+        _Worker.heartbeat.note_task(str((task or {}).get("name") or (task or {}).get("func") or "task"))
 
 
 @receiver(post_execute_in_worker, dispatch_uid="dedup.workers.task_finished")
@@ -124,6 +142,8 @@ def _task_finished(sender: Any, **kwargs: Any) -> None:
     if not _is_cluster_worker():
         return
     _Worker.task = None
+    if _Worker.heartbeat is not None:
+        _Worker.heartbeat.note_task(None)
     if _Worker.stopping:
         # The task finished within its grace. Once its result is handed over the worker waits for the
         # next task, which may never come (a dead Sentinel sends no STOP): ask again, as an idle worker.
@@ -191,6 +211,8 @@ def run_cluster(*, run_once: bool = False) -> int:
         # Only take note: the main loop does the rest, outside signal context.
         requested.append(signum)
 
+    # Every process of this cluster names it in its heartbeat (dedup.heartbeat); the workers inherit it.
+    os.environ[CLUSTER_ENV] = this_process()
     cluster = Cluster()  # installs django-q2's own handlers, replaced right here
     for sig in STOP_SIGNALS:
         signal.signal(sig, on_signal)
@@ -207,7 +229,12 @@ def run_cluster(*, run_once: bool = False) -> int:
         time.sleep(_POLL)
     if requested:
         logger.info("stopping the cluster (%s)", signal.Signals(requested[0]).name)
-    return max(status, _stop(cluster, processes))
+    status = max(status, _stop(cluster, processes))
+    try:
+        mark_cluster_stopped(os.environ[CLUSTER_ENV])
+    except DatabaseError as exc:
+        logger.warning("could not mark this cluster's workers stopped: %s", exc)
+    return status
 
 
 def _stop(cluster: Any, processes: _Processes) -> int:

@@ -7,7 +7,12 @@ import os
 import pytest
 from django.db import connection
 
-pytest_plugins = ["tests.fixtures_emulator"]
+pytest_plugins = [
+    "tests.fixtures_emulator",
+    "tests.fixtures_redis",
+    "tests.committed_db",
+    "tests.scanned_corpus",
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -504,8 +504,12 @@ def merge_all_auto(
     client: PodiumClient | None = None,
     user: User = None,
     progress: Progress | None = None,
+    queue: bool = False,
 ) -> list[MergeOperation | dict[str, Any]]:
     """Merge every open auto-mergeable cluster, inline, as one batch; or with ``dry_run`` only plan them.
+
+    ``queue`` hands the merges to the workers instead (``dedup.workqueue``) and returns the operations
+    as they were created (pending).
 
     ``user`` is the person who decided it (the audit names them); only clusters they may act on are
     merged. ``progress(done, total, operation)`` is called as each operation ends. Returns the
@@ -523,7 +527,7 @@ def merge_all_auto(
 
         clusters = [c for c in clusters if access.can_act_on_cluster(person, c, "dedup.approve_cluster")]
     with one_run(actor):
-        return _merge_all_auto(clusters, actor=actor, client=client, user=user, progress=progress)
+        return _merge_all_auto(clusters, actor=actor, client=client, user=user, progress=progress, queue=queue)
 
 
 @contextmanager
@@ -555,7 +559,13 @@ def one_run(actor: str) -> Iterator[None]:
 
 
 def _merge_all_auto(
-    clusters: list[Cluster], *, actor: str, client: PodiumClient | None, user: User, progress: Progress | None
+    clusters: list[Cluster],
+    *,
+    actor: str,
+    client: PodiumClient | None,
+    user: User,
+    progress: Progress | None,
+    queue: bool = False,
 ) -> list[MergeOperation | dict[str, Any]]:
     actor_name, actor_user_id = _actor(user) if person_of(user) is not None else (f"worker:{actor}", None)
     batch = MergeBatch.objects.create(
@@ -589,6 +599,11 @@ def _merge_all_auto(
         actor_user_id=actor_user_id,
         payload={"batch": batch.pk, "label": batch.label, "clusters": len(clusters), "refused": refused},
     )
+    if queue:
+        for operation in operations:
+            if operation.state == MergeOperation.PENDING:
+                enqueue(operation.pk)
+        return list(operations)
     own = client is None
     shared = client or new_client()
     try:

@@ -555,10 +555,10 @@ def resume_at_worker_start() -> dict[str, int]:
 
 
 def enqueue(operation_id: int) -> None:
-    """Hand an operation to a django-q2 worker."""
-    from django_q.tasks import async_task
+    """Hand an operation to a django-q2 worker (``dedup.workqueue``: people's approvals go first)."""
+    from dedup.workqueue import enqueue_operation
 
-    async_task("dedup.merge.machine.run_operation", operation_id, task_name=f"merge-op-{operation_id}")
+    enqueue_operation(operation_id)
 
 
 __all__ = ["ClusterBusyError", "Runner", "enqueue", "resume_operations", "run_operation"]

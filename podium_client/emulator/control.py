@@ -3,7 +3,7 @@
 | call | does |
 |---|---|
 | `GET` / `POST /_emulator/config` | read / change settings (`CONFIG_KEYS`) |
-| `GET /_emulator/stats`, `POST /_emulator/stats/reset` | counters (requests by route and status, writes, deletes, ambiguous identifier uses, purge attempts, rate limited, faults, webhooks, podium-version values seen) |
+| `GET /_emulator/stats`, `POST /_emulator/stats/reset` | counters (requests by route and status, writes, deletes, ambiguous identifier uses, purge attempts, rate limited, faults, webhooks, podium-version values seen, `peak_window_requests`: the most API requests that arrived within one rate window, refused ones included) |
 | `POST /_emulator/expire-tokens` | every OAuth token expires |
 | `POST /_emulator/cursors/invalidate` | every cursor handed out is stale |
 | `POST /_emulator/contacts` | add a v4 contact as is (any consent, timestamps, `deletedAt` ...) |

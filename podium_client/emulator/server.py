@@ -56,12 +56,16 @@ class _Stats:
                 "podium_versions": collections.Counter(), "writes": 0, "deletes": 0, "merges": 0,
                 "restores": 0, "purge_attempts": 0, "drops": 0, "faults_injected": 0, "rate_limited": 0,
                 "token_refreshes": 0, "webhooks_sent": 0, "webhooks_failed": 0, "webhook_attempts_failed": 0,
-                "webhooks_disabled": 0,
+                "webhooks_disabled": 0, "peak_window_requests": 0,
             }  # fmt: skip
 
     def add(self, key: str, n: int = 1) -> None:
         with self._lock:
             self._data[key] += n
+
+    def peak(self, key: str, n: int) -> None:
+        with self._lock:
+            self._data[key] = max(self._data[key], n)
 
     def count(self, key: str, label: str) -> None:
         with self._lock:
@@ -143,6 +147,8 @@ class EmulatorServer:
         self._rng_lock = threading.Lock()
         self._window: collections.deque[float] = collections.deque()
         self._window_lock = threading.Lock()
+        # Every API request's arrival within the last `rate_window_s`, refused ones too (the peak stat).
+        self._arrivals: collections.deque[float] = collections.deque()
         self._issued: dict[str, tuple[float, frozenset[str]]] = {}
         self._issued_lock = threading.Lock()
         self._stats = _Stats()
@@ -319,6 +325,8 @@ class EmulatorServer:
     def reset_stats(self) -> None:
         """Zero the counters."""
         self._stats.reset()
+        with self._window_lock:
+            self._arrivals.clear()
         with self.state.lock:
             self.state.ambiguous_uses.clear()
 
@@ -368,6 +376,7 @@ class EmulatorServer:
     ) -> Response:
         stats = self._stats
         stats.add("requests")
+        stats.peak("peak_window_requests", self._arrived())
         route = route_name(method, path, self.capabilities)
         stats.count("by_route", route)
         stats.count("podium_versions", headers.get("podium-version") or "(none)")
@@ -411,6 +420,15 @@ class EmulatorServer:
             if self._chance(self.drop_after_commit_rate):
                 return Response(drop=True)
         return json_response(status, payload)
+
+    def _arrived(self) -> int:
+        """Count this arrival; returns how many API requests arrived within the last rate window."""
+        now = time.monotonic()
+        with self._window_lock:
+            self._arrivals.append(now)
+            while self._arrivals and self._arrivals[0] <= now - float(self.rate_window_s):
+                self._arrivals.popleft()
+            return len(self._arrivals)
 
     def _rate_limited(self) -> float | None:
         """None when the request fits the budget, else the seconds until it would."""

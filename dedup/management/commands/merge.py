@@ -5,22 +5,31 @@ the cluster's locations, and the audit names them. A cluster that does not merge
 cross-location) also needs ``--force``; one whose merge would lose values also ``--accept-losses``.
 
 Runs inline (no worker needed) and prints each operation's *final* state; on a terminal a progress bar
-goes to stderr. ``--dry-run`` prints each plan and the calls it would make, calling nothing. The last
-line printed is a JSON summary of operation states. Exit status: 0 when every operation this run
-touched finished (``patched``); 3 when one needs a person or a retry, or did not finish (Podium
-unreachable: the operation waits for a retry); 1 on a refusal.
+goes to stderr. ``--queue`` hands the merges to the background workers instead (``dedup.workqueue``)
+and waits until they are done, showing progress (a bar on a terminal, a line every few seconds
+otherwise, on stderr); ``--no-wait`` returns as soon as they are queued. ``--dry-run`` prints each plan
+and the calls it would make, calling nothing. The last line printed is a JSON summary of operation
+states. Exit status: 0 when every operation this run touched finished (``patched``; with
+``--no-wait``, when they are queued); 3 when one needs a person or a retry, or did not finish (Podium
+unreachable: the operation waits for a retry; ``--timeout`` passed); 1 on a refusal.
+
+A merge of one ``--cluster`` is a person waiting at a terminal: its Podium calls are interactive in
+the shared budget (``dedup.budget``); ``--all-auto`` is bulk work.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from dedup import access
+from dedup.heartbeat import worker_status
 from dedup.merge import (
     ClusterBusyError,
     MergeRefused,
@@ -34,6 +43,11 @@ from dedup.merge import (
     to_json_line,
 )
 from dedup.models import Cluster, MergeOperation
+from dedup.workqueue import OperationsProgress, follow_operations
+from podium_client.ratelimit import INTERACTIVE, prioritized
+
+#: Without a terminal, a progress line this often while waiting for the workers.
+PLAIN_EVERY_SECONDS = 5.0
 
 
 def _flags(flags: dict[str, bool]) -> str:
@@ -62,10 +76,21 @@ class Command(BaseCommand):
         parser.add_argument(
             "--accept-losses", action="store_true", help="accept the values the merge cannot carry (see --dry-run)"
         )
+        parser.add_argument(
+            "--queue", action="store_true", help="hand the merges to the background workers and wait for them"
+        )
+        parser.add_argument("--no-wait", action="store_true", help="with --queue: return once the merges are queued")
+        parser.add_argument(
+            "--timeout", type=float, metavar="SECONDS", help="with --queue: stop waiting after this long (exit 3)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["dry_run"] and options["resume"]:
             raise CommandError("--dry-run applies to --cluster and --all-auto, not --resume")
+        if options["queue"] and (options["resume"] or options["dry_run"]):
+            raise CommandError("--queue applies to merging --cluster and --all-auto (not --resume or --dry-run)")
+        if (options["no_wait"] or options["timeout"] is not None) and not options["queue"]:
+            raise CommandError("--no-wait and --timeout go with --queue")
         touched: list[MergeOperation] = []
         if options["resume"]:
             counts = resume_operations(worker="cli")
@@ -74,7 +99,11 @@ class Command(BaseCommand):
         elif options["all_auto"]:
             touched = self._all_auto(options)
         else:
-            touched = self._one(options)
+            # A person waits for this one: its calls go before bulk work in the shared budget.
+            with prioritized(INTERACTIVE):
+                touched = self._one(options)
+        if options["queue"]:
+            touched = self._wait(touched, options)
         self.stdout.write(json.dumps({"operations": operation_summary()}, sort_keys=True))
         self._exit(touched)
 
@@ -110,6 +139,11 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"cluster {cluster.cluster_id}: merge #{live.pk} needs a person (ERR_DEDUP_012): {live.last_error}"
                 )
+            if options["queue"]:
+                from dedup.merge.machine import enqueue
+
+                enqueue(live.pk)
+                return [live]
             operation = run_operation(live.pk, worker="cli")
         else:
             if cluster.status != Cluster.OPEN:
@@ -122,12 +156,14 @@ class Command(BaseCommand):
                 )
             try:
                 operation = approve_cluster(
-                    cluster, user=user, run_async=False, actor="cli", accept_losses=options["accept_losses"]
-                )
+                    cluster, user=user, run_async=options["queue"], actor="cli",
+                    accept_losses=options["accept_losses"],
+                )  # fmt: skip
             except (ClusterBusyError, MergeRefused) as exc:
                 raise CommandError(str(exc)) from exc
         operation.refresh_from_db()
-        self.stdout.write(to_json_line(operation_json(operation)))
+        if not options["queue"]:
+            self.stdout.write(to_json_line(operation_json(operation)))
         return [operation]
 
     def _all_auto(self, options: dict[str, Any]) -> list[MergeOperation]:
@@ -146,9 +182,11 @@ class Command(BaseCommand):
                 f"{len(outside)} auto-mergeable cluster(s) are outside {user.get_username()}'s locations and are "
                 "left for someone who manages them"
             )
-        bar = _Progress(sys.stderr) if sys.stderr.isatty() else None
+        bar = _Progress(sys.stderr) if sys.stderr.isatty() and not options["queue"] else None
         try:
-            results = merge_all_auto(actor="cli", user=user, progress=bar.update if bar else None)
+            results = merge_all_auto(
+                actor="cli", user=user, progress=bar.update if bar else None, queue=options["queue"]
+            )
         except MergeRefused as exc:
             raise CommandError(exc.message) from exc
         finally:
@@ -157,11 +195,48 @@ class Command(BaseCommand):
         if not results:
             self.stdout.write("no open auto-mergeable clusters")
         ids = [r.pk for r in results if isinstance(r, MergeOperation)]
+        if options["queue"]:
+            return list(MergeOperation.objects.filter(pk__in=ids).order_by("pk"))
         final = {op.pk: op for op in MergeOperation.objects.filter(pk__in=ids).select_related("cluster")}
         operations = [final[pk] for pk in ids]
         for operation in operations:
             self.stdout.write(to_json_line(operation_json(operation)))
         return operations
+
+    # --- handed to the workers ---------------------------------------------------------------------------
+
+    def _wait(self, queued: list[MergeOperation], options: dict[str, Any]) -> list[MergeOperation]:
+        """Follow the queued operations until the workers are done with them; print each final state."""
+        if not queued:
+            return []
+        batches = sorted({op.batch_id for op in queued if op.batch_id is not None})
+        where = f" (batch {', '.join(f'#{b}' for b in batches)})" if batches else ""
+        self.stderr.write(f"{len(queued)} merge(s) queued for the workers{where}")
+        if options["no_wait"]:
+            for op in queued:
+                self.stdout.write(to_json_line(operation_json(op)))
+            self.stderr.write("not waiting (--no-wait): follow them on the dashboard's History page")
+            return []
+        self._warn_without_workers()
+        show = _Waiting(self.stderr, sys.stderr.isatty(), self._warn_without_workers)
+        try:
+            progress = follow_operations([op.pk for op in queued], show.update, timeout=options["timeout"])
+        finally:
+            show.done()
+        for operation in progress.operations:
+            self.stdout.write(to_json_line(operation_json(operation)))
+        if not progress.settled:
+            self.stderr.write(
+                f"stopped waiting after {options['timeout']:g} s (--timeout): the workers carry on with what is left"
+            )
+        return progress.operations
+
+    def _warn_without_workers(self) -> None:
+        if not worker_status().live:
+            self.stderr.write(
+                "no background worker is alive (no heartbeat): the merges wait in the queue until one starts "
+                "(`python manage.py qcluster`)"
+            )
 
     def _exit(self, touched: list[MergeOperation]) -> None:
         unfinished = [op for op in touched if op.state != MergeOperation.PATCHED]
@@ -225,3 +300,43 @@ class _Progress:
     def done(self) -> None:
         self.stream.write("\n")
         self.stream.flush()
+
+
+class _Waiting:
+    """Progress of queued merges: a bar redrawn on a terminal, else a line every few seconds."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: Any, tty: bool, check_workers: Callable[[], None]) -> None:
+        self.stream = stream
+        self.tty = tty
+        self.check_workers = check_workers
+        self.started = time.monotonic()
+        self.last_line = 0.0
+        self.last_check = time.monotonic()
+        self.drawn = False
+
+    def update(self, progress: OperationsProgress) -> None:
+        done, total = progress.finished + progress.later, progress.total
+        counts = " ".join(f"{state} {n}" for state, n in sorted(progress.states.items()))
+        now = time.monotonic()
+        if self.tty:
+            filled = int(self.WIDTH * done / total) if total else self.WIDTH
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            self.stream.write(f"\rmerging {done}/{total} [{bar}] {counts}  ", ending="")
+            self.stream.flush()
+            self.drawn = True
+        elif now - self.last_line >= PLAIN_EVERY_SECONDS or progress.settled:
+            self.last_line = now
+            self.stream.write(
+                f"merging: {done}/{total} done, {progress.in_progress} in progress, {progress.queued} queued "
+                f"({counts}) after {now - self.started:.0f} s"
+            )
+        if now - self.last_check >= 60:
+            # Still waiting a minute later: say again if nobody is there to do the work.
+            self.last_check = now
+            self.check_workers()
+
+    def done(self) -> None:
+        if self.drawn:
+            self.stream.write("")
