@@ -62,14 +62,16 @@ def sample_phones(path: Path, limit: int) -> tuple[list[tuple[str, str]], float]
         for line in fh:
             obj = json.loads(line)
             if obj.get("object") == "location":
-                countries[obj["uid"]] = obj["country"]
+                countries[obj["uid"]] = (obj.get("addressDetails") or {}).get("country") or "AU"
                 continue
             contacts += 1
-            for channel in obj["channels"]:
+            locations = obj.get("locations") or []
+            region = countries.get(locations[0]["uid"], "AU") if locations else "AU"
+            for channel in obj.get("channels") or []:
                 if channel["type"] != "PHONE":
                     continue
                 total_phones += 1
-                item = (channel["identifier"], countries.get(obj["locationUid"], "AU"))
+                item = (channel["identifier"], region)
                 if len(phones) < limit:
                     phones.append(item)
                 elif rnd.random() < limit / total_phones:
