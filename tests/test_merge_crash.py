@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NATIVE_POINTS = {
     "pending": (MergeOperation.PENDING, 0),
     "merging": (MergeOperation.MERGING, 0),
+    "after_pre_write": (MergeOperation.MERGING, 0),
     "after_merge_call": (MergeOperation.MERGING, 1),
     "merged": (MergeOperation.MERGED, 1),
     "after_patch": (MergeOperation.MERGED, 1),
@@ -140,7 +141,7 @@ def test_sigkill_at_each_state_boundary_then_resume(
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["operations"]["patched"] == 1
     _merged_once_and_whole(env, op, before)
-    if env.native and point in ("merging", "after_merge_call"):
+    if env.native and point in ("merging", "after_pre_write", "after_merge_call"):
         assert AuditEvent.objects.filter(operation_ref=op.pk, event_type="merge.reconciled").exists(), (
             "resume read Podium before acting"
         )

@@ -33,7 +33,7 @@ from dedup.merge.common import (
 )
 from dedup.merge.finish import compliance_failed, index_survivor, mark_duplicates_merged
 from dedup.merge.machine import Runner
-from dedup.merge.writeback import write_back
+from dedup.merge.writeback import send_missing, write_back
 from dedup.models import Cluster, MergeOperation
 from podium_client import (
     ConflictError,
@@ -55,6 +55,8 @@ def merging(runner: Runner) -> bool:
     runner.fresh_merging = False
     op = runner.op
     primary_uid, duplicates = op.primary_uid, list(op.duplicate_uids)
+    if not _write_first(runner):
+        return False
     conflicts = 0
     while True:
         op.attempts += 1  # persisted with the next transition
@@ -112,8 +114,55 @@ def merging(runner: Runner) -> bool:
     return True
 
 
+def _write_first(runner: Runner) -> bool:
+    """Before the merge, put onto the primary what only the duplicates hold; False when the merge stopped.
+
+    Podium's merge keeps only the primary's own fields, so the fills, tags, attributes and locations
+    written now survive it, and the merge's answer (the primary) is the read-back that ``merged``
+    verifies: one GET fewer per merge, and nothing of a duplicate is hidden before it is on the primary.
+    Consent and locations are written after the merge (``merged``; see ``send_missing``).
+    Without a fresh read of the primary in this run there is nothing to write against; ``merged``
+    then writes everything after the merge, as before.
+    """
+    op, plan = runner.op, runner.plan
+    live = runner.live.get(op.primary_uid)
+    if live is None:
+        return True
+    before = runner.snapshot(op.primary_uid)
+    # Durable before the first call: a reconciliation after a crash knows the primary's updatedAt may
+    # have moved by this operation's own writes (add-only, judged again on the live primary later).
+    runner.save_steps(preWrite=True)
+    try:
+        sent, _ = send_missing(
+            runner.client, plan, live, identifier=op.primary_uid, region=runner.region,
+            primary_name_before=before.name if before else None, move_conversations=False, before_merge=True,
+        )  # fmt: skip
+    except NotFoundError:
+        runner.fail(
+            ERR_NOT_FOUND, f"{ERR_NOT_FOUND} contact_not_found: the primary {op.primary_uid} is gone from Podium",
+            re_evaluate=True,
+        )  # fmt: skip
+        runner.queue_rescan("contact_not_found", [op.primary_uid])
+        return False
+    except (InvalidRequestError, UnprocessableError, ConflictError) as exc:
+        runner.back_to_review(
+            ERR_UNRECONCILABLE, f"Podium refused the write onto the primary ({exc.http_status} {exc.code}): "
+            f"{exc.message}; nothing was merged", "write_back_refused", evidence={"refused": exc.message},
+        )  # fmt: skip
+        return False
+    except PodiumError as exc:
+        # Nothing is merged yet: what did not land is sent again (add-only) when the merge resumes.
+        runner.defer(exc)
+        return False
+    if sent:
+        runner.live.pop(op.primary_uid, None)
+        runner.save_steps(preWritten=sent)
+    crash_point("after_pre_write")
+    return True
+
+
 def merged(runner: Runner) -> bool:
-    """Write back onto the primary what only the duplicates held, read it back, verify."""
+    """Write back onto the primary what only the duplicates held (or verify it is there), verify."""
     op = runner.op
     live = runner.live.get(op.primary_uid)
     if live is None:
@@ -211,7 +260,9 @@ def _reconcile(runner: Runner) -> bool:
             )  # fmt: skip
             runner.queue_rescan("contact_not_found", [primary_uid])
             return False
-        drift = runner.drifted({primary_uid: primary, **dups})
+        # The primary's own updatedAt may have moved by this operation's writes before the merge: its
+        # drift is not a change of anyone else's (what is written next is judged on it as it is now).
+        drift = runner.drifted(dict(dups) if op.steps.get("preWrite") else {primary_uid: primary, **dups})
         if primary_live and len(live) == len(dups) and not drift:
             audit.record(
                 "merge.reconciled",
@@ -232,6 +283,8 @@ def _reconcile(runner: Runner) -> bool:
                 runner.defer(why="Podium's merge failed again without merging; retried later")
                 return False
             runner.merge_retries += 1
+            assert primary is not None
+            runner.live[primary_uid] = primary
             if op.state != MergeOperation.MERGING:
                 runner.transition(MergeOperation.MERGING, payload={"retry": True})
             runner.fresh_merging = True

@@ -49,6 +49,46 @@ def write_back(
     ``primary_name_before`` is its name when the plan was made: a name changed since is someone's edit
     and is kept.
     """
+    sent, answered = send_missing(
+        client, plan, live, identifier=identifier, region=region, primary_name_before=primary_name_before,
+        move_conversations=move_conversations,
+    )  # fmt: skip
+    if not sent:
+        survivor = live
+    elif (
+        answered is not None and answered.uid == plan.primary_uid and sent[-1]["call"] == "campaigns/opt_out"
+    ):
+        # campaigns/opt_out answers with the contact holding the number; when that is the primary and it
+        # was the last write, its body is the read-back (one GET fewer).
+        survivor = answered
+    else:
+        survivor = client.get_contact(identifier)
+    problems = verify_survivor(plan, survivor_view(survivor, region), conversations=move_conversations)
+    if survivor.uid != plan.primary_uid:
+        problems.insert(0, f"identifier reached contact {survivor.uid}, not the primary {plan.primary_uid}")
+    return WriteBack(survivor, sent, problems)
+
+
+def send_missing(
+    client: PodiumClient,
+    plan: MergePlan,
+    live: Contact,
+    *,
+    identifier: str,
+    region: str,
+    primary_name_before: str | None,
+    move_conversations: bool,
+    before_merge: bool = False,
+) -> tuple[list[dict[str, Any]], Contact | None]:
+    """Send onto the primary what the plan needs and ``live`` lacks, without reading it back.
+
+    Returns what was sent and the last contact a write answered with (``campaigns/opt_out`` answers
+    with one). ``before_merge`` (the native strategy, before Podium's merge) leaves two things for
+    after it: marketing consent, because withdrawing it is a number-wide write that also reaches the
+    duplicates, which must still read as planned if the merge has to be reconciled; and locations,
+    because adding the duplicates' locations to the primary first would walk around a tenant that
+    refuses cross-location merges (422), a decision that is Podium's to make.
+    """
     sent: list[dict[str, Any]] = []
     fields: dict[str, Any] = {}
     if plan.name is not None and (not (live.name or "").strip() or live.name == primary_name_before):
@@ -60,7 +100,7 @@ def write_back(
         fields["email"] = plan.email
     if plan.phone is not None and not live.phones:
         fields["phoneNumber"] = plan.phone
-    if plan.locations and not set(plan.locations) <= set(live.location_uids):
+    if not before_merge and plan.locations and not set(plan.locations) <= set(live.location_uids):
         fields["locations"] = [
             *live.location_uids,
             *(u for u in plan.locations if u not in live.location_uids),
@@ -101,9 +141,10 @@ def write_back(
 
     # Consent is judged on the primary as it is now, so an opt-in added meanwhile is withdrawn too.
     answered: Contact | None = None
-    for phone in needs_for(plan.consent, channel_consent(live, region)).opt_out_phones:
-        answered = client.opt_out_phone(phone)
-        sent.append({"call": "campaigns/opt_out", "phone": mask(phone)})
+    if not before_merge:
+        for phone in needs_for(plan.consent, channel_consent(live, region)).opt_out_phones:
+            answered = client.opt_out_phone(phone)
+            sent.append({"call": "campaigns/opt_out", "phone": mask(phone)})
 
     if move_conversations:
         for conversation in plan.conversation_uids:
@@ -111,21 +152,7 @@ def write_back(
                 client.update_contact(identifier, {"conversationUid": conversation})
                 sent.append({"call": "PATCH", "fields": ["conversationUid"], "conversation": conversation})
                 answered = None
-
-    if not sent:
-        survivor = live
-    elif (
-        answered is not None and answered.uid == plan.primary_uid and sent[-1]["call"] == "campaigns/opt_out"
-    ):
-        # campaigns/opt_out answers with the contact holding the number; when that is the primary and it
-        # was the last write, its body is the read-back (one GET fewer).
-        survivor = answered
-    else:
-        survivor = client.get_contact(identifier)
-    problems = verify_survivor(plan, survivor_view(survivor, region), conversations=move_conversations)
-    if survivor.uid != plan.primary_uid:
-        problems.insert(0, f"identifier reached contact {survivor.uid}, not the primary {plan.primary_uid}")
-    return WriteBack(survivor, sent, problems)
+    return sent, answered
 
 
 def missing_conversations(plan: MergePlan, survivor: Contact) -> list[str]:
