@@ -135,13 +135,16 @@ def test_a_conflict_pending_merge_can_be_retried_by_a_person(native_env: MergeEn
 def test_422_moves_the_cluster_to_cross_location_review(native_env: MergeEnv, manager: User) -> None:
     native_env.server.block_cross_location = True
     native_env.add("ct_a", phones=["0411 111 111"], tags=["x"])
-    native_env.add("ct_b", phones=["0411111111"], locations=[BURLEIGH])
+    native_env.add("ct_b", phones=["0411111111"], locations=[BURLEIGH], tags=["y"])
+    tags_before = {uid: sorted(t.label for t in native_env.alive(uid).tags) for uid in ("ct_a", "ct_b")}
     op = _approved(native_env, manager, ["ct_a", "ct_b"], auto=False)
     op = run_operation(op.pk, client=native_env.client())
     assert (op.state, op.error_code) == (MergeOperation.FAILED_PERMANENT, "ERR_DEDUP_009")
     cluster = Cluster.objects.get(pk=op.cluster_id)
     assert (cluster.status, cluster.kind, cluster.auto_merge) == (Cluster.OPEN, Cluster.CROSS, False)
     assert not native_env.retired("ct_b") and native_env.stats()["merges"] == 0
+    # A person may yet find two people: nothing of one was written onto the other before Podium refused.
+    assert {uid: sorted(t.label for t in native_env.alive(uid).tags) for uid in ("ct_a", "ct_b")} == tags_before
 
 
 def test_a_lost_merge_answer_is_reconciled_not_repeated(native_env: MergeEnv, manager: User) -> None:

@@ -126,7 +126,9 @@ def _write_first(runner: Runner) -> bool:
     """
     op, plan = runner.op, runner.plan
     live = runner.live.get(op.primary_uid)
-    if live is None:
+    if live is None or set(plan.locations) - set(live.location_uids):
+        # A duplicate at a location the primary is not at: Podium may refuse this merge (422), and the
+        # cluster then goes to a person who may find two people; nothing of theirs is written first.
         return True
     before = runner.snapshot(op.primary_uid)
     # Durable before the first call: a reconciliation after a crash knows the primary's updatedAt may
