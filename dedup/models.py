@@ -394,6 +394,7 @@ class Cluster(models.Model):
         related_name="clusters",
         help_text="empty for a cross-location cluster",
         db_constraint=False,
+        db_index=False,  # the (location, status) index serves every lookup by location
     )
     locations: models.ManyToManyField[Location, ClusterLocation] = models.ManyToManyField(
         Location, related_name="clusters_touching", blank=True, through="ClusterLocation"
@@ -460,7 +461,10 @@ class ClusterMember(models.Model):
     """A contact in a cluster, with the ``updatedAt`` it had when the cluster was scored."""
 
     # Unchecked by the database, like the cluster's own references (see ``Cluster.location``).
-    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="members", db_constraint=False)
+    # No index of its own on ``cluster``: the unique (cluster, contact) index starts with it.
+    cluster = models.ForeignKey(
+        Cluster, on_delete=models.CASCADE, related_name="members", db_constraint=False, db_index=False
+    )
     contact = models.ForeignKey(
         Contact, on_delete=models.PROTECT, related_name="memberships", db_constraint=False
     )
@@ -478,7 +482,8 @@ class ClusterLocation(models.Model):
     """A location a cluster touches: the table behind ``Cluster.locations`` (Django's own many-to-many
     table until its references stopped being checked by the database, see ``Cluster.location``)."""
 
-    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, db_constraint=False)
+    # No index of its own on ``cluster``: the unique (cluster, location) index starts with it.
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, db_constraint=False, db_index=False)
     location = models.ForeignKey(Location, on_delete=models.CASCADE, db_constraint=False)
 
     class Meta:

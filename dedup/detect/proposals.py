@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -68,7 +68,7 @@ class Proposal:
     suggested_primary_uid: str
     member_ids: tuple[int, ...]
     member_locations: tuple[int, ...]
-    member_updated: tuple[datetime, ...]
+    member_updated: tuple[datetime | str, ...]
     policy_version: int = 1
 
 
@@ -116,7 +116,10 @@ class Member:
     emails: frozenset[str]
     tags: frozenset[str]
     field_count: int
-    updated_at: datetime
+    # ``updatedAt`` as the database gave it (text on PostgreSQL, written back as it is) and in
+    # microseconds since the epoch (for ranking).
+    updated_at: datetime | str
+    updated_us: int
 
 
 def restored_contact_uids() -> frozenset[str]:
@@ -167,38 +170,59 @@ def read_members(ids: Sequence[int], scoring: Scoring) -> dict[int, Member]:
     for contact_id, kind, key in select_by_ids(key_sql, "contact_id", ids):
         if key:
             (phones if kind == phone_kind else emails).setdefault(contact_id, []).append(key)
-    json_text = "::text" if _is_postgresql() else ""
-    contact_sql = (
-        f"SELECT id, uid, location_id, location_uids{json_text}, normalized_name, tags{json_text}, field_count, "
-        f"updated_at FROM {Contact._meta.db_table} WHERE"
-    )
+    postgresql = _is_postgresql()
+    if postgresql:
+        # Timestamps as text and as integer microseconds: Django's timestamp loader is pure Python
+        # and was a third of this read; the text goes back into the member rows as it is.
+        columns = (
+            "location_uids::text, normalized_name, tags::text, field_count, updated_at::text, "
+            "(extract(epoch FROM updated_at) * 1000000)::bigint"
+        )
+    else:
+        columns = "location_uids, normalized_name, tags, field_count, updated_at, 0"
+    contact_sql = f"SELECT id, uid, location_id, {columns} FROM {Contact._meta.db_table} WHERE"
     tag_cache: dict[Any, frozenset[str]] = {}
     location_cache: dict[Any, tuple[str, ...]] = {}
     name_max = Contact._meta.get_field("normalized_name").max_length or 500
     location_uid_of = scoring.location_uid_of
     empty: frozenset[str] = frozenset()
     members: dict[int, Member] = {}
-    for contact_id, uid, location_id, location_uids, name, tags, field_count, updated_at in select_by_ids(
-        contact_sql, "id", ids
-    ):
-        home = location_uid_of[location_id]
-        uids = _cached(location_cache, location_uids, _uid_list) if location_uids else ()
-        if len(name) >= name_max:
+    for row in select_by_ids(contact_sql, "id", ids):
+        contact_id, uid, location_id, location_uids, name, tags, field_count, updated_at, updated_us = row
+        uids = location_cache.get(location_uids) if location_uids else ()
+        if uids is None:
+            uids = _cached(location_cache, location_uids, _uid_list)
+        if not tags or tags == "[]":
+            tag_keys = empty
+        else:
+            tag_keys = tag_cache.get(tags)  # type: ignore[assignment]
+            if tag_keys is None:
+                tag_keys = _cached(tag_cache, tags, _tag_keys)
+        if name and len(name) >= name_max:
             # A canonical form cut at the column's length may end in a partial token.
             name = normalize_name(name)
+        if not postgresql or updated_at is None:
+            moment = aware(updated_at)
+            updated_us = (moment - EPOCH) // _MICROSECOND
+            updated_at = moment if not postgresql else _EPOCH_TEXT
         members[contact_id] = Member(
             id=contact_id,
             uid=uid,
             location_id=location_id,
-            location_uids=uids or (home,),
+            location_uids=uids or (location_uid_of[location_id],),
             name=name or "",
             phones=frozenset(phones.get(contact_id, ())),
-            emails=frozenset(emails.get(contact_id, ())) if contact_id in emails else empty,
-            tags=_cached(tag_cache, tags, _tag_keys) if tags and tags != "[]" else empty,
+            emails=frozenset(emails[contact_id]) if contact_id in emails else empty,
+            tags=tag_keys,
             field_count=field_count,
-            updated_at=aware(updated_at),
+            updated_at=updated_at,
+            updated_us=updated_us,
         )
     return members
+
+
+_MICROSECOND = timedelta(microseconds=1)
+_EPOCH_TEXT = "1970-01-01 00:00:00+00"
 
 
 def _is_postgresql() -> bool:
@@ -264,9 +288,9 @@ def _pair(a: Member, b: Member, use_email_key: bool) -> tuple[int, tuple[str, ..
     return points, reasons, relation is NameRelation.DIFFERENT, relation is NameRelation.SAME
 
 
-def _rank_key(member: Member) -> tuple[int, Any, str]:
+def _rank_key(member: Member) -> tuple[int, int, str]:
     # dedup.survivorship.primary_rank_key: most fields, then newest, then lowest uid.
-    return (-member.field_count, -(member.updated_at - EPOCH), member.uid)
+    return (-member.field_count, -member.updated_us, member.uid)
 
 
 def propose(index: int, group: ClusterGroup, members: list[Member], scoring: Scoring) -> Proposal:

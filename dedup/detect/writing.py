@@ -265,7 +265,8 @@ class _RowWriter:
                 f"{_copy_text(p.suggested_primary_uid)}\t\t{scan_run}\t{now}\t{now}\t{p.policy_version}\n"
             )
             for contact_id, location_id, updated in zip(p.member_ids, p.member_locations, p.member_updated, strict=True):
-                members.append(f"{pk}\t{contact_id}\t{location_id}\t{updated.isoformat()}\n")
+                stamp = updated if isinstance(updated, str) else updated.isoformat()
+                members.append(f"{pk}\t{contact_id}\t{location_id}\t{stamp}\n")
             for location_id in p.location_ids:
                 locations.append(f"{pk}\t{location_id}\n")
         with connection.cursor() as cursor:

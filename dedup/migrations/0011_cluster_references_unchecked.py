@@ -3,7 +3,8 @@
 Detection writes hundreds of thousands of cluster, member and location rows in one go, and PostgreSQL
 checks every foreign key with one query per row. The many-to-many table behind ``Cluster.locations``
 becomes an explicit model (``ClusterLocation``, the same table and columns) so that its references can
-be unchecked too; only the state changes for that step, then every constraint is dropped.
+be unchecked too; only the state changes for that step, then every constraint is dropped, and the
+three indexes that a composite index already covers (each row written costs every index an insert).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='clusterlocation',
             name='cluster',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, to='dedup.cluster'),
+            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, to='dedup.cluster'),
         ),
         migrations.AlterField(
             model_name='clusterlocation',
@@ -53,7 +54,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='cluster',
             name='location',
-            field=models.ForeignKey(blank=True, db_constraint=False, help_text='empty for a cross-location cluster', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='clusters', to='dedup.location'),
+            field=models.ForeignKey(blank=True, db_constraint=False, db_index=False, help_text='empty for a cross-location cluster', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='clusters', to='dedup.location'),
         ),
         migrations.AlterField(
             model_name='cluster',
@@ -63,7 +64,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='clustermember',
             name='cluster',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name='members', to='dedup.cluster'),
+            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='members', to='dedup.cluster'),
         ),
         migrations.AlterField(
             model_name='clustermember',
