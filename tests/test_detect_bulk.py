@@ -11,6 +11,7 @@ from dedup import detection
 from dedup.audit import verify_chain
 from dedup.detection import detect
 from dedup.models import AuditEvent, Cluster, ClusterLocation, ClusterMember
+from podium_client import Contact as PodiumContact
 from tests.index_helpers import contact, index
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +23,7 @@ def phone(i: int) -> str:
     return f"+6141{i:07d}"
 
 
-def pair(i: int, *, split: bool = False, stamp: datetime) -> list[object]:
+def pair(i: int, *, split: bool = False, stamp: datetime) -> list[PodiumContact]:
     """Two contacts sharing a phone (or, with ``split``, the second one on a number of its own)."""
     second_phone = f"+6142{i:07d}" if split else phone(i)
     return [
@@ -36,7 +37,7 @@ def test_thousands_of_clusters_are_created_superseded_and_reopened_in_bulk(
 ) -> None:
     monkeypatch.setattr(detection, "BATCH_GROUPS", 1000)  # several batches, the last one partial
     first = datetime(2025, 3, 1, tzinfo=UTC)
-    index(*(c for i in range(PAIRS) for c in pair(i, stamp=first)))  # type: ignore[misc]
+    index(*(c for i in range(PAIRS) for c in pair(i, stamp=first)))
 
     created = detect()
     assert created.created == created.clusters_open == created.auto == PAIRS
@@ -54,7 +55,7 @@ def test_thousands_of_clusters_are_created_superseded_and_reopened_in_bulk(
     # Every other pair splits: its cluster is superseded, one audit event each, the chain intact.
     later = first + timedelta(days=1)
     split = [i for i in range(PAIRS) if i % 2 == 0]
-    index(*(c for i in split for c in pair(i, split=True, stamp=later)))  # type: ignore[misc]
+    index(*(c for i in split for c in pair(i, split=True, stamp=later)))
     events_before = AuditEvent.objects.count()
     gone = detect()
     assert gone.superseded == len(split) and gone.unchanged == PAIRS - len(split)
@@ -68,7 +69,7 @@ def test_thousands_of_clusters_are_created_superseded_and_reopened_in_bulk(
     assert status.ok, status.describe()
 
     # The pairs join again: the same ids, so the superseded rows are reopened (and audited).
-    index(*(c for i in split for c in pair(i, stamp=later + timedelta(days=1))))  # type: ignore[misc]
+    index(*(c for i in split for c in pair(i, stamp=later + timedelta(days=1))))
     back = detect()
     assert back.reopened == len(split) and back.created == 0
     assert Cluster.objects.filter(status=Cluster.OPEN).count() == PAIRS
