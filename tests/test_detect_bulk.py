@@ -77,3 +77,37 @@ def test_thousands_of_clusters_are_created_superseded_and_reopened_in_bulk(
     assert ClusterMember.objects.count() == 2 * PAIRS
     status = verify_chain()
     assert status.ok, status.describe()
+
+
+def index_names() -> set[str]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename IN (%s, %s, %s)",
+            [Cluster._meta.db_table, ClusterMember._meta.db_table, ClusterLocation._meta.db_table],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+@pytest.mark.postgres
+def test_a_first_detection_builds_the_cluster_indexes_after_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dedup.detect import writing
+
+    monkeypatch.setattr(writing, "BULK_LOAD_MIN_GROUPS", 100)
+    stamp = datetime(2025, 3, 1, tzinfo=UTC)
+    index(*(c for i in range(300) for c in pair(i, stamp=stamp)))
+    before = index_names()
+    assert {"cluster_queue_order", "cluster_loc_status", "uniq_cluster_member"} <= before
+
+    timings = detect().timings
+    assert "index_build" in timings  # the secondary indexes were dropped and built again
+    assert index_names() == before
+    assert Cluster.objects.filter(status=Cluster.OPEN).count() == 300 == ClusterLocation.objects.count()
+    assert ClusterMember.objects.count() == 600
+
+    # Not on a table that holds clusters: those are written row by row into the indexes.
+    index(*(c for i in range(300, 420) for c in pair(i, stamp=stamp)))
+    again = detect()
+    assert again.created == 120 and "index_build" not in again.timings
+    assert index_names() == before

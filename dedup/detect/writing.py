@@ -136,6 +136,7 @@ def write(
         # a cluster approved since the scope was read is no longer open and is left alone.
         reconsider_status = lock_mutable_ids(reconsider) if isinstance(reconsider, list) else lock_mutable(reconsider)
         rows = _RowWriter(scan_run, now)
+        deferred = _defer_indexes() if len(groups) >= BULK_LOAD_MIN_GROUPS else []
         iterator = iter(batches)
         while True:
             t = time.perf_counter()
@@ -175,11 +176,57 @@ def write(
                 live.add(maybe_pk if maybe_pk is not None else new_pk_of[item.stable_id])
                 counts.count_open(item.kind)
                 in_open_clusters.update(item.member_ids)
+        if deferred:
+            t = time.perf_counter()
+            with connection.cursor() as cursor:
+                # PostgreSQL builds no index on a table with foreign key checks still queued (the
+                # cluster's own nullable references, decided_by and superseded_by): run them now.
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                for statement in deferred:
+                    cursor.execute(statement)
+                cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+            timings["index_build"] = time.perf_counter() - t
         gone = sorted(pk for pk, status in reconsider_status.items() if status == MUTABLE and pk not in live)
         counts.superseded = supersede(gone, scan_run, actor)
     counts.contacts_in_clusters = len(in_open_clusters)
     timings["waiting_for_scores"] = waited
     return counts
+
+
+# A first detection (empty cluster tables) of at least this many groups builds the tables' secondary
+# indexes after loading the rows rather than row by row: on PostgreSQL each index costs an insert per
+# row, most of the cost of writing a cluster, while building an index over the loaded rows is one sort.
+BULK_LOAD_MIN_GROUPS = 20_000
+
+
+def _defer_indexes() -> list[str]:
+    """On PostgreSQL, when the cluster tables are empty, drop their secondary indexes (not the primary
+    keys or unique constraints) and return the statements that build them again.
+
+    Dropping an index locks its table until the transaction ends: readers of the cluster tables wait
+    for this first detection to commit, instead of seeing empty tables. Nothing else is lost: the
+    tables hold no row yet, and a failed run rolls the drop back with everything else.
+    """
+    if connection.vendor != "postgresql":
+        return []
+    tables = [Cluster._meta.db_table, ClusterMember._meta.db_table, ClusterLocation._meta.db_table]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT " + " AND ".join(f"NOT EXISTS (SELECT 1 FROM {table})" for table in tables)
+        )
+        if not cursor.fetchone()[0]:
+            return []
+        cursor.execute(
+            "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "WHERE i.indrelid = ANY(%s::regclass[]) AND NOT i.indisprimary "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) "
+            "ORDER BY 1",
+            [tables],
+        )
+        indexes = cursor.fetchall()
+        for name, _definition in indexes:
+            cursor.execute(f"DROP INDEX {name}")
+    return [definition for _name, definition in indexes]
 
 
 def _rescore(item: Unchanged, groups: list[ClusterGroup], scoring: Scoring) -> Proposal:
