@@ -170,13 +170,21 @@ def main() -> None:
             for table in tables:
                 cursor.execute(f"DELETE FROM {table}")
     baseline = high_water_mb()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children_cpu_before = before.ru_utime + before.ru_stime  # the indexing subprocess, if any
     yard_before = yardstick()
+    cpu = time.process_time()
     first = detect(actor="bench")
+    first_cpu = time.process_time() - cpu
     first_hwm = high_water_mb()
     # Workers forked by this first run (a second run forks from a bigger parent and would count its
     # inherited pages too).
-    worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    worker_mb = children.ru_maxrss / 1024
+    worker_cpu = children.ru_utime + children.ru_stime - children_cpu_before
+    cpu = time.process_time()
     again = detect(actor="bench")
+    again_cpu = time.process_time() - cpu
     yard_after = yardstick()
 
     # Incremental scans through the emulator after contacts changed in Podium. The first one after a
@@ -244,11 +252,13 @@ def main() -> None:
         f"({first.auto:,} auto, {first.review:,} review, {first.cross:,} cross)"
         f"  [target <= {DETECT_TARGET_PER_MILLION * max(1, Contact.objects.count()) / 1e6:.1f} s at this size]"
     )
+    print(f"  CPU                     {first_cpu:.2f} s in this process, {worker_cpu:.2f} s in scoring workers")
     print("  phases                  " + ", ".join(f"{k} {v:.2f}s" for k, v in first.timings.items()))
     print(
         f"detection, nothing new    {again.elapsed_seconds:6.2f} s  {again.unchanged:,} clusters unchanged, "
         f"{again.created + again.refreshed + again.reopened + again.superseded:,} rows written"
     )
+    print(f"  CPU                     {again_cpu:.2f} s in this process")
     print("  phases                  " + ", ".join(f"{k} {v:.2f}s" for k, v in again.timings.items()))
     print(
         f"peak RSS, detection       {first_hwm:6.0f} MB this process (from {baseline:.0f} MB before); "

@@ -197,6 +197,7 @@ def detect(
         rescore=rescore,
         policy_version=policy.scoring_version,
         restored_uids=restored_contact_uids(),
+        empty_table=not Cluster.objects.exists(),
     )
 
     key_scoped = keys is not None or contact_ids is not None

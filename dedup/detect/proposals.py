@@ -101,6 +101,9 @@ class Scoring:
     # Contacts a person restored after a merge (and the ones re-created from them): a restore is a
     # person's decision, so a cluster holding one is not merged again without a person.
     restored_uids: frozenset[str] = frozenset()
+    # The cluster table held no row when the run began (a first detection): no group can have a
+    # stored cluster, so nothing is looked up. Only a hint; the writer checks again under its lock.
+    empty_table: bool = False
 
 
 @dataclass(slots=True)
@@ -393,7 +396,7 @@ def unchanged_clusters(stable_ids: Sequence[str], scoring: Scoring) -> dict[str,
     and every member's ``updatedAt`` still the one it was scored with (the id fixes the membership).
     The comparison runs in the database.
     """
-    if scoring.rescore or not stable_ids:
+    if scoring.rescore or scoring.empty_table or not stable_ids:
         return {}
     fresh: dict[int, tuple[str, str]] = {}
     sql = (

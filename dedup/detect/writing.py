@@ -136,7 +136,10 @@ def write(
         # a cluster approved since the scope was read is no longer open and is left alone.
         reconsider_status = lock_mutable_ids(reconsider) if isinstance(reconsider, list) else lock_mutable(reconsider)
         rows = _RowWriter(scan_run, now)
-        deferred = _defer_indexes() if len(groups) >= BULK_LOAD_MIN_GROUPS else []
+        # Read under the lock: when the table holds no cluster, no group has a row to find (this run's
+        # own rows carry ids of other groups), so the lookups per batch are skipped.
+        empty = not Cluster.objects.exists()
+        deferred = _defer_indexes() if empty and len(groups) >= BULK_LOAD_MIN_GROUPS else []
         iterator = iter(batches)
         while True:
             t = time.perf_counter()
@@ -144,7 +147,7 @@ def write(
             waited += time.perf_counter() - t
             if batch is None:
                 break
-            current = _current_rows([item.stable_id for item in batch])
+            current = {} if empty else _current_rows([item.stable_id for item in batch])
             status_of = lock_mutable_ids([pk for pk, _status in current.values()])
             to_create: list[Proposal] = []
             to_refresh: list[tuple[int, Proposal, bool]] = []  # (pk, proposal, reopened)
