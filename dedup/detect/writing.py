@@ -132,9 +132,14 @@ def write(
                 # One detection writes at a time (a scan and a rescan may overlap); the second one
                 # re-reads every row below after the first committed.
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_DETECTION_LOCK])
-        # Locked, skipping any row a person or a worker holds right now, and re-read under the lock:
-        # a cluster approved since the scope was read is no longer open and is left alone.
-        reconsider_status = lock_mutable_ids(reconsider) if isinstance(reconsider, list) else lock_mutable(reconsider)
+        # The open clusters of the scope, read under the detection lock but not locked themselves: a
+        # run locks only the rows it is about to write (refreshed, reopened or superseded ones), each
+        # re-read under its lock and skipped when a person or a worker holds it. An unchanged cluster
+        # is only read, so a run over an unchanged index writes nothing, not even row locks.
+        if isinstance(reconsider, list):
+            reconsider_open = set(reconsider)
+        else:
+            reconsider_open = set(reconsider.values_list("pk", flat=True))
         rows = _RowWriter(scan_run, now)
         # Read under the lock: when the table holds no cluster, no group has a row to find (this run's
         # own rows carry ids of other groups), so the lookups per batch are skipped.
@@ -148,19 +153,26 @@ def write(
             if batch is None:
                 break
             current = {} if empty else _current_rows([item.stable_id for item in batch])
-            status_of = lock_mutable_ids([pk for pk, _status in current.values()])
+            status_of = lock_mutable_ids(
+                [
+                    row[0]
+                    for item in batch
+                    if (row := current.get(item.stable_id)) is not None
+                    and not (isinstance(item, Unchanged) and row[1] == MUTABLE)
+                ]
+            )
             to_create: list[Proposal] = []
             to_refresh: list[tuple[int, Proposal, bool]] = []  # (pk, proposal, reopened)
             kept: list[tuple[int | None, Proposal | Unchanged]] = []
             for item in batch:
                 row = current.get(item.stable_id)
+                if row is not None and isinstance(item, Unchanged) and row[1] == MUTABLE:
+                    counts.unchanged += 1
+                    kept.append((row[0], item))
+                    continue
                 status = status_of.get(row[0]) if row is not None else None
                 if row is not None and status is None:
                     counts.held += 1
-                    continue
-                if isinstance(item, Unchanged) and status == MUTABLE:
-                    counts.unchanged += 1
-                    kept.append((row[0] if row else None, item))
                     continue
                 # The row changed since the worker looked (or never was unchanged): score it here.
                 proposal = item if isinstance(item, Proposal) else _rescore(item, groups, scoring)
@@ -189,7 +201,8 @@ def write(
                     cursor.execute(statement)
                 cursor.execute("SET CONSTRAINTS ALL DEFERRED")
             timings["index_build"] = time.perf_counter() - t
-        gone = sorted(pk for pk, status in reconsider_status.items() if status == MUTABLE and pk not in live)
+        candidates = sorted(pk for pk in reconsider_open if pk not in live)
+        gone = sorted(pk for pk, status in lock_mutable_ids(candidates).items() if status == MUTABLE)
         counts.superseded = supersede(gone, scan_run, actor)
     counts.contacts_in_clusters = len(in_open_clusters)
     timings["waiting_for_scores"] = waited
