@@ -82,6 +82,7 @@ class Unchanged:
     kind: str
     cross_location: bool
     member_ids: tuple[int, ...]
+    pk: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,7 +445,8 @@ def score_groups(
         hit = hits[offset] if hits is not None else None
         if hit is not None:
             cross = group.cross_location and hit == group.stable_id
-            out.append(Unchanged(start + offset, hit, unchanged[hit][0], cross, ids))
+            kind, pk = unchanged[hit]
+            out.append(Unchanged(start + offset, hit, kind, cross, ids, pk))
         else:
             out.append(propose(start + offset, group, [records[i] for i in ids], scoring))
     return out

@@ -6,7 +6,7 @@ model instance (or adapting each value) per row costs more than the query.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ def select_by_ids(sql: str, column: str, ids: Sequence[int]) -> Iterator[tuple[A
     """
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(f"{sql} {column} = ANY(%s::bigint[])", [list(ids)])
+            cursor.execute(f"{sql} {column} = ANY(%s::bigint[])", [int_array(ids)])
             yield from cursor.fetchall()
             return
         for chunk in chunked(list(ids), in_list_size()):
@@ -36,12 +36,26 @@ def select_by_text(sql: str, column: str, values: Sequence[str]) -> Iterator[tup
     """Like ``select_by_ids``, for text values."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(f"{sql} {column} = ANY(%s::text[])", [list(values)])
+            cursor.execute(f"{sql} {column} = ANY(%s::text[])", [text_array(values)])
             yield from cursor.fetchall()
             return
         for chunk in chunked(list(values), in_list_size()):
             cursor.execute(f"{sql} {column} IN ({', '.join(['%s'] * len(chunk))})", list(chunk))
             yield from cursor.fetchall()
+
+
+# Arrays go to PostgreSQL as one text literal cast in the query: psycopg adapts a list element by
+# element in Python, several times slower for the thousands of ids a batch carries.
+
+
+def int_array(ids: Iterable[int]) -> str:
+    """A PostgreSQL array literal of integers (``%s::bigint[]``)."""
+    return "{" + ",".join(map(str, map(int, ids))) + "}"
+
+
+def text_array(values: Iterable[str]) -> str:
+    """A PostgreSQL array literal of strings (``%s::text[]``), each element quoted."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
 
 
 def active_sql(alias: str) -> str:

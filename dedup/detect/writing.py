@@ -87,6 +87,17 @@ def _current_rows(cluster_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
     return {cluster_id: (pk, status) for cluster_id, pk, status in select_by_text(sql, "cluster_id", cluster_ids)}
 
 
+def _current_by_pk(items: list[Unchanged]) -> dict[str, tuple[int, str]]:
+    """``{cluster id: (pk, status)}`` of the rows these unchanged groups were found under."""
+    if not items:
+        return {}
+    sql = f"SELECT id, cluster_id, status FROM {Cluster._meta.db_table} WHERE"
+    return {
+        cluster_id: (pk, status)
+        for pk, cluster_id, status in select_by_ids(sql, "id", [item.pk for item in items])
+    }
+
+
 def lock_mutable(qs: QuerySet[Cluster]) -> dict[int, str]:
     """Status of the open or superseded clusters of ``qs``, locked; rows someone holds are skipped."""
     qs = Cluster.objects.filter(pk__in=qs.values("pk"), status__in=(MUTABLE, Cluster.SUPERSEDED))
@@ -152,7 +163,11 @@ def write(
             waited += time.perf_counter() - t
             if batch is None:
                 break
-            current = {} if empty else _current_rows([item.stable_id for item in batch])
+            # An unchanged group was found by its id when it was scored: its row is re-read by row id,
+            # under the detection lock, rather than looked up by its id again.
+            looked_up = [item.stable_id for item in batch if isinstance(item, Proposal)]
+            current = {} if empty or not looked_up else _current_rows(looked_up)
+            current.update(_current_by_pk([item for item in batch if isinstance(item, Unchanged)]))
             status_of = lock_mutable_ids(
                 [
                     row[0]
