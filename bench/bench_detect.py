@@ -122,6 +122,27 @@ class _ScanTimers:
             setattr(scanning, name, original)
 
 
+def mark_read_until_now() -> None:
+    """Record a finished read of Podium up to now unless a successful scan of Podium left a watermark."""
+    from django.utils import timezone
+
+    from dedup.models import ScanRun
+    from dedup.scanning import last_watermark, scope_key_for
+    from podium_client.types import format_timestamp
+
+    ScanRun.objects.filter(state__in=ScanRun.ACTIVE_STATES).update(
+        state=ScanRun.FAILED, error_message="benchmark interrupted"
+    )
+    if last_watermark([]) is not None:
+        return
+    now = timezone.now()
+    ScanRun.objects.create(
+        kind=ScanRun.INCREMENTAL, scope=[], scope_key=scope_key_for([]), state=ScanRun.SUCCEEDED, holder="bench",
+        started_at=now, finished_at=now,
+        checkpoint={"stream": {"mode": "full", "done": True, "watermark": format_timestamp(now)}},
+    )  # fmt: skip
+
+
 def yardstick() -> float:
     """Seconds one core takes for a fixed pure-Python workload (dict updates and SHA-256 of short
     strings, the kind of work detection does): figures from a shared machine are read against it."""
@@ -216,6 +237,10 @@ def main() -> None:
                 return len(chosen)
 
             # Podium lists contacts organization-wide: one change moves the one watermark to its present.
+            # An index only ever filled from a file has no watermark at all, and its first scan would
+            # read all of Podium again (an hour at a million contacts through the emulator); record
+            # the file import as a read of Podium up to now, which is what that first scan would do.
+            mark_read_until_now()
             change(1)
             started = time.perf_counter()
             settle = start_scan(run_async=False, actor="bench")
