@@ -233,8 +233,8 @@ def split_by_decidable(user: AnyUser, clusters: QuerySet[Cluster]) -> tuple[Quer
     # read only for rows with no own location (PostgreSQL would hash an IN/EXISTS over the whole table).
     granted = Case(When(location_id__in=in_values(ids), then=Value(1)), default=Value(0))
     rows = Cluster.locations.through.objects.filter(cluster_id=OuterRef("pk")).order_by().values("cluster_id")
-    all_granted = Subquery(rows.annotate(v=Min(granted)).values("v")[:1])  # type: ignore[misc]
-    any_granted = Subquery(rows.annotate(v=Max(granted)).values("v")[:1])  # type: ignore[misc]
+    all_granted = Subquery(rows.annotate(v=Min(granted)).values("v")[:1])
+    any_granted = Subquery(rows.annotate(v=Max(granted)).values("v")[:1])
     decidable = clusters.alias(all_granted=all_granted).filter(
         Q(location_id__in=in_values(ids)) | Q(location__isnull=True, all_granted=1)
     )

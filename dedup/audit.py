@@ -86,6 +86,64 @@ def record(
 
 
 @dataclass(frozen=True)
+class PendingEvent:
+    """One event for ``record_many``: the arguments ``record`` takes."""
+
+    event_type: str
+    actor: str = "system"
+    actor_user_id: int | None = None
+    cluster_ref: str = ""
+    operation_ref: int | None = None
+    location_uids: tuple[str, ...] = ()
+    contact_uids: tuple[str, ...] = ()
+    natural_keys: tuple[str, ...] = ()
+    payload: dict[str, Any] | None = None
+
+
+# Events inserted per statement by ``record_many`` (far below SQLite's parameter limit at 11 columns).
+_BULK_EVENTS = 80
+
+
+def record_many(events: Iterable[PendingEvent]) -> list[AuditEvent]:
+    """Append many events to the chain at once, in order; the same links and hashes ``record`` makes.
+
+    The chain's head is read once under the lock and each event links to the one before it, so a
+    thousand superseded clusters cost a few inserts instead of a thousand round trips of ``record``.
+    """
+    pending = list(events)
+    if not pending:
+        return []
+    with transaction.atomic(savepoint=False):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_AUDIT_LOCK_ID])
+        prev = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first() or AuditEvent.GENESIS
+        built: list[AuditEvent] = []
+        for item in pending:
+            subjects = sorted({*item.contact_uids, *item.natural_keys})
+            event = AuditEvent(
+                created_at=timezone.now(),
+                event_type=item.event_type,
+                actor=item.actor,
+                actor_user_id=item.actor_user_id,
+                cluster_ref=item.cluster_ref,
+                operation_ref=item.operation_ref,
+                location_uids=sorted(set(item.location_uids)),
+                subjects=f" {' '.join(subjects)} " if subjects else "",
+                payload=_json_ready(item.payload or {}),
+                prev_hash=prev,
+                chain_version=auditchain.CURRENT_VERSION,
+            )
+            event.hash = prev = event.compute_hash()
+            built.append(event)
+        # One statement per slice, rows in chain order: ids follow the order of the VALUES list, so
+        # walking the chain by id meets each event right after its predecessor.
+        for start in range(0, len(built), _BULK_EVENTS):
+            AuditEvent.objects.bulk_create(built[start : start + _BULK_EVENTS])
+    return built
+
+
+@dataclass(frozen=True)
 class ChainStatus:
     """The result of verifying the chain: ``ok``, how many events were checked, the first broken link."""
 

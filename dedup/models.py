@@ -379,6 +379,13 @@ class Cluster(models.Model):
 
     cluster_id = models.CharField(max_length=40, unique=True)
     natural_keys = models.JSONField(default=list)
+    # The cluster tables' references are kept by the application, not checked by the database
+    # (``db_constraint=False``, here and on ``ClusterMember`` / ``ClusterLocation``): detection writes
+    # hundreds of thousands of rows at once, and PostgreSQL checks a foreign key with one query per
+    # row (about 15 µs each: 40 s for a million contacts' clusters). Every row written points at rows
+    # read in the same transaction; clusters and locations are never deleted by the product (clusters
+    # are superseded), contacts only soft-deleted; the ORM still applies ``on_delete`` (cascade,
+    # protect) on every delete it makes.
     location = models.ForeignKey(
         Location,
         null=True,
@@ -386,8 +393,12 @@ class Cluster(models.Model):
         on_delete=models.PROTECT,
         related_name="clusters",
         help_text="empty for a cross-location cluster",
+        db_constraint=False,
+        db_index=False,  # the (location, status) index serves every lookup by location
     )
-    locations = models.ManyToManyField(Location, related_name="clusters_touching", blank=True)
+    locations: models.ManyToManyField[Location, ClusterLocation] = models.ManyToManyField(
+        Location, related_name="clusters_touching", blank=True, through="ClusterLocation"
+    )
     cross_location = models.BooleanField(default=False)
     kind = models.CharField(max_length=6, choices=KIND_CHOICES, default=REVIEW)
     confidence = models.DecimalField(max_digits=4, decimal_places=2, default=Decimal("0"))
@@ -406,7 +417,9 @@ class Cluster(models.Model):
     policy_version = models.PositiveIntegerField(
         default=1, help_text="the Policy.scoring_version this cluster was scored with"
     )
-    scan_run = models.ForeignKey(ScanRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    scan_run = models.ForeignKey(
+        ScanRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -447,9 +460,15 @@ class Cluster(models.Model):
 class ClusterMember(models.Model):
     """A contact in a cluster, with the ``updatedAt`` it had when the cluster was scored."""
 
-    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="members")
-    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="memberships")
-    location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="+")
+    # Unchecked by the database, like the cluster's own references (see ``Cluster.location``).
+    # No index of its own on ``cluster``: the unique (cluster, contact) index starts with it.
+    cluster = models.ForeignKey(
+        Cluster, on_delete=models.CASCADE, related_name="members", db_constraint=False, db_index=False
+    )
+    contact = models.ForeignKey(
+        Contact, on_delete=models.PROTECT, related_name="memberships", db_constraint=False
+    )
+    location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     updated_at_when_scored = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -457,6 +476,22 @@ class ClusterMember(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contact_id} in {self.cluster_id}"
+
+
+class ClusterLocation(models.Model):
+    """A location a cluster touches: the table behind ``Cluster.locations`` (Django's own many-to-many
+    table until its references stopped being checked by the database, see ``Cluster.location``)."""
+
+    # No index of its own on ``cluster``: the unique (cluster, location) index starts with it.
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, db_constraint=False, db_index=False)
+    location = models.ForeignKey(Location, on_delete=models.CASCADE, db_constraint=False)
+
+    class Meta:
+        db_table = "dedup_cluster_locations"
+        unique_together = [("cluster", "location")]
+
+    def __str__(self) -> str:
+        return f"{self.cluster_id} touches {self.location_id}"
 
 
 class ReviewDecision(models.Model):

@@ -286,7 +286,12 @@ def name_relation(a: str, b: str) -> NameRelation:
       adds no name weight and a person confirms the merge;
     * otherwise -> DIFFERENT ("Maria Garcia" / "Jose Garcia": a household shares the surname).
     """
-    na, nb = normalize_name(a), normalize_name(b)
+    return relation_of_normalized(normalize_name(a), normalize_name(b))
+
+
+def relation_of_normalized(na: str, nb: str) -> NameRelation:
+    """``name_relation`` of two names already in canonical form (``normalize_name``'s output), for
+    callers that stored the canonical form and compare it many times (detection)."""
     if not na or not nb:
         return NameRelation.MISSING
     if na == nb:

@@ -140,7 +140,7 @@ def index_contacts(contacts: Sequence[Mapping[str, Any]]) -> list[PreparedContac
 
 
 def build_cluster(contacts: Sequence[Mapping[str, Any]], *, status: str = Cluster.OPEN) -> Cluster:
-    """Index ``contacts`` and propose them as one cluster, as detection would (``dedup.detection._propose``).
+    """Index ``contacts`` and propose them as one cluster, as detection would (``dedup.detect.proposals.propose``).
 
     A group whose members share a location is a within-location cluster of that location (the first
     shared one, by uid); otherwise it is cross-location. The cluster's locations are every location of

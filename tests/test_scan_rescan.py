@@ -55,7 +55,10 @@ def test_without_uids_every_holder_of_the_keys_is_reread(
     with django_capture_on_commit_callbacks(execute=True):
         queue_rescan_of_keys(list(cluster.natural_keys), "contact restored")
     event = AuditEvent.objects.get(event_type="scan.keys_rescanned")
-    assert event.payload["reread"] >= cluster.member_count
+    # Every holder was asked for: re-read, or named as one Podium's published API cannot address
+    # unambiguously (a number several contacts share), or as one Podium no longer has.
+    attempted = event.payload["reread"] + len(event.payload["missing"]) + len(event.payload["unaddressable"])
+    assert attempted >= cluster.member_count and event.payload["reread"] >= 1
 
 
 def test_a_contact_podium_no_longer_knows_leaves_its_clusters(

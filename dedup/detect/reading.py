@@ -1,0 +1,162 @@
+"""Reading the index for detection: the contacts that share a natural key, whole or around some contacts.
+
+Key-scoped reads filter by one indexed column per query and check the rest in Python: joined with the
+"active contact" condition, SQLite's planner starts from the index on merged_into_uid (nearly every row
+has the same empty value) and scans a million contacts per batch of keys.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.db import connection
+
+from dedup.dblimits import in_values
+from dedup.detect.sql import active_sql, select_by_ids, select_by_text
+from dedup.models import Cluster, ClusterMember, Contact, ContactKey
+
+_SHARED_KEYS_TABLE = "dedup_detect_shared_keys"
+_FETCH = 20_000
+
+# An active contact that may join a cluster: (uid, location id, the keys that can join it).
+Candidate = tuple[str, int, tuple[str, ...]]
+
+
+class Candidates(list[Candidate]):
+    """Candidates sorted by location, and the row id of each candidate's uid (``id_of``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.id_of: dict[str, int] = {}
+
+
+def _fold_rows(rows: Iterable[tuple[Any, ...]], out: Candidates) -> None:
+    """Fold ``(contact id, uid, location id, key)`` rows sorted by contact into candidates.
+
+    Keys are interned: every shared key is held by two or more contacts, and one string object for
+    all of them is most of the memory a million-contact read needs.
+    """
+    current: int | None = None
+    uid = ""
+    location = 0
+    keys: list[str] = []
+    id_of = out.id_of
+    intern = sys.intern
+    for contact_id, row_uid, location_id, key in rows:
+        if contact_id != current:
+            if current is not None:
+                out.append((uid, location, tuple(keys)))
+                id_of[uid] = current
+            current, uid, location, keys = contact_id, row_uid, location_id, []
+        keys.append(intern(key))
+    if current is not None:
+        out.append((uid, location, tuple(keys)))
+        id_of[uid] = current
+
+
+def read_shared(kinds: Sequence[str]) -> Candidates:
+    """Every active contact holding a key that another active contact holds too, sorted by location.
+
+    The database does the grouping (into a temporary table, analyzed so the join that follows is
+    planned for its real size) and the sorting; rows are streamed, never fetched all at once.
+    """
+    key_table, contact_table = ContactKey._meta.db_table, Contact._meta.db_table
+    marks = ", ".join(["%s"] * len(kinds))
+    candidates = Candidates()
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute(f"DROP TABLE IF EXISTS {_SHARED_KEYS_TABLE}")
+            cursor.execute(
+                f"CREATE TEMP TABLE {_SHARED_KEYS_TABLE} AS SELECT k.key FROM {key_table} k "
+                f"JOIN {contact_table} c ON c.id = k.contact_id WHERE {active_sql('c')} AND k.kind IN ({marks}) "
+                f"GROUP BY k.key HAVING COUNT(*) > 1",
+                list(kinds),
+            )
+            cursor.execute(f"ANALYZE {_SHARED_KEYS_TABLE}")
+            cursor.execute(
+                f"SELECT k.contact_id, c.uid, k.location_id, k.key FROM {key_table} k "
+                f"JOIN {contact_table} c ON c.id = k.contact_id "
+                f"WHERE {active_sql('c')} AND k.kind IN ({marks}) "
+                f"AND k.key IN (SELECT key FROM {_SHARED_KEYS_TABLE}) ORDER BY k.location_id, k.contact_id",
+                list(kinds),
+            )
+            pending: list[tuple[Any, ...]] = []
+            while rows := cursor.fetchmany(_FETCH):
+                # A contact's rows may straddle two fetches: hold back the last contact's rows.
+                pending.extend(rows)
+                last = pending[-1][0]
+                cut = len(pending)
+                while cut > 0 and pending[cut - 1][0] == last:
+                    cut -= 1
+                _fold_rows(pending[:cut], candidates)
+                pending = pending[cut:]
+            _fold_rows(pending, candidates)
+        finally:
+            cursor.execute(f"DROP TABLE IF EXISTS {_SHARED_KEYS_TABLE}")
+    return candidates
+
+
+def active_uids(contact_ids: Iterable[int]) -> dict[int, str]:
+    """The uids of those contacts that are active (neither soft-deleted nor merged)."""
+    sql = f"SELECT id, uid, deleted_at, merged_into_uid FROM {Contact._meta.db_table} WHERE"
+    return {
+        pk: uid
+        for pk, uid, deleted_at, merged_into_uid in select_by_ids(sql, "id", sorted(contact_ids))
+        if deleted_at is None and not merged_into_uid
+    }
+
+
+def holders(keys: Sequence[str], kinds: Sequence[str] | None, active_only: bool) -> set[int]:
+    """Row ids of the contacts holding any of ``keys``."""
+    sql = f"SELECT contact_id, kind FROM {ContactKey._meta.db_table} WHERE"
+    found = {cid for cid, kind in select_by_text(sql, "key", keys) if kinds is None or kind in kinds}
+    return set(active_uids(found)) if active_only else found
+
+
+def read_closure(seed_ids: set[int], kinds: Sequence[str]) -> tuple[Candidates, set[int]]:
+    """Every active contact connected to the seeds through shared keys, with its keys (and their ids).
+
+    Grows one hop at a time (the seeds' keys, their other holders, those holders' keys, ...) until
+    nothing new joins, so the components around the seeds are read whole and nothing else.
+    """
+    rows: list[tuple[Any, ...]] = []
+    members: set[int] = set()
+    frontier = set(active_uids(seed_ids))
+    seen_keys: set[str] = set()
+    key_sql = f"SELECT contact_id, location_id, kind, key FROM {ContactKey._meta.db_table} WHERE"
+    while frontier:
+        uid_of = active_uids(frontier)
+        new_rows = [
+            (contact_id, uid_of[contact_id], location_id, key)
+            for contact_id, location_id, kind, key in select_by_ids(key_sql, "contact_id", sorted(uid_of))
+            if kind in kinds
+        ]
+        rows.extend(new_rows)
+        members.update(uid_of)
+        new_keys = {row[3] for row in new_rows} - seen_keys
+        seen_keys |= new_keys
+        frontier = holders(sorted(new_keys), kinds, active_only=True) - members if new_keys else set()
+    rows.sort(key=lambda row: (row[2], row[0]))
+    candidates = Candidates()
+    _fold_rows(rows, candidates)
+    return candidates, members
+
+
+def clusters_with_members(contact_ids: set[int]) -> list[int]:
+    """Open clusters with a member among these contacts."""
+    member_sql = f"SELECT cluster_id FROM {ClusterMember._meta.db_table} WHERE"
+    cluster_ids = sorted({row[0] for row in select_by_ids(member_sql, "contact_id", sorted(contact_ids))})
+    status_sql = f"SELECT id, status FROM {Cluster._meta.db_table} WHERE"
+    return [pk for pk, status in select_by_ids(status_sql, "id", cluster_ids) if status == Cluster.OPEN]
+
+
+def active_contacts(scope_location_ids: set[int] | None, key_scoped: bool, contact_ids: set[int]) -> int:
+    """How many active contacts the run's scope holds (the duplicate rate's denominator)."""
+    if key_scoped:
+        return len(active_uids(contact_ids))
+    active = Contact.objects.filter(deleted_at__isnull=True, merged_into_uid="")
+    if scope_location_ids is not None:
+        active = active.filter(location_id__in=in_values(scope_location_ids))
+    return active.count()
