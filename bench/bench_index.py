@@ -195,7 +195,7 @@ def main() -> None:
     where = setup_django(args.database, args.pg_url, args.sqlite_path)
     rates = yardstick(phones)
 
-    from dedup import indexing
+    from dedup import exportfile as indexing
     from dedup.models import Policy, ScanRun
     from dedup.scanning import start_scan
 

@@ -20,15 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
-import os
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from dedup.dblimits import chunked, in_list_size, in_values
@@ -36,15 +33,12 @@ from dedup.models import Contact, ContactKey, ContactLocation, Location, Uncateg
 from dedup.names import normalize_name
 from dedup.phones import normalize_email, normalize_phone
 from dedup.records import compute_field_count
+from dedup.stamps import Stamp, contact_stamp, is_older, load_stamps
 from podium_client.consent import consent_flags
-from podium_client.errors import MalformedResponse
 from podium_client.types import (
     EMAIL,
-    EXPECTED_EXPORT_SHAPE,
     PHONE,
-    OldExportShape,
     format_timestamp,
-    parse_export_line,
 )
 from podium_client.types import Channel as PodiumChannel
 from podium_client.types import Contact as PodiumContact
@@ -274,6 +268,8 @@ class WriteResult:
     contact_ids: list[int] = field(default_factory=list)
     max_updated_at: dict[str, datetime] = field(default_factory=dict)
     newest_updated_at: datetime | None = None
+    # Records not written because the index holds a newer version of the contact.
+    older: int = 0
 
 
 def _adapter() -> Callable[[Any], Any]:
@@ -347,6 +343,10 @@ class IndexWriter:
     Knows the locations (uid → row id and country) so callers can ask for the region of a location
     before preparing its contacts; a contact of a location nobody declared gets a placeholder
     location with the deployment's default region.
+
+    Never replaces a contact with an older version of it (an ``updatedAt`` before the stored one):
+    such records are dropped from the batch (``WriteResult.older``). ``stamps`` (``load_stamps``), when
+    a caller sets it, is the index's versions read once for a whole scan, instead of a lookup per batch.
     """
 
     def __init__(self, default_region: str, method: str = "auto") -> None:
@@ -356,6 +356,7 @@ class IndexWriter:
             )
         self.method = method
         self.default_region = default_region.upper()
+        self.stamps: dict[str, Stamp | None] | None = None
         self._locations: dict[str, tuple[int, str]] = {
             uid: (pk, country) for pk, uid, country in Location.objects.values_list("pk", "uid", "country")
         }
@@ -451,9 +452,18 @@ class IndexWriter:
         for prepared in batch:
             by_uid[prepared.uid] = prepared
         items = list(by_uid.values())
+        fast = self.method == "auto" and connection.vendor in ("postgresql", "sqlite")
+        stored: dict[str, Stamp | None] = {}
+        if not (fast and connection.vendor == "postgresql" and self.stamps is None):
+            # PostgreSQL's upsert refuses older versions itself (and says which rows it wrote).
+            stored = self._stored_stamps([p.uid for p in items])
+            kept = [p for p in items if not is_older(stored.get(p.uid), p.updated_at)]
+            result.older = len(items) - len(kept)
+            items = kept
+            if not items:
+                return result
         self._ensure_placeholder_locations(uid for p in items for uid in p.location_uids)
         now = timezone.now()
-        fast = self.method == "auto" and connection.vendor in ("postgresql", "sqlite")
         outermost = not connection.in_atomic_block
         with transaction.atomic():
             if fast and connection.vendor == "postgresql":
@@ -465,8 +475,11 @@ class IndexWriter:
                         # a caller's transaction may hold state that must be durable.
                         cursor.execute("SET LOCAL synchronous_commit = off")
                 ids, existed = self._upsert_contacts_postgres(items, now)
+                if len(ids) < len(items):  # the rest are older than what the index holds
+                    result.older += len(items) - len(ids)
+                    items = [p for p in items if p.uid in ids]
             else:
-                existed_uids = self._existing_uids([p.uid for p in items])
+                existed_uids = {p.uid for p in items if p.uid in stored}
                 ids = (
                     self._upsert_contacts_sqlite(items, now)
                     if fast
@@ -496,6 +509,9 @@ class IndexWriter:
             result.invalid_phones = self._replace_invalid_phones(items, ids, replaced, now, fast)
         result.contacts = len(items)
         result.contact_ids = contact_ids
+        if self.stamps is not None:
+            for p in items:
+                self.stamps[p.uid] = contact_stamp(p.updated_at, p.deleted_at, p.merged_into_uid)
         for p in items:
             if p.updated_at is None:
                 continue
@@ -587,7 +603,7 @@ class IndexWriter:
             # xmax is set on a row version an ON CONFLICT UPDATE produced, and 0 on a fresh insert.
             cursor.execute(
                 f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {_STAGE_TABLE} "
-                f"ON CONFLICT (uid) DO UPDATE SET {updates} RETURNING uid, id, xmax <> 0"
+                f"ON CONFLICT (uid) DO UPDATE SET {updates} WHERE {_not_older(table)} RETURNING uid, id, xmax <> 0"
             )
             ids: dict[str, int] = {}
             existed: set[int] = set()
@@ -597,12 +613,12 @@ class IndexWriter:
                     existed.add(pk)
             return ids, existed
 
-    @staticmethod
-    def _existing_uids(uids: list[str]) -> set[str]:
-        found: set[str] = set()
-        for chunk in chunked(uids, in_list_size()):
-            found.update(Contact.objects.filter(uid__in=chunk).values_list("uid", flat=True))
-        return found
+    def _stored_stamps(self, uids: list[str]) -> dict[str, Stamp | None]:
+        """The stamps of those of ``uids`` the index holds (from ``stamps`` when loaded)."""
+        if self.stamps is not None:
+            known = self.stamps
+            return {uid: known[uid] for uid in uids if uid in known}
+        return load_stamps(uids)
 
     def _upsert_contacts_sqlite(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
         table = Contact._meta.db_table
@@ -613,7 +629,8 @@ class IndexWriter:
         rows = [self._contact_values(p, now, adapt) for p in items]
         with connection.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT (uid) DO UPDATE SET {updates}",
+                f"INSERT INTO {table} ({columns}) VALUES ({marks}) "
+                f"ON CONFLICT (uid) DO UPDATE SET {updates} WHERE {_not_older(table)}",
                 rows,
             )
         ids: dict[str, int] = {}
@@ -793,6 +810,15 @@ _CONTACT_COLUMNS = [
 ]
 
 
+def _not_older(table: str) -> str:
+    """The upsert condition that keeps a stored contact from being replaced by an older version.
+
+    Checked again by the database (besides the writer's own check) because a webhook may write the
+    same contact between the writer's read of the stored version and its upsert.
+    """
+    return f"{table}.updated_at IS NULL OR EXCLUDED.updated_at IS NULL OR EXCLUDED.updated_at >= {table}.updated_at"
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
@@ -801,16 +827,7 @@ def _identity(value: Any) -> Any:
     return value
 
 
-# --- export files ------------------------------------------------------------------------------------
-
-
-@dataclass
-class FileSurvey:
-    """What a first quick pass over an export found: its locations and how many contact lines it has."""
-
-    locations: list[PodiumLocation]
-    contact_lines: int
-    rejected: list[RejectedLine] = field(default_factory=list)
+# --- records that cannot be indexed ----------------------------------------------------------------
 
 
 class RejectedLine(NamedTuple):
@@ -822,85 +839,6 @@ class RejectedLine(NamedTuple):
     raw: str
 
 
-class ExportFileError(ValueError):
-    """An export that cannot be scanned at all (wrong shape, empty); the message says what is expected."""
-
-
-_BOM = b"\xef\xbb\xbf"
-
-
-def _decode(line: bytes, lineno: int) -> str:
-    if lineno == 1 and line.startswith(_BOM):
-        line = line[3:]  # a byte-order mark some tools write; not part of the JSON
-    return line.decode("utf-8")
-
-
-def _is_blank(line: bytes, lineno: int) -> bool:
-    """A line holding nothing but whitespace (and, on the first line, a byte-order mark)."""
-    if lineno == 1 and line.startswith(_BOM):
-        line = line[3:]
-    return not line.strip()
-
-
-def _raw_text(line: bytes | str) -> str:
-    text = line if isinstance(line, str) else line.decode("utf-8", errors="backslashreplace")
-    return text.rstrip("\r\n")
-
-
-def survey_file(path: str) -> FileSurvey:
-    """Read an export once, cheaply: collect its locations and count its contact lines.
-
-    Locations may appear anywhere in an export, but each contact must be normalized with its location's
-    region, so they are read first. Only location lines carry ``"object"``, so the other lines are
-    counted without being decoded — except the first contact line, which is decoded to refuse a file in
-    the pre-v4 shape at once (rather than rejecting every line of it). Raises ExportFileError for a file
-    of the wrong shape or with nothing in it.
-    """
-    locations: list[PodiumLocation] = []
-    rejected: list[RejectedLine] = []
-    contacts = 0
-    first_contact_checked = False
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if _is_blank(line, lineno):
-                continue
-            if b'"object"' in line or not first_contact_checked:
-                try:
-                    parsed = parse_export_line(_decode(line, lineno))
-                except OldExportShape as exc:
-                    raise ExportFileError(f"{path}, line {lineno}: {exc.message}") from None
-                except (MalformedResponse, UnicodeDecodeError) as exc:
-                    parsed = None
-                    if b'"object"' in line:
-                        rejected.append(RejectedLine(lineno, "", _reject_reason(exc), _raw_text(line)))
-                        continue
-                if isinstance(parsed, PodiumLocation):
-                    locations.append(parsed)
-                    continue
-                first_contact_checked = True
-            contacts += 1
-    if not contacts and not locations:
-        raise ExportFileError(f"{path} holds no contacts: " + EXPECTED_EXPORT_SHAPE)
-    return FileSurvey(locations, contacts, rejected)
-
-
-def read_line(path: str, line_number: int) -> str:
-    """The text of one line of an export (for showing a record the database refused), or ""."""
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if lineno == line_number:
-                return _raw_text(line)
-    return ""
-
-
-def _reject_reason(exc: BaseException) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at column {exc.start + 1})"
-    if isinstance(exc, MalformedResponse):
-        return exc.message
-    return str(exc)
-
-
 def unstorable_reason(p: PreparedContact) -> str | None:
     """Why the index cannot hold this contact as read, or None.
 
@@ -908,11 +846,9 @@ def unstorable_reason(p: PreparedContact) -> str | None:
     JSON cannot carry (infinity, NaN) and uids longer than the index's column cannot be stored; the
     contact is set aside for a person instead of failing the whole write.
     """
-    if len(p.uid) > _UID_MAX:
-        return f"uid is {len(p.uid)} characters long; Podium uids are at most {_UID_MAX}"
-    for field_name, uid in [("mergedIntoUid", p.merged_into_uid), *(("locations", u) for u in p.location_uids)]:
-        if len(uid) > _UID_MAX:
-            return f"a uid in {field_name} is {len(uid)} characters long; Podium uids are at most {_UID_MAX}"
+    problem = uid_problem(p)
+    if problem is not None:
+        return problem
     for value in _scalars_of((p.uid, p.name, p.channels, p.tags, p.attributes, p.address, p.conversations)):
         if isinstance(value, float):
             if not math.isfinite(value):
@@ -926,6 +862,22 @@ def unstorable_reason(p: PreparedContact) -> str | None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             return "contains an unpaired surrogate (invalid Unicode); fix the contact in Podium"
+    return None
+
+
+def uid_problem(p: PreparedContact) -> str | None:
+    """Why the index cannot hold this contact's uids (one longer than the column), or None.
+
+    The part of ``unstorable_reason`` a record read from clean JSON text can still fail.
+    """
+    if len(p.uid) > _UID_MAX:
+        return f"uid is {len(p.uid)} characters long; Podium uids are at most {_UID_MAX}"
+    for field_name, uid in [
+        ("mergedIntoUid", p.merged_into_uid),
+        *(("locations", u) for u in p.location_uids),
+    ]:
+        if len(uid) > _UID_MAX:
+            return f"a uid in {field_name} is {len(uid)} characters long; Podium uids are at most {_UID_MAX}"
     return None
 
 
@@ -951,154 +903,3 @@ def _scalars_of(value: Any) -> Iterator[str | float]:
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _scalars_of(item)
-
-
-def _prepare_lines(
-    lines: list[tuple[int, bytes]], regions: dict[str, str], default_region: str
-) -> tuple[list[PreparedContact], list[RejectedLine]]:
-    """Parse and prepare a chunk of export lines (runs in a worker process for big files).
-
-    A line that cannot be read or stored is set aside with its reason, never stops the chunk.
-    """
-    out: list[PreparedContact] = []
-    rejected: list[RejectedLine] = []
-    for lineno, line in lines:
-        uid = ""
-        try:
-            parsed = parse_export_line(_decode(line, lineno))
-            if not isinstance(parsed, PodiumContact):
-                continue
-            uid = parsed.uid
-            home = parsed.location_uid
-            prepared = prepare_contact(parsed, regions.get(home, default_region) if home else default_region)
-        except (MalformedResponse, UnicodeDecodeError, ValueError) as exc:
-            rejected.append(RejectedLine(lineno, storable_uid(uid), _reject_reason(exc), _raw_text(line)))
-            continue
-        problem = unstorable_reason(prepared)
-        if problem is not None:
-            rejected.append(RejectedLine(lineno, storable_uid(uid), problem, _raw_text(line)))
-            continue
-        out.append(prepared._replace(line_number=lineno))
-    return out, rejected
-
-
-def _prepare_lines_in_worker(
-    lines: list[tuple[int, bytes]], regions: dict[str, str], default_region: str
-) -> tuple[list[PreparedContact], list[RejectedLine]]:
-    """``_prepare_lines`` for a worker process, which then forgets its memoized phone results.
-
-    A worker sees each spelling about once, so the normalizer's cache would only grow (to a quarter
-    of a million results, hundreds of megabytes per worker) without paying for itself.
-    """
-    try:
-        return _prepare_lines(lines, regions, default_region)
-    finally:
-        normalize_phone.cache_clear()
-
-
-@dataclass
-class PreparedChunk:
-    """Prepared contacts of consecutive export lines; ``last_line`` is the number of the last one read.
-
-    ``rejected`` holds the lines of the chunk that were set aside, with their reasons.
-    """
-
-    contacts: list[PreparedContact]
-    last_line: int
-    rejected: list[RejectedLine] = field(default_factory=list)
-
-
-def _is_location_line(line: bytes) -> bool:
-    # Only location lines carry "object"; decoding just the rare lines that mention it is cheap.
-    if b'"object"' not in line:
-        return False
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return False  # the parser names the bad line later
-    return isinstance(obj, dict) and obj.get("object") == "location"
-
-
-def _read_chunks(
-    fh: IO[bytes], start_after_line: int, chunk_lines: int
-) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
-    """Contact lines in chunks of ``chunk_lines`` (locations were read by the survey), with line numbers."""
-    chunk: list[tuple[int, bytes]] = []
-    lineno = start_after_line
-    for lineno, line in enumerate(fh, 1):
-        if lineno <= start_after_line or _is_blank(line, lineno) or _is_location_line(line):
-            continue
-        chunk.append((lineno, line))
-        if len(chunk) >= chunk_lines:
-            yield chunk, lineno
-            chunk = []
-    if chunk or lineno > start_after_line:
-        yield chunk, lineno
-
-
-def iter_prepared_file(
-    path: str,
-    regions: dict[str, str],
-    default_region: str,
-    *,
-    start_after_line: int = 0,
-    chunk_lines: int = DEFAULT_BATCH_SIZE,
-    workers: int | None = None,
-) -> Iterator[PreparedChunk]:
-    """Prepare an export's contacts chunk by chunk, in order, resuming after ``start_after_line``.
-
-    ``workers`` > 0 prepares in that many forked processes (at most a few chunks ahead of the
-    caller, so memory stays flat however big the file); 0 prepares here. ``None`` chooses: workers
-    when the file is big, this process is allowed children, and no transaction is open (forking
-    requires closing this process's database connections first, so the child cannot disturb them).
-    """
-    if workers is None:
-        workers = default_workers(path)
-    elif workers > 0 and any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
-        workers = 0  # forking needs this process's connections closed, which an open transaction forbids
-    with open(path, "rb") as fh:
-        chunks = _read_chunks(fh, start_after_line, chunk_lines)
-        if workers <= 0:
-            for lines, last in chunks:
-                prepared, rejected = _prepare_lines(lines, regions, default_region)
-                yield PreparedChunk(prepared, last, rejected)
-            return
-        # Forked children inherit open sockets; closing the connections first means neither side
-        # can send on the other's session. Django reconnects on the next query.
-        connections.close_all()
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(workers) as pool:
-            pending: deque[tuple[Any, int]] = deque()
-            ahead = workers * 2
-            for lines, last in chunks:
-                pending.append(
-                    (pool.apply_async(_prepare_lines_in_worker, (lines, regions, default_region)), last)
-                )
-                if len(pending) > ahead:
-                    result, done_line = pending.popleft()
-                    yield _chunk(result.get(), done_line)
-            while pending:
-                result, done_line = pending.popleft()
-                yield _chunk(result.get(), done_line)
-
-
-def _chunk(result: tuple[list[PreparedContact], list[RejectedLine]], last_line: int) -> PreparedChunk:
-    prepared, rejected = result
-    return PreparedChunk(prepared, last_line, rejected)
-
-
-def default_workers(path: str) -> int:
-    """How many worker processes to prepare a file with (0 = in this process)."""
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return 0
-    if multiprocessing.current_process().daemon:  # e.g. inside a django-q worker: no children allowed
-        return 0
-    if any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
-        return 0
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        return 0
-    if size < PARALLEL_MIN_LINES * 400:  # about 400 bytes a contact line
-        return 0
-    return max(1, (os.cpu_count() or 1))
