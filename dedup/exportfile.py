@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import orjson
 from django.db import connections
 
 from dedup.indexing import (
@@ -28,6 +29,7 @@ from dedup.indexing import (
     PreparedContact,
     RejectedLine,
     prepare_contact,
+    slim,
     storable_uid,
     uid_problem,
     unstorable_reason,
@@ -49,7 +51,7 @@ PARALLEL_MIN_LINES = 50_000
 # What in a line's bytes could decode to something the index cannot store (a NUL or surrogate escape,
 # a non-finite or overflowing number): only such lines need ``unstorable_reason``'s full walk over
 # every value; any other line can only be refused for its uids' lengths.
-_SUSPECT = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|Infinity|NaN|\d[eE][+]?\d{3}|\d{300}")
+_SUSPECT = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|Infinity|NaN|[:,\[]\s*-?[0-9.]+[eE]\+?[0-9]{3}|[0-9]{300}")
 
 # The index's stamps (uid -> updatedAt etc.) during a file scan; set before the workers fork, so
 # they inherit it instead of receiving a copy per chunk.
@@ -156,6 +158,26 @@ def _parse_line(line: bytes, lineno: int) -> Any:
         raise MalformedResponse(f"not JSON ({exc})") from None
 
 
+def _is_current(line: bytes, known: Mapping[str, Stamp | None]) -> bool:
+    """True when the index holds this line's contact at the same or a newer version.
+
+    orjson reads the line (a rescan reads every line of the export; this is most of its work). A line
+    it cannot read, or whose contact is new or changed, goes down the full path, which parses it with
+    json exactly as a first scan does.
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(obj, dict):
+        return False
+    uid = obj.get("uid")
+    if type(uid) is not str or uid not in known:
+        return False
+    stamp = wire_stamp(obj)
+    return stamp is not None and stamp_is_current(known[uid], stamp)
+
+
 def _prepare_lines(
     lines: list[tuple[int, bytes]],
     regions: dict[str, str],
@@ -172,16 +194,11 @@ def _prepare_lines(
     skipped = 0
     for lineno, line in lines:
         uid = ""
+        if known and _is_current(line, known):
+            skipped += 1
+            continue
         try:
-            obj = _parse_line(line, lineno)
-            if known and isinstance(obj, dict):
-                stored_uid = obj.get("uid")
-                if type(stored_uid) is str and stored_uid in known:
-                    stamp = wire_stamp(obj)
-                    if stamp is not None and stamp_is_current(known[stored_uid], stamp):
-                        skipped += 1
-                        continue
-            parsed = parse_export_object(obj)
+            parsed = parse_export_object(_parse_line(line, lineno))
             if not isinstance(parsed, PodiumContact):
                 continue
             uid = parsed.uid
@@ -194,7 +211,7 @@ def _prepare_lines(
         if problem is not None:
             rejected.append(RejectedLine(lineno, storable_uid(uid), problem, _raw_text(line)))
             continue
-        out.append(prepared._replace(line_number=lineno))
+        out.append(slim(prepared)._replace(line_number=lineno))
     return out, rejected, skipped
 
 
