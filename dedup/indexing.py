@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -273,10 +273,31 @@ def _adapter() -> Callable[[Any], Any]:
     """How a Python value is bound on this database when bypassing the ORM (datetimes differ)."""
     if connection.vendor == "postgresql":
         return _identity
-    adapt_datetime = connection.ops.adapt_datetimefield_value
+    adapt_datetime = _datetime_adapter()
 
     def adapt(value: Any) -> Any:
         return adapt_datetime(value) if isinstance(value, datetime) else value
+
+    return adapt
+
+
+def _datetime_adapter() -> Callable[[datetime | None], Any]:
+    """Django's ``adapt_datetimefield_value`` for SQLite, without its cost for UTC datetimes.
+
+    Django stores an aware datetime as the text of its naive UTC value; for the UTC datetimes the
+    indexer handles that is one ``replace`` and ``str`` (a quarter of the time of the general path,
+    which ran four times per contact).
+    """
+    adapt_datetime = connection.ops.adapt_datetimefield_value
+    if connection.vendor != "sqlite" or connection.timezone is not UTC:
+        return adapt_datetime
+
+    def adapt(value: datetime | None) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is UTC:
+            return str(value.replace(tzinfo=None))
+        return adapt_datetime(value)
 
     return adapt
 
@@ -354,6 +375,9 @@ class IndexWriter:
         self.method = method
         self.default_region = default_region.upper()
         self.stamps: dict[str, Stamp | None] | None = None
+        # A scan sets this: SQLite connections it writes through get bulk-load settings (_tune_sqlite).
+        self.bulk = False
+        self._tuned: object = None
         self._locations: dict[str, tuple[int, str]] = {
             uid: (pk, country) for pk, uid, country in Location.objects.values_list("pk", "uid", "country")
         }
@@ -460,6 +484,8 @@ class IndexWriter:
             if not items:
                 return result
         self._ensure_placeholder_locations(uid for p in items for uid in p.location_uids)
+        if self.bulk and connection.vendor == "sqlite":
+            self._tune_sqlite()
         now = timezone.now()
         outermost = not connection.in_atomic_block
         with transaction.atomic():
@@ -518,6 +544,24 @@ class IndexWriter:
             if result.newest_updated_at is None or p.updated_at > result.newest_updated_at:
                 result.newest_updated_at = p.updated_at
         return result
+
+    def _tune_sqlite(self) -> None:
+        """Bulk-load settings on this SQLite connection (once per connection: they are per connection).
+
+        A bigger page cache keeps the index's B-trees in memory while hundreds of thousands of rows go
+        in. With a write-ahead log, commits wait for no fsync (``synchronous=NORMAL``, which cannot
+        corrupt a WAL database; a crash loses only the last commits, which the resumed scan re-reads).
+        In rollback-journal mode that setting could corrupt the file on power loss, so it is left alone.
+        """
+        connection.ensure_connection()
+        if self._tuned is connection.connection:
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(f"PRAGMA cache_size = -{_SQLITE_BULK_CACHE_KB}")
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() == "wal":
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        self._tuned = connection.connection
 
     def _sync_contact_locations(
         self, items: list[PreparedContact], ids: dict[str, int], replaced: list[int]
@@ -622,7 +666,7 @@ class IndexWriter:
         columns = ", ".join(_CONTACT_COLUMNS)
         marks = ", ".join(["%s"] * len(_CONTACT_COLUMNS))
         updates = ", ".join(f"{c} = excluded.{c}" for c in _CONTACT_COLUMNS if c != "uid")
-        adapt = connection.ops.adapt_datetimefield_value
+        adapt = _datetime_adapter()
         rows = [self._contact_values(p, now, adapt) for p in items]
         with connection.cursor() as cursor:
             cursor.executemany(
@@ -631,8 +675,10 @@ class IndexWriter:
                 rows,
             )
         ids: dict[str, int] = {}
-        for chunk in chunked([p.uid for p in items], in_list_size()):
-            ids.update(Contact.objects.filter(uid__in=chunk).values_list("uid", "pk"))
+        with connection.cursor() as cursor:
+            for chunk in chunked([p.uid for p in items], in_list_size()):
+                cursor.execute(f"SELECT uid, id FROM {table} WHERE uid IN ({', '.join(['%s'] * len(chunk))})", chunk)
+                ids.update(cursor.fetchall())
         return ids
 
     def _upsert_contacts_orm(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
@@ -783,6 +829,9 @@ class IndexWriter:
 
 
 _STAGE_TABLE = "dedup_stage_contact"
+
+# SQLite page cache during a scan, in KiB (the default is 2 MB); within every process's memory budget.
+_SQLITE_BULK_CACHE_KB = 64 * 1024
 
 _CONTACT_COLUMNS = [
     "uid",

@@ -970,6 +970,7 @@ def _scan_file(state: _Run) -> None:
     # The index's version of every contact, read once: the workers skip what it already holds as
     # read (a rescan of an unchanged export writes nothing) or newer (webhooks got there first).
     state.writer.stamps = load_stamps()
+    state.writer.bulk = True
     for chunk in iter_prepared_file(
         run.source_file,
         state.writer.regions(),
