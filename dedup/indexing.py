@@ -26,8 +26,9 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from psycopg import IntegrityError as DriverIntegrityError
 
 from dedup.dblimits import chunked, in_list_size, in_values
 from dedup.models import Contact, ContactKey, ContactLocation, Location, UncategorizedPhone
@@ -501,13 +502,14 @@ class IndexWriter:
                 if len(ids) < len(items):  # the rest are older than what the index holds
                     result.older += len(items) - len(ids)
                     items = [p for p in items if p.uid in ids]
+            elif fast:
+                ids, existed = self._upsert_contacts_sqlite(items, now)
+                if len(ids) < len(items):
+                    result.older += len(items) - len(ids)
+                    items = [p for p in items if p.uid in ids]
             else:
                 existed_uids = {p.uid for p in items if p.uid in stored}
-                ids = (
-                    self._upsert_contacts_sqlite(items, now)
-                    if fast
-                    else self._upsert_contacts_orm(items, now)
-                )
+                ids = self._upsert_contacts_orm(items, now)
                 existed = {ids[uid] for uid in existed_uids}
             contact_ids = [ids[p.uid] for p in items]
             # Only contacts indexed before can have keys and queued phones to replace (a first load
@@ -626,6 +628,46 @@ class IndexWriter:
     def _upsert_contacts_postgres(
         self, items: list[PreparedContact], now: datetime
     ) -> tuple[dict[str, int], set[int]]:
+        """Upsert contact rows; returns uid -> id of the rows written, and the ids that existed before."""
+        if self.stamps is not None:
+            new = [p for p in items if p.uid not in self.stamps]
+            if new:
+                try:
+                    with transaction.atomic():
+                        fresh = self._copy_new_contacts(new, now)
+                except IntegrityError:
+                    fresh = None  # someone (a webhook) indexed one of them meanwhile: upsert them all
+                if fresh is not None:
+                    rest = [p for p in items if p.uid in self.stamps]
+                    ids, existed = self._stage_and_upsert(rest, now) if rest else ({}, set())
+                    ids.update(fresh)
+                    return ids, existed
+        return self._stage_and_upsert(items, now)
+
+    def _copy_new_contacts(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
+        """COPY contacts the index does not hold straight into the table, with ids drawn beforehand.
+
+        Half the work of the staged upsert (no staging table, no conflict check) for a first load,
+        where every contact is new. Raises IntegrityError if one exists after all.
+        """
+        table = Contact._meta.db_table
+        columns = ", ".join(_CONTACT_COLUMNS)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(items)]
+            )
+            fresh = [row[0] for row in cursor.fetchall()]
+            try:
+                with cursor.cursor.copy(f"COPY {table} (id, {columns}) FROM STDIN") as copy:
+                    for pk, p in zip(fresh, items, strict=True):
+                        copy.write_row((pk, *self._contact_values(p, now, _identity)))
+            except DriverIntegrityError as exc:  # COPY runs on the driver's cursor, unwrapped by Django
+                raise IntegrityError(str(exc)) from exc
+        return {p.uid: pk for pk, p in zip(fresh, items, strict=True)}
+
+    def _stage_and_upsert(
+        self, items: list[PreparedContact], now: datetime
+    ) -> tuple[dict[str, int], set[int]]:
         # COPY into a session-local staging table, then one INSERT ... ON CONFLICT: an order of
         # magnitude faster than a parameterized multi-row INSERT for thousands of JSON-bearing rows.
         table = Contact._meta.db_table
@@ -661,7 +703,15 @@ class IndexWriter:
             return {uid: known[uid] for uid in uids if uid in known}
         return load_stamps(uids)
 
-    def _upsert_contacts_sqlite(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
+    def _upsert_contacts_sqlite(
+        self, items: list[PreparedContact], now: datetime
+    ) -> tuple[dict[str, int], set[int]]:
+        """Upsert contact rows; returns uid -> id of the rows written, and the ids that existed before.
+
+        Told apart by the database itself rather than by the stamps read when the scan began: a row
+        is new when its id is above the table's highest before the upsert (ids only grow), and
+        written when it holds the ``updated_at`` just written (else the upsert kept a newer version).
+        """
         table = Contact._meta.db_table
         columns = ", ".join(_CONTACT_COLUMNS)
         marks = ", ".join(["%s"] * len(_CONTACT_COLUMNS))
@@ -669,17 +719,29 @@ class IndexWriter:
         adapt = _datetime_adapter()
         rows = [self._contact_values(p, now, adapt) for p in items]
         with connection.cursor() as cursor:
+            cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")
+            highest_before = cursor.fetchone()[0]
             cursor.executemany(
                 f"INSERT INTO {table} ({columns}) VALUES ({marks}) "
                 f"ON CONFLICT (uid) DO UPDATE SET {updates} WHERE {_not_older(table)}",
                 rows,
             )
+        written_at = {p.uid: adapt(p.updated_at) for p in items}
         ids: dict[str, int] = {}
+        existed: set[int] = set()
         with connection.cursor() as cursor:
             for chunk in chunked([p.uid for p in items], in_list_size()):
-                cursor.execute(f"SELECT uid, id FROM {table} WHERE uid IN ({', '.join(['%s'] * len(chunk))})", chunk)
-                ids.update(cursor.fetchall())
-        return ids
+                marks = ", ".join(["%s"] * len(chunk))
+                cursor.execute(f"SELECT uid, id, updated_at FROM {table} WHERE uid IN ({marks})", chunk)
+                for uid, pk, updated_at in cursor.fetchall():
+                    # The driver hands back a naive datetime (Django's converter); its text is
+                    # what was bound.
+                    if (updated_at if updated_at is None else str(updated_at)) != written_at[uid]:
+                        continue  # the stored version is newer: the upsert left it alone
+                    ids[uid] = pk
+                    if pk <= highest_before:
+                        existed.add(pk)
+        return ids, existed
 
     def _upsert_contacts_orm(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
         items = [full_payload(p) for p in items]

@@ -126,3 +126,22 @@ def test_a_rescan_writes_only_the_changed_contact_and_never_an_older_one(
     # Detection ran, but only around what changed (not the whole index).
     detected = [r.getMessage() for r in caplog.records if r.getMessage().startswith("detection:")]
     assert len(detected) == 1 and rescan.clusters_found < len(demo_corpus[1])
+
+
+def test_a_contact_indexed_after_the_stamps_were_read_is_upserted_not_duplicated() -> None:
+    writer = IndexWriter("AU")
+    writer.ensure_locations(LOCATIONS)
+    writer.stamps = {}  # read before a webhook indexed ct_1: the writer believes both contacts are new
+    IndexWriter("AU").write([prepare_contact(contact("ct_1", name="From A Webhook", updated_at=OLD), "AU")])
+    result = writer.write(
+        [
+            prepare_contact(contact("ct_1", name="From The Export", updated_at=NEW), "AU"),
+            prepare_contact(contact("ct_2", phones=("0413 000 111",), updated_at=NEW), "AU"),
+        ]
+    )
+    assert result.contacts == 2
+    assert dict(Contact.objects.values_list("uid", "name")) == {"ct_1": "From The Export", "ct_2": "Maria Garcia"}
+    assert sorted(ContactKey.objects.values_list("contact__uid", "key")) == [
+        ("ct_1", "+61412345678"),
+        ("ct_2", "+61413000111"),
+    ]
