@@ -35,7 +35,7 @@ from dedup.models import Contact, ContactKey, ContactLocation, Location, Uncateg
 from dedup.names import normalize_name
 from dedup.phones import normalize_email, phone_key
 from dedup.records import compute_field_count
-from dedup.stamps import Stamp, contact_stamp, is_older, load_stamps
+from dedup.stamps import Stamp, is_older, load_stamps
 from podium_client.consent import consent_flags
 from podium_client.types import (
     EMAIL,
@@ -476,9 +476,10 @@ class IndexWriter:
         items = list(by_uid.values())
         fast = self.method == "auto" and connection.vendor in ("postgresql", "sqlite")
         stored: dict[str, Stamp | None] = {}
-        if not (fast and connection.vendor == "postgresql" and self.stamps is None):
-            # PostgreSQL's upsert refuses older versions itself (and says which rows it wrote).
-            stored = self._stored_stamps([p.uid for p in items])
+        if not fast or self.stamps is not None:
+            # The bulk upserts refuse older versions themselves and say which rows they wrote;
+            # stamps a scan read beforehand spare them the rows, and the ORM path must look.
+            stored = self._stored_stamps([p.uid for p in items]) if fast else load_stamps([p.uid for p in items])
             kept = [p for p in items if not is_older(stored.get(p.uid), p.updated_at)]
             result.older = len(items) - len(kept)
             items = kept
@@ -534,9 +535,6 @@ class IndexWriter:
             result.invalid_phones = self._replace_invalid_phones(items, ids, replaced, now, fast)
         result.contacts = len(items)
         result.contact_ids = contact_ids
-        if self.stamps is not None:
-            for p in items:
-                self.stamps[p.uid] = contact_stamp(p.updated_at, p.deleted_at, p.merged_into_uid)
         for p in items:
             if p.updated_at is None:
                 continue
@@ -697,11 +695,16 @@ class IndexWriter:
             return ids, existed
 
     def _stored_stamps(self, uids: list[str]) -> dict[str, Stamp | None]:
-        """The stamps of those of ``uids`` the index holds (from ``stamps`` when loaded)."""
-        if self.stamps is not None:
-            known = self.stamps
-            return {uid: known[uid] for uid in uids if uid in known}
-        return load_stamps(uids)
+        """The stamps of those of ``uids`` the index held when ``stamps`` was read.
+
+        Not kept up to date with this writer's own writes (at a million contacts that would double
+        the scan's memory): a uid the export repeats is treated as new again, and the database's
+        conflict check sends it down the upsert path.
+        """
+        if self.stamps is None:
+            return load_stamps(uids)
+        known = self.stamps
+        return {uid: known[uid] for uid in uids if uid in known}
 
     def _upsert_contacts_sqlite(
         self, items: list[PreparedContact], now: datetime

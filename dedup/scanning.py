@@ -338,6 +338,8 @@ class _Run:
         self.checkpoint.setdefault("locations", {})
         # Index rows written by this process; a resumed scan also counts what its predecessor wrote.
         self.touched_ids: set[int] = set()
+        # A file scan stops collecting ids past _FILE_DETECT_CHANGED_MAX and says so here.
+        self.touched_many = False
 
     def location_state(self, uid: str) -> dict[str, Any]:
         states: dict[str, dict[str, Any]] = self.checkpoint["locations"]
@@ -600,7 +602,7 @@ def _detect_file_changes(state: _Run) -> DetectionSummary | None:
     """
     run = state.run
     touched = state.touched_ids
-    if len(touched) > _FILE_DETECT_CHANGED_MAX:
+    if state.touched_many:
         return None
     if touched:
         return detect(contact_ids=touched, scan_run=run, actor=run.holder or "system")
@@ -985,7 +987,12 @@ def _scan_file(state: _Run) -> None:
             result = write_quarantining(
                 state.writer, items, chunk.rejected, lambda p: (p.line_number, read_line(run.source_file, p.line_number or 0))
             )
-            state.touched_ids.update(result.contact_ids)
+            if not state.touched_many:
+                state.touched_ids.update(result.contact_ids)
+                if len(state.touched_ids) > _FILE_DETECT_CHANGED_MAX:
+                    # The whole scope is detected anyway: a million ids is memory for nothing.
+                    state.touched_many = True
+                    state.touched_ids = set()
             _record_rejected(state, chunk.rejected, source=run.source_file)
             file_state["line"] = chunk.last_line
             for uid, newest in result.max_updated_at.items():
