@@ -92,6 +92,9 @@ _RATE_FRESH_FOR = timedelta(hours=1)
 # A file scan that wrote at most this many contacts detects only them and what they connect to;
 # more (a first load, a large change) and it detects its whole scope, which is cheaper per contact.
 _FILE_DETECT_CHANGED_MAX = 50_000
+
+# How often a scan reading nothing new writes its progress (it always writes with what it indexes).
+_LAZY_SAVE_EVERY = timedelta(seconds=1)
 # Watermarks are looked up in this many recent successful scans.
 _WATERMARK_HISTORY = 500
 
@@ -340,17 +343,30 @@ class _Run:
         self.touched_ids: set[int] = set()
         # A file scan stops collecting ids past _FILE_DETECT_CHANGED_MAX and says so here.
         self.touched_many = False
+        self.pending: dict[str, Any] = {}
+        self.saved_at: datetime | None = None
 
     def location_state(self, uid: str) -> dict[str, Any]:
         states: dict[str, dict[str, Any]] = self.checkpoint["locations"]
         return states.setdefault(uid, {})
 
-    def save(self, **fields: Any) -> None:
-        """Write counters, heartbeat and checkpoint, unless another run took this one over."""
+    def save(self, *, lazy: bool = False, **fields: Any) -> None:
+        """Write counters, heartbeat and checkpoint, unless another run took this one over.
+
+        ``lazy``: only when the last write is a second old (a rescan skips thousands of unchanged
+        contacts a second; a round trip per chunk of them would be most of its time). The next
+        save writes what a lazy one held back.
+        """
         now = timezone.now()
-        fields.update(heartbeat_at=now, checkpoint=self.checkpoint)
         for name, value in fields.items():
             setattr(self.run, name, value)
+        self.pending.update(fields)
+        if lazy and self.saved_at is not None and now - self.saved_at < _LAZY_SAVE_EVERY:
+            return
+        fields = {**self.pending, "heartbeat_at": now, "checkpoint": self.checkpoint}
+        self.run.heartbeat_at, self.run.checkpoint = now, self.checkpoint
+        self.pending = {}
+        self.saved_at = now
         if not ScanRun.objects.filter(pk=self.run.pk, state=ScanRun.RUNNING).update(**fields):
             raise _TakenOver
 
@@ -533,8 +549,8 @@ def _duplicate_rate(location_ids: list[int] | None) -> float | None:
 def _analyze_if_grown(state: _Run) -> None:
     # Right after a bulk load the planner's statistics still describe the empty tables, and a plan
     # made for 100 rows over a million takes minutes. Cheap next to the load itself.
-    if state.run.contacts_seen < 10_000:
-        return
+    if not state.touched_many and len(state.touched_ids) < 10_000:
+        return  # few rows written (a rescan of an unchanged export writes none): statistics hold
     with connection.cursor() as cursor:
         for model in (Contact, ContactKey):
             cursor.execute(f"ANALYZE {model._meta.db_table}")
@@ -983,6 +999,12 @@ def _scan_file(state: _Run) -> None:
         items = [p for p in chunk.contacts if not scope or scope.intersection(p.location_uids)]
         # before the write adds what the database refuses
         read = len(chunk.contacts) + len(chunk.rejected) + chunk.skipped
+        if not items and not chunk.rejected:
+            # Nothing to write (a rescan's unchanged contacts): only progress, now and then.
+            file_state["line"] = chunk.last_line
+            state.save(lazy=True, pages=run.pages + 1, contacts_seen=run.contacts_seen + read)
+            state.report()
+            continue
         with transaction.atomic():
             result = write_quarantining(
                 state.writer, items, chunk.rejected, lambda p: (p.line_number, read_line(run.source_file, p.line_number or 0))
