@@ -87,6 +87,9 @@ _BOM = b"\xef\xbb\xbf"
 # Lines shorter than this are checked for being blank; no contact line is this short.
 _SHORT = 64
 
+# A block sent to a worker holds about this many bytes per contact the caller asked for per chunk.
+_BYTES_PER_LINE = 1024
+
 
 def _decode(line: bytes, lineno: int) -> str:
     if lineno == 1 and line.startswith(_BOM):
@@ -219,10 +222,23 @@ def _prepare_lines(
     return out, rejected, skipped
 
 
-def _prepare_lines_in_worker(
-    lines: list[tuple[int, bytes]], regions: dict[str, str], default_region: str
+def _prepare_block_in_worker(
+    block: bytes, first_line: int, regions: dict[str, str], default_region: str
 ) -> tuple[list[PreparedContact], list[RejectedLine], int]:
-    """``_prepare_lines`` for a worker process (the index's stamps come from ``_KNOWN``, inherited)."""
+    """Split a block of the export into its contact lines and prepare them, in a worker process.
+
+    The main process only reads blocks and counts their newlines: splitting a million lines and
+    sending each across is work a worker does in parallel. The index's stamps come from
+    ``_KNOWN``, inherited when the worker was forked.
+    """
+    lines = [
+        (lineno, line)
+        for lineno, line in enumerate(block.split(b"\n"), first_line)
+        if not (
+            (len(line) < _SHORT and _is_blank(line, lineno))
+            or (b'"object"' in line and _is_location_line(line))
+        )
+    ]
     return _prepare_lines(lines, regions, default_region, _KNOWN)
 
 
@@ -260,7 +276,9 @@ def _read_chunks(
     for lineno, line in enumerate(fh, 1):
         if lineno <= start_after_line:
             continue
-        if (len(line) < _SHORT and _is_blank(line, lineno)) or (b'"object"' in line and _is_location_line(line)):
+        if (len(line) < _SHORT and _is_blank(line, lineno)) or (
+            b'"object"' in line and _is_location_line(line)
+        ):
             continue
         chunk.append((lineno, line))
         if len(chunk) >= chunk_lines:
@@ -268,6 +286,22 @@ def _read_chunks(
             chunk = []
     if chunk or lineno > start_after_line:
         yield chunk, lineno
+
+
+def _read_blocks(fh: IO[bytes], start_after_line: int, block_bytes: int) -> Iterator[tuple[bytes, int, int]]:
+    """Whole lines in blocks of about ``block_bytes``: (bytes, number of its first line, of its last)."""
+    lineno = 0
+    while lineno < start_after_line and fh.readline():
+        lineno += 1
+    while True:
+        block = fh.read(block_bytes)
+        if not block:
+            return
+        if not block.endswith(b"\n"):
+            block += fh.readline()  # finish the last line (or the file's last, unterminated one)
+        lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        yield block, lineno + 1, lineno + lines
+        lineno += lines
 
 
 def iter_prepared_file(
@@ -295,12 +329,12 @@ def iter_prepared_file(
     elif workers > 0 and any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
         workers = 0  # forking needs this process's connections closed, which an open transaction forbids
     with open(path, "rb") as fh:
-        chunks = _read_chunks(fh, start_after_line, chunk_lines)
         if workers <= 0:
-            for lines, last in chunks:
+            for lines, last in _read_chunks(fh, start_after_line, chunk_lines):
                 prepared, rejected, skipped = _prepare_lines(lines, regions, default_region, known)
                 yield PreparedChunk(prepared, last, rejected, skipped)
             return
+        blocks = _read_blocks(fh, start_after_line, chunk_lines * _BYTES_PER_LINE)
         # Forked children inherit open sockets; closing the connections first means neither side
         # can send on the other's session. Django reconnects on the next query.
         connections.close_all()
@@ -308,7 +342,7 @@ def iter_prepared_file(
         global _KNOWN
         _KNOWN = known or {}
         try:
-            yield from _prepare_in_pool(ctx, workers, chunks, regions, default_region)
+            yield from _prepare_in_pool(ctx, workers, blocks, regions, default_region)
         finally:
             _KNOWN = {}
 
@@ -316,17 +350,17 @@ def iter_prepared_file(
 def _prepare_in_pool(
     ctx: Any,
     workers: int,
-    chunks: Iterator[tuple[list[tuple[int, bytes]], int]],
+    blocks: Iterator[tuple[bytes, int, int]],
     regions: dict[str, str],
     default_region: str,
 ) -> Iterator[PreparedChunk]:
-    """Prepare chunks in ``workers`` forked processes, at most a few chunks ahead of the caller."""
+    """Prepare blocks of lines in ``workers`` forked processes, at most a few ahead of the caller."""
     with ctx.Pool(workers) as pool:
         pending: deque[tuple[Any, int]] = deque()
         ahead = workers * 2
-        for lines, last in chunks:
+        for block, first, last in blocks:
             pending.append(
-                (pool.apply_async(_prepare_lines_in_worker, (lines, regions, default_region)), last)
+                (pool.apply_async(_prepare_block_in_worker, (block, first, regions, default_region)), last)
             )
             if len(pending) > ahead:
                 result, done_line = pending.popleft()
