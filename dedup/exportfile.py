@@ -24,17 +24,9 @@ from typing import IO, Any
 import orjson
 from django.db import connections
 
-from dedup.indexing import (
-    DEFAULT_BATCH_SIZE,
-    PreparedContact,
-    RejectedLine,
-    prepare_contact,
-    slim,
-    storable_uid,
-    uid_problem,
-    unstorable_reason,
-)
+from dedup.indexing import DEFAULT_BATCH_SIZE, PreparedContact, prepare_contact, slim
 from dedup.stamps import Stamp, stamp_is_current, wire_stamp
+from dedup.unstorable import RejectedLine, storable_uid, uid_problem, unstorable_reason
 from podium_client.errors import MalformedResponse
 from podium_client.types import (
     EXPECTED_EXPORT_SHAPE,

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -30,12 +29,20 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from psycopg import IntegrityError as DriverIntegrityError
 
+# insert_rows and update_rows are imported from here by detection (and bench_lookup).
+from dedup.bulkrows import _datetime_adapter, _identity
+from dedup.bulkrows import insert_rows as insert_rows
+from dedup.bulkrows import update_rows as update_rows
 from dedup.dblimits import chunked, in_list_size, in_values
 from dedup.models import Contact, ContactKey, ContactLocation, Location, UncategorizedPhone
 from dedup.names import normalize_name
 from dedup.phones import normalize_email, phone_key
 from dedup.records import compute_field_count
 from dedup.stamps import Stamp, is_older, load_stamps
+from dedup.unstorable import RejectedLine as RejectedLine
+from dedup.unstorable import storable_uid as storable_uid
+from dedup.unstorable import uid_problem as uid_problem
+from dedup.unstorable import unstorable_reason as unstorable_reason
 from podium_client.consent import consent_flags
 from podium_client.types import (
     EMAIL,
@@ -62,8 +69,6 @@ _REASON_MAX = UncategorizedPhone._meta.get_field("reason").max_length or 300
 # loses little and a transaction holds few locks.
 DEFAULT_BATCH_SIZE = 2000
 
-# Below this many lines a file is prepared in this process: starting workers costs more than it saves.
-PARALLEL_MIN_LINES = 50_000
 
 _CONTACT_UPDATE_FIELDS = [
     "location",
@@ -269,91 +274,6 @@ class WriteResult:
     # Records not written because the index holds a newer version of the contact.
     older: int = 0
 
-
-def _adapter() -> Callable[[Any], Any]:
-    """How a Python value is bound on this database when bypassing the ORM (datetimes differ)."""
-    if connection.vendor == "postgresql":
-        return _identity
-    adapt_datetime = _datetime_adapter()
-
-    def adapt(value: Any) -> Any:
-        return adapt_datetime(value) if isinstance(value, datetime) else value
-
-    return adapt
-
-
-def _datetime_adapter() -> Callable[[datetime | None], Any]:
-    """Django's ``adapt_datetimefield_value`` for SQLite, without its cost for UTC datetimes.
-
-    Django stores an aware datetime as the text of its naive UTC value; for the UTC datetimes the
-    indexer handles that is one ``replace`` and ``str`` (a quarter of the time of the general path,
-    which ran four times per contact).
-    """
-    adapt_datetime = connection.ops.adapt_datetimefield_value
-    if connection.vendor != "sqlite" or connection.timezone is not UTC:
-        return adapt_datetime
-
-    def adapt(value: datetime | None) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is UTC:
-            return str(value.replace(tzinfo=None))
-        return adapt_datetime(value)
-
-    return adapt
-
-
-def insert_rows(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Insert plain rows into ``table`` fast: COPY on PostgreSQL, one ``executemany`` elsewhere.
-
-    JSON columns take their JSON text; datetimes are aware. For tables written in bulk by scans and
-    detection, where building a model instance per row would cost more than the insert itself.
-    """
-    if not rows:
-        return
-    column_list = ", ".join(columns)
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            with cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            return
-        adapt = _adapter()
-        marks = ", ".join(["%s"] * len(columns))
-        cursor.executemany(
-            f"INSERT INTO {table} ({column_list}) VALUES ({marks})",
-            [tuple(adapt(v) for v in row) for row in rows],
-        )
-
-
-def update_rows(table: str, key_column: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Set ``columns`` of many rows at once; each row is ``(key, *values)``.
-
-    PostgreSQL: COPY into a temporary table, then one ``UPDATE ... FROM``. Elsewhere: ``executemany``.
-    """
-    if not rows:
-        return
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            stage = f"{table}_update_stage"
-            all_columns = ", ".join([key_column, *columns])
-            cursor.execute(f"DROP TABLE IF EXISTS {stage}")
-            cursor.execute(f"CREATE TEMP TABLE {stage} AS SELECT {all_columns} FROM {table} WITH NO DATA")
-            with cursor.cursor.copy(f"COPY {stage} ({all_columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            assignments = ", ".join(f"{c} = s.{c}" for c in columns)
-            cursor.execute(
-                f"UPDATE {table} t SET {assignments} FROM {stage} s WHERE t.{key_column} = s.{key_column}"
-            )
-            cursor.execute(f"DROP TABLE {stage}")
-            return
-        adapt = _adapter()
-        assignments = ", ".join(f"{c} = %s" for c in columns)
-        cursor.executemany(
-            f"UPDATE {table} SET {assignments} WHERE {key_column} = %s",
-            [tuple(adapt(v) for v in (*row[1:], row[0])) for row in rows],
-        )
 
 
 class IndexWriter:
@@ -946,9 +866,6 @@ def _json(value: Any) -> str:
         return _json_exact(value)
 
 
-def _identity(value: Any) -> Any:
-    return value
-
 
 def slim(p: PreparedContact) -> PreparedContact:
     """The contact without its JSON values as objects (their text in ``json_text`` is what is written).
@@ -973,81 +890,3 @@ def full_payload(p: PreparedContact) -> PreparedContact:
         address=None if address is None else json.loads(address),
         conversations=json.loads(conversations),
     )
-
-
-# --- records that cannot be indexed ----------------------------------------------------------------
-
-
-class RejectedLine(NamedTuple):
-    """A record set aside by a scan: where it was, whose it was (if known), why, and its raw text."""
-
-    line_number: int | None
-    contact_uid: str
-    reason: str
-    raw: str
-
-
-def unstorable_reason(p: PreparedContact) -> str | None:
-    """Why the index cannot hold this contact as read, or None.
-
-    NUL characters (PostgreSQL text cannot hold them), lone surrogates (not encodable as UTF-8), numbers
-    JSON cannot carry (infinity, NaN) and uids longer than the index's column cannot be stored; the
-    contact is set aside for a person instead of failing the whole write.
-    """
-    problem = uid_problem(p)
-    if problem is not None:
-        return problem
-    for value in _scalars_of((p.uid, p.name, p.channels, p.tags, p.attributes, p.address, p.conversations)):
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                # JSON has no Infinity or NaN (a number like 1e400 reads as infinity): no database
-                # stores it in a JSON column.
-                return f"holds the number {value!r}, which JSON cannot carry; fix the contact in Podium"
-            continue
-        if "\x00" in value:
-            return "contains a NUL character (U+0000), which the database cannot store; fix the contact in Podium"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "contains an unpaired surrogate (invalid Unicode); fix the contact in Podium"
-    return None
-
-
-def uid_problem(p: PreparedContact) -> str | None:
-    """Why the index cannot hold this contact's uids (one longer than the column), or None.
-
-    The part of ``unstorable_reason`` a record read from clean JSON text can still fail.
-    """
-    if len(p.uid) > _UID_MAX:
-        return f"uid is {len(p.uid)} characters long; Podium uids are at most {_UID_MAX}"
-    for field_name, uid in [
-        ("mergedIntoUid", p.merged_into_uid),
-        *(("locations", u) for u in p.location_uids),
-    ]:
-        if len(uid) > _UID_MAX:
-            return f"a uid in {field_name} is {len(uid)} characters long; Podium uids are at most {_UID_MAX}"
-    return None
-
-
-def storable_uid(uid: str) -> str:
-    """The uid to file a set-aside record under: the uid itself when the index could hold it, else ""."""
-    if len(uid) > _UID_MAX or "\x00" in uid:
-        return ""
-    try:
-        uid.encode("utf-8")
-    except UnicodeEncodeError:
-        return ""
-    return uid
-
-
-def _scalars_of(value: Any) -> Iterator[str | float]:
-    """Every string (keys included) and float inside a JSON-like value."""
-    if isinstance(value, str | float):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from _scalars_of(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _scalars_of(item)
