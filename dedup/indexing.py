@@ -19,32 +19,35 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import multiprocessing
-import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
-from django.db import connection, connections, transaction
+import orjson
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from psycopg import IntegrityError as DriverIntegrityError
 
+# insert_rows and update_rows are imported from here by detection (and bench_lookup).
+from dedup.bulkrows import _datetime_adapter, _identity
+from dedup.bulkrows import insert_rows as insert_rows
+from dedup.bulkrows import update_rows as update_rows
 from dedup.dblimits import chunked, in_list_size, in_values
 from dedup.models import Contact, ContactKey, ContactLocation, Location, UncategorizedPhone
 from dedup.names import normalize_name
-from dedup.phones import normalize_email, normalize_phone
+from dedup.phones import normalize_email, phone_key
 from dedup.records import compute_field_count
+from dedup.stamps import Stamp, is_older, load_stamps
+from dedup.unstorable import RejectedLine as RejectedLine
+from dedup.unstorable import storable_uid as storable_uid
+from dedup.unstorable import uid_problem as uid_problem
+from dedup.unstorable import unstorable_reason as unstorable_reason
 from podium_client.consent import consent_flags
-from podium_client.errors import MalformedResponse
 from podium_client.types import (
     EMAIL,
-    EXPECTED_EXPORT_SHAPE,
     PHONE,
-    OldExportShape,
     format_timestamp,
-    parse_export_line,
 )
 from podium_client.types import Channel as PodiumChannel
 from podium_client.types import Contact as PodiumContact
@@ -66,8 +69,6 @@ _REASON_MAX = UncategorizedPhone._meta.get_field("reason").max_length or 300
 # loses little and a transaction holds few locks.
 DEFAULT_BATCH_SIZE = 2000
 
-# Below this many lines a file is prepared in this process: starting workers costs more than it saves.
-PARALLEL_MIN_LINES = 50_000
 
 _CONTACT_UPDATE_FIELDS = [
     "location",
@@ -157,7 +158,7 @@ def prepare_contact(
 ) -> PreparedContact:
     """Normalize one Podium contact for the index (pure; safe to run in a worker process).
 
-    Every phone goes through ``normalize_phone`` with ``region`` (the region of the contact's first
+    Every phone goes through ``phone_key`` (``normalize_phone``'s verdict) with ``region`` (the region of the contact's first
     location): a valid one becomes a PHONE key (its E.164), anything else an uncategorized phone with
     its ``ERR_DEDUP_001``/``ERR_DEDUP_002`` reason. Every email becomes an EMAIL key (trimmed,
     lower-cased); detection uses those only where policy makes email a secondary key. Two spellings of
@@ -174,24 +175,18 @@ def prepare_contact(
     for identifier in contact.phones:
         if not identifier.strip():
             continue
-        result = normalize_phone(identifier, region)
-        if result.valid and result.e164:
+        result = phone_key(identifier, region)
+        if result.e164:
             phone_values.append(result.e164)
             if (PHONE, result.e164) not in seen:
                 seen.add((PHONE, result.e164))
-                keys.append(
-                    PreparedKey(
-                        PHONE, result.e164, identifier[:_RAW_MAX], (result.extension or "")[:_EXT_MAX]
-                    )
-                )
+                keys.append(PreparedKey(PHONE, result.e164, identifier[:_RAW_MAX], result.extension[:_EXT_MAX]))
         else:
             phone_values.append(identifier)
             raw = identifier[:_UNCAT_RAW_MAX]
             if raw not in invalid_seen:
                 invalid_seen.add(raw)
-                invalid.append(
-                    PreparedInvalidPhone(raw, result.code or "", (result.reason or "")[:_REASON_MAX])
-                )
+                invalid.append(PreparedInvalidPhone(raw, result.code, result.reason[:_REASON_MAX]))
     for identifier in contact.emails:
         if not identifier.strip():
             continue
@@ -258,7 +253,9 @@ def prepare_contact(
         json_text=(
             _json(channels),
             _json(tags),
-            _json(attributes),
+            # Attribute values may be numbers, and orjson would write an infinite one as null:
+            # json writes what it is, so the database refuses it (or unstorable_reason names it).
+            _json_exact(attributes),
             None if address is None else _json(address),
             _json(conversations),
         ),
@@ -274,71 +271,9 @@ class WriteResult:
     contact_ids: list[int] = field(default_factory=list)
     max_updated_at: dict[str, datetime] = field(default_factory=dict)
     newest_updated_at: datetime | None = None
+    # Records not written because the index holds a newer version of the contact.
+    older: int = 0
 
-
-def _adapter() -> Callable[[Any], Any]:
-    """How a Python value is bound on this database when bypassing the ORM (datetimes differ)."""
-    if connection.vendor == "postgresql":
-        return _identity
-    adapt_datetime = connection.ops.adapt_datetimefield_value
-
-    def adapt(value: Any) -> Any:
-        return adapt_datetime(value) if isinstance(value, datetime) else value
-
-    return adapt
-
-
-def insert_rows(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Insert plain rows into ``table`` fast: COPY on PostgreSQL, one ``executemany`` elsewhere.
-
-    JSON columns take their JSON text; datetimes are aware. For tables written in bulk by scans and
-    detection, where building a model instance per row would cost more than the insert itself.
-    """
-    if not rows:
-        return
-    column_list = ", ".join(columns)
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            with cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            return
-        adapt = _adapter()
-        marks = ", ".join(["%s"] * len(columns))
-        cursor.executemany(
-            f"INSERT INTO {table} ({column_list}) VALUES ({marks})",
-            [tuple(adapt(v) for v in row) for row in rows],
-        )
-
-
-def update_rows(table: str, key_column: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Set ``columns`` of many rows at once; each row is ``(key, *values)``.
-
-    PostgreSQL: COPY into a temporary table, then one ``UPDATE ... FROM``. Elsewhere: ``executemany``.
-    """
-    if not rows:
-        return
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            stage = f"{table}_update_stage"
-            all_columns = ", ".join([key_column, *columns])
-            cursor.execute(f"DROP TABLE IF EXISTS {stage}")
-            cursor.execute(f"CREATE TEMP TABLE {stage} AS SELECT {all_columns} FROM {table} WITH NO DATA")
-            with cursor.cursor.copy(f"COPY {stage} ({all_columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            assignments = ", ".join(f"{c} = s.{c}" for c in columns)
-            cursor.execute(
-                f"UPDATE {table} t SET {assignments} FROM {stage} s WHERE t.{key_column} = s.{key_column}"
-            )
-            cursor.execute(f"DROP TABLE {stage}")
-            return
-        adapt = _adapter()
-        assignments = ", ".join(f"{c} = %s" for c in columns)
-        cursor.executemany(
-            f"UPDATE {table} SET {assignments} WHERE {key_column} = %s",
-            [tuple(adapt(v) for v in (*row[1:], row[0])) for row in rows],
-        )
 
 
 class IndexWriter:
@@ -347,6 +282,10 @@ class IndexWriter:
     Knows the locations (uid → row id and country) so callers can ask for the region of a location
     before preparing its contacts; a contact of a location nobody declared gets a placeholder
     location with the deployment's default region.
+
+    Never replaces a contact with an older version of it (an ``updatedAt`` before the stored one):
+    such records are dropped from the batch (``WriteResult.older``). ``stamps`` (``load_stamps``), when
+    a caller sets it, is the index's versions read once for a whole scan, instead of a lookup per batch.
     """
 
     def __init__(self, default_region: str, method: str = "auto") -> None:
@@ -356,6 +295,10 @@ class IndexWriter:
             )
         self.method = method
         self.default_region = default_region.upper()
+        self.stamps: dict[str, Stamp | None] | None = None
+        # A scan sets this: SQLite connections it writes through get bulk-load settings (_tune_sqlite).
+        self.bulk = False
+        self._tuned: object = None
         self._locations: dict[str, tuple[int, str]] = {
             uid: (pk, country) for pk, uid, country in Location.objects.values_list("pk", "uid", "country")
         }
@@ -451,9 +394,21 @@ class IndexWriter:
         for prepared in batch:
             by_uid[prepared.uid] = prepared
         items = list(by_uid.values())
-        self._ensure_placeholder_locations(uid for p in items for uid in p.location_uids)
-        now = timezone.now()
         fast = self.method == "auto" and connection.vendor in ("postgresql", "sqlite")
+        stored: dict[str, Stamp | None] = {}
+        if not fast or self.stamps is not None:
+            # The bulk upserts refuse older versions themselves and say which rows they wrote;
+            # stamps a scan read beforehand spare them the rows, and the ORM path must look.
+            stored = self._stored_stamps([p.uid for p in items]) if fast else load_stamps([p.uid for p in items])
+            kept = [p for p in items if not is_older(stored.get(p.uid), p.updated_at)]
+            result.older = len(items) - len(kept)
+            items = kept
+            if not items:
+                return result
+        self._ensure_placeholder_locations(uid for p in items for uid in p.location_uids)
+        if self.bulk and connection.vendor == "sqlite":
+            self._tune_sqlite()
+        now = timezone.now()
         outermost = not connection.in_atomic_block
         with transaction.atomic():
             if fast and connection.vendor == "postgresql":
@@ -465,13 +420,17 @@ class IndexWriter:
                         # a caller's transaction may hold state that must be durable.
                         cursor.execute("SET LOCAL synchronous_commit = off")
                 ids, existed = self._upsert_contacts_postgres(items, now)
+                if len(ids) < len(items):  # the rest are older than what the index holds
+                    result.older += len(items) - len(ids)
+                    items = [p for p in items if p.uid in ids]
+            elif fast:
+                ids, existed = self._upsert_contacts_sqlite(items, now)
+                if len(ids) < len(items):
+                    result.older += len(items) - len(ids)
+                    items = [p for p in items if p.uid in ids]
             else:
-                existed_uids = self._existing_uids([p.uid for p in items])
-                ids = (
-                    self._upsert_contacts_sqlite(items, now)
-                    if fast
-                    else self._upsert_contacts_orm(items, now)
-                )
+                existed_uids = {p.uid for p in items if p.uid in stored}
+                ids = self._upsert_contacts_orm(items, now)
                 existed = {ids[uid] for uid in existed_uids}
             contact_ids = [ids[p.uid] for p in items]
             # Only contacts indexed before can have keys and queued phones to replace (a first load
@@ -506,6 +465,24 @@ class IndexWriter:
                 result.newest_updated_at = p.updated_at
         return result
 
+    def _tune_sqlite(self) -> None:
+        """Bulk-load settings on this SQLite connection (once per connection: they are per connection).
+
+        A bigger page cache keeps the index's B-trees in memory while hundreds of thousands of rows go
+        in. With a write-ahead log, commits wait for no fsync (``synchronous=NORMAL``, which cannot
+        corrupt a WAL database; a crash loses only the last commits, which the resumed scan re-reads).
+        In rollback-journal mode that setting could corrupt the file on power loss, so it is left alone.
+        """
+        connection.ensure_connection()
+        if self._tuned is connection.connection:
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(f"PRAGMA cache_size = -{_SQLITE_BULK_CACHE_KB}")
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() == "wal":
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        self._tuned = connection.connection
+
     def _sync_contact_locations(
         self, items: list[PreparedContact], ids: dict[str, int], replaced: list[int]
     ) -> None:
@@ -539,7 +516,7 @@ class IndexWriter:
         channels, tags, attributes, address, conversations = p.json_text or (
             _json(p.channels),
             _json(p.tags),
-            _json(p.attributes),
+            _json_exact(p.attributes),
             None if p.address is None else _json(p.address),
             _json(p.conversations),
         )
@@ -569,6 +546,46 @@ class IndexWriter:
     def _upsert_contacts_postgres(
         self, items: list[PreparedContact], now: datetime
     ) -> tuple[dict[str, int], set[int]]:
+        """Upsert contact rows; returns uid -> id of the rows written, and the ids that existed before."""
+        if self.stamps is not None:
+            new = [p for p in items if p.uid not in self.stamps]
+            if new:
+                try:
+                    with transaction.atomic():
+                        fresh = self._copy_new_contacts(new, now)
+                except IntegrityError:
+                    fresh = None  # someone (a webhook) indexed one of them meanwhile: upsert them all
+                if fresh is not None:
+                    rest = [p for p in items if p.uid in self.stamps]
+                    ids, existed = self._stage_and_upsert(rest, now) if rest else ({}, set())
+                    ids.update(fresh)
+                    return ids, existed
+        return self._stage_and_upsert(items, now)
+
+    def _copy_new_contacts(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
+        """COPY contacts the index does not hold straight into the table, with ids drawn beforehand.
+
+        Half the work of the staged upsert (no staging table, no conflict check) for a first load,
+        where every contact is new. Raises IntegrityError if one exists after all.
+        """
+        table = Contact._meta.db_table
+        columns = ", ".join(_CONTACT_COLUMNS)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(items)]
+            )
+            fresh = [row[0] for row in cursor.fetchall()]
+            try:
+                with cursor.cursor.copy(f"COPY {table} (id, {columns}) FROM STDIN") as copy:
+                    for pk, p in zip(fresh, items, strict=True):
+                        copy.write_row((pk, *self._contact_values(p, now, _identity)))
+            except DriverIntegrityError as exc:  # COPY runs on the driver's cursor, unwrapped by Django
+                raise IntegrityError(str(exc)) from exc
+        return {p.uid: pk for pk, p in zip(fresh, items, strict=True)}
+
+    def _stage_and_upsert(
+        self, items: list[PreparedContact], now: datetime
+    ) -> tuple[dict[str, int], set[int]]:
         # COPY into a session-local staging table, then one INSERT ... ON CONFLICT: an order of
         # magnitude faster than a parameterized multi-row INSERT for thousands of JSON-bearing rows.
         table = Contact._meta.db_table
@@ -587,7 +604,7 @@ class IndexWriter:
             # xmax is set on a row version an ON CONFLICT UPDATE produced, and 0 on a fresh insert.
             cursor.execute(
                 f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {_STAGE_TABLE} "
-                f"ON CONFLICT (uid) DO UPDATE SET {updates} RETURNING uid, id, xmax <> 0"
+                f"ON CONFLICT (uid) DO UPDATE SET {updates} WHERE {_not_older(table)} RETURNING uid, id, xmax <> 0"
             )
             ids: dict[str, int] = {}
             existed: set[int] = set()
@@ -597,31 +614,60 @@ class IndexWriter:
                     existed.add(pk)
             return ids, existed
 
-    @staticmethod
-    def _existing_uids(uids: list[str]) -> set[str]:
-        found: set[str] = set()
-        for chunk in chunked(uids, in_list_size()):
-            found.update(Contact.objects.filter(uid__in=chunk).values_list("uid", flat=True))
-        return found
+    def _stored_stamps(self, uids: list[str]) -> dict[str, Stamp | None]:
+        """The stamps of those of ``uids`` the index held when ``stamps`` was read.
 
-    def _upsert_contacts_sqlite(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
+        Not kept up to date with this writer's own writes (at a million contacts that would double
+        the scan's memory): a uid the export repeats is treated as new again, and the database's
+        conflict check sends it down the upsert path.
+        """
+        if self.stamps is None:
+            return load_stamps(uids)
+        known = self.stamps
+        return {uid: known[uid] for uid in uids if uid in known}
+
+    def _upsert_contacts_sqlite(
+        self, items: list[PreparedContact], now: datetime
+    ) -> tuple[dict[str, int], set[int]]:
+        """Upsert contact rows; returns uid -> id of the rows written, and the ids that existed before.
+
+        Told apart by the database itself rather than by the stamps read when the scan began: a row
+        is new when its id is above the table's highest before the upsert (ids only grow), and
+        written when it holds the ``updated_at`` just written (else the upsert kept a newer version).
+        """
         table = Contact._meta.db_table
         columns = ", ".join(_CONTACT_COLUMNS)
         marks = ", ".join(["%s"] * len(_CONTACT_COLUMNS))
         updates = ", ".join(f"{c} = excluded.{c}" for c in _CONTACT_COLUMNS if c != "uid")
-        adapt = connection.ops.adapt_datetimefield_value
+        adapt = _datetime_adapter()
         rows = [self._contact_values(p, now, adapt) for p in items]
         with connection.cursor() as cursor:
+            cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")
+            highest_before = cursor.fetchone()[0]
             cursor.executemany(
-                f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT (uid) DO UPDATE SET {updates}",
+                f"INSERT INTO {table} ({columns}) VALUES ({marks}) "
+                f"ON CONFLICT (uid) DO UPDATE SET {updates} WHERE {_not_older(table)}",
                 rows,
             )
+        written_at = {p.uid: adapt(p.updated_at) for p in items}
         ids: dict[str, int] = {}
-        for chunk in chunked([p.uid for p in items], in_list_size()):
-            ids.update(Contact.objects.filter(uid__in=chunk).values_list("uid", "pk"))
-        return ids
+        existed: set[int] = set()
+        with connection.cursor() as cursor:
+            for chunk in chunked([p.uid for p in items], in_list_size()):
+                marks = ", ".join(["%s"] * len(chunk))
+                cursor.execute(f"SELECT uid, id, updated_at FROM {table} WHERE uid IN ({marks})", chunk)
+                for uid, pk, updated_at in cursor.fetchall():
+                    # The driver hands back a naive datetime (Django's converter); its text is
+                    # what was bound.
+                    if (updated_at if updated_at is None else str(updated_at)) != written_at[uid]:
+                        continue  # the stored version is newer: the upsert left it alone
+                    ids[uid] = pk
+                    if pk <= highest_before:
+                        existed.add(pk)
+        return ids, existed
 
     def _upsert_contacts_orm(self, items: list[PreparedContact], now: datetime) -> dict[str, int]:
+        items = [full_payload(p) for p in items]
         rows = [
             Contact(
                 uid=p.uid,
@@ -769,6 +815,9 @@ class IndexWriter:
 
 _STAGE_TABLE = "dedup_stage_contact"
 
+# SQLite page cache during a scan, in KiB (the default is 2 MB); within every process's memory budget.
+_SQLITE_BULK_CACHE_KB = 64 * 1024
+
 _CONTACT_COLUMNS = [
     "uid",
     "location_id",
@@ -793,312 +842,51 @@ _CONTACT_COLUMNS = [
 ]
 
 
-def _json(value: Any) -> str:
+def _not_older(table: str) -> str:
+    """The upsert condition that keeps a stored contact from being replaced by an older version.
+
+    Checked again by the database (besides the writer's own check) because a webhook may write the
+    same contact between the writer's read of the stored version and its upsert.
+    """
+    return f"{table}.updated_at IS NULL OR EXCLUDED.updated_at IS NULL OR EXCLUDED.updated_at >= {table}.updated_at"
+
+
+def _json_exact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
-# --- export files ------------------------------------------------------------------------------------
-
-
-@dataclass
-class FileSurvey:
-    """What a first quick pass over an export found: its locations and how many contact lines it has."""
-
-    locations: list[PodiumLocation]
-    contact_lines: int
-    rejected: list[RejectedLine] = field(default_factory=list)
-
-
-class RejectedLine(NamedTuple):
-    """A record set aside by a scan: where it was, whose it was (if known), why, and its raw text."""
-
-    line_number: int | None
-    contact_uid: str
-    reason: str
-    raw: str
-
-
-class ExportFileError(ValueError):
-    """An export that cannot be scanned at all (wrong shape, empty); the message says what is expected."""
-
-
-_BOM = b"\xef\xbb\xbf"
-
-
-def _decode(line: bytes, lineno: int) -> str:
-    if lineno == 1 and line.startswith(_BOM):
-        line = line[3:]  # a byte-order mark some tools write; not part of the JSON
-    return line.decode("utf-8")
-
-
-def _is_blank(line: bytes, lineno: int) -> bool:
-    """A line holding nothing but whitespace (and, on the first line, a byte-order mark)."""
-    if lineno == 1 and line.startswith(_BOM):
-        line = line[3:]
-    return not line.strip()
-
-
-def _raw_text(line: bytes | str) -> str:
-    text = line if isinstance(line, str) else line.decode("utf-8", errors="backslashreplace")
-    return text.rstrip("\r\n")
-
-
-def survey_file(path: str) -> FileSurvey:
-    """Read an export once, cheaply: collect its locations and count its contact lines.
-
-    Locations may appear anywhere in an export, but each contact must be normalized with its location's
-    region, so they are read first. Only location lines carry ``"object"``, so the other lines are
-    counted without being decoded — except the first contact line, which is decoded to refuse a file in
-    the pre-v4 shape at once (rather than rejecting every line of it). Raises ExportFileError for a file
-    of the wrong shape or with nothing in it.
-    """
-    locations: list[PodiumLocation] = []
-    rejected: list[RejectedLine] = []
-    contacts = 0
-    first_contact_checked = False
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if _is_blank(line, lineno):
-                continue
-            if b'"object"' in line or not first_contact_checked:
-                try:
-                    parsed = parse_export_line(_decode(line, lineno))
-                except OldExportShape as exc:
-                    raise ExportFileError(f"{path}, line {lineno}: {exc.message}") from None
-                except (MalformedResponse, UnicodeDecodeError) as exc:
-                    parsed = None
-                    if b'"object"' in line:
-                        rejected.append(RejectedLine(lineno, "", _reject_reason(exc), _raw_text(line)))
-                        continue
-                if isinstance(parsed, PodiumLocation):
-                    locations.append(parsed)
-                    continue
-                first_contact_checked = True
-            contacts += 1
-    if not contacts and not locations:
-        raise ExportFileError(f"{path} holds no contacts: " + EXPECTED_EXPORT_SHAPE)
-    return FileSurvey(locations, contacts, rejected)
-
-
-def read_line(path: str, line_number: int) -> str:
-    """The text of one line of an export (for showing a record the database refused), or ""."""
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if lineno == line_number:
-                return _raw_text(line)
-    return ""
-
-
-def _reject_reason(exc: BaseException) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at column {exc.start + 1})"
-    if isinstance(exc, MalformedResponse):
-        return exc.message
-    return str(exc)
-
-
-def unstorable_reason(p: PreparedContact) -> str | None:
-    """Why the index cannot hold this contact as read, or None.
-
-    NUL characters (PostgreSQL text cannot hold them), lone surrogates (not encodable as UTF-8), numbers
-    JSON cannot carry (infinity, NaN) and uids longer than the index's column cannot be stored; the
-    contact is set aside for a person instead of failing the whole write.
-    """
-    if len(p.uid) > _UID_MAX:
-        return f"uid is {len(p.uid)} characters long; Podium uids are at most {_UID_MAX}"
-    for field_name, uid in [("mergedIntoUid", p.merged_into_uid), *(("locations", u) for u in p.location_uids)]:
-        if len(uid) > _UID_MAX:
-            return f"a uid in {field_name} is {len(uid)} characters long; Podium uids are at most {_UID_MAX}"
-    for value in _scalars_of((p.uid, p.name, p.channels, p.tags, p.attributes, p.address, p.conversations)):
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                # JSON has no Infinity or NaN (a number like 1e400 reads as infinity): no database
-                # stores it in a JSON column.
-                return f"holds the number {value!r}, which JSON cannot carry; fix the contact in Podium"
-            continue
-        if "\x00" in value:
-            return "contains a NUL character (U+0000), which the database cannot store; fix the contact in Podium"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "contains an unpaired surrogate (invalid Unicode); fix the contact in Podium"
-    return None
-
-
-def storable_uid(uid: str) -> str:
-    """The uid to file a set-aside record under: the uid itself when the index could hold it, else ""."""
-    if len(uid) > _UID_MAX or "\x00" in uid:
-        return ""
+def _json(value: Any) -> str:
+    """JSON text of strings, lists, dicts, bools and None (no floats: orjson writes inf/nan as null)."""
     try:
-        uid.encode("utf-8")
-    except UnicodeEncodeError:
-        return ""
-    return uid
+        # orjson is several times faster than json at the JSON columns of a million contacts.
+        return orjson.dumps(value).decode()
+    except TypeError:
+        # What orjson refuses (an integer beyond 64 bits, a lone surrogate) json writes, or the
+        # record is later found unstorable with a reason.
+        return _json_exact(value)
 
 
-def _scalars_of(value: Any) -> Iterator[str | float]:
-    """Every string (keys included) and float inside a JSON-like value."""
-    if isinstance(value, str | float):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from _scalars_of(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _scalars_of(item)
 
+def slim(p: PreparedContact) -> PreparedContact:
+    """The contact without its JSON values as objects (their text in ``json_text`` is what is written).
 
-def _prepare_lines(
-    lines: list[tuple[int, bytes]], regions: dict[str, str], default_region: str
-) -> tuple[list[PreparedContact], list[RejectedLine]]:
-    """Parse and prepare a chunk of export lines (runs in a worker process for big files).
-
-    A line that cannot be read or stored is set aside with its reason, never stops the chunk.
+    A worker process sends contacts to the writer pickled; the nested dicts of channels, tags and
+    attributes cost more to pickle and unpickle than everything else about the contact.
     """
-    out: list[PreparedContact] = []
-    rejected: list[RejectedLine] = []
-    for lineno, line in lines:
-        uid = ""
-        try:
-            parsed = parse_export_line(_decode(line, lineno))
-            if not isinstance(parsed, PodiumContact):
-                continue
-            uid = parsed.uid
-            home = parsed.location_uid
-            prepared = prepare_contact(parsed, regions.get(home, default_region) if home else default_region)
-        except (MalformedResponse, UnicodeDecodeError, ValueError) as exc:
-            rejected.append(RejectedLine(lineno, storable_uid(uid), _reject_reason(exc), _raw_text(line)))
-            continue
-        problem = unstorable_reason(prepared)
-        if problem is not None:
-            rejected.append(RejectedLine(lineno, storable_uid(uid), problem, _raw_text(line)))
-            continue
-        out.append(prepared._replace(line_number=lineno))
-    return out, rejected
+    if p.json_text is None:
+        return p
+    return p._replace(channels=[], tags=[], attributes=[], address=None, conversations=[])
 
 
-def _prepare_lines_in_worker(
-    lines: list[tuple[int, bytes]], regions: dict[str, str], default_region: str
-) -> tuple[list[PreparedContact], list[RejectedLine]]:
-    """``_prepare_lines`` for a worker process, which then forgets its memoized phone results.
-
-    A worker sees each spelling about once, so the normalizer's cache would only grow (to a quarter
-    of a million results, hundreds of megabytes per worker) without paying for itself.
-    """
-    try:
-        return _prepare_lines(lines, regions, default_region)
-    finally:
-        normalize_phone.cache_clear()
-
-
-@dataclass
-class PreparedChunk:
-    """Prepared contacts of consecutive export lines; ``last_line`` is the number of the last one read.
-
-    ``rejected`` holds the lines of the chunk that were set aside, with their reasons.
-    """
-
-    contacts: list[PreparedContact]
-    last_line: int
-    rejected: list[RejectedLine] = field(default_factory=list)
-
-
-def _is_location_line(line: bytes) -> bool:
-    # Only location lines carry "object"; decoding just the rare lines that mention it is cheap.
-    if b'"object"' not in line:
-        return False
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return False  # the parser names the bad line later
-    return isinstance(obj, dict) and obj.get("object") == "location"
-
-
-def _read_chunks(
-    fh: IO[bytes], start_after_line: int, chunk_lines: int
-) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
-    """Contact lines in chunks of ``chunk_lines`` (locations were read by the survey), with line numbers."""
-    chunk: list[tuple[int, bytes]] = []
-    lineno = start_after_line
-    for lineno, line in enumerate(fh, 1):
-        if lineno <= start_after_line or _is_blank(line, lineno) or _is_location_line(line):
-            continue
-        chunk.append((lineno, line))
-        if len(chunk) >= chunk_lines:
-            yield chunk, lineno
-            chunk = []
-    if chunk or lineno > start_after_line:
-        yield chunk, lineno
-
-
-def iter_prepared_file(
-    path: str,
-    regions: dict[str, str],
-    default_region: str,
-    *,
-    start_after_line: int = 0,
-    chunk_lines: int = DEFAULT_BATCH_SIZE,
-    workers: int | None = None,
-) -> Iterator[PreparedChunk]:
-    """Prepare an export's contacts chunk by chunk, in order, resuming after ``start_after_line``.
-
-    ``workers`` > 0 prepares in that many forked processes (at most a few chunks ahead of the
-    caller, so memory stays flat however big the file); 0 prepares here. ``None`` chooses: workers
-    when the file is big, this process is allowed children, and no transaction is open (forking
-    requires closing this process's database connections first, so the child cannot disturb them).
-    """
-    if workers is None:
-        workers = default_workers(path)
-    elif workers > 0 and any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
-        workers = 0  # forking needs this process's connections closed, which an open transaction forbids
-    with open(path, "rb") as fh:
-        chunks = _read_chunks(fh, start_after_line, chunk_lines)
-        if workers <= 0:
-            for lines, last in chunks:
-                prepared, rejected = _prepare_lines(lines, regions, default_region)
-                yield PreparedChunk(prepared, last, rejected)
-            return
-        # Forked children inherit open sockets; closing the connections first means neither side
-        # can send on the other's session. Django reconnects on the next query.
-        connections.close_all()
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(workers) as pool:
-            pending: deque[tuple[Any, int]] = deque()
-            ahead = workers * 2
-            for lines, last in chunks:
-                pending.append(
-                    (pool.apply_async(_prepare_lines_in_worker, (lines, regions, default_region)), last)
-                )
-                if len(pending) > ahead:
-                    result, done_line = pending.popleft()
-                    yield _chunk(result.get(), done_line)
-            while pending:
-                result, done_line = pending.popleft()
-                yield _chunk(result.get(), done_line)
-
-
-def _chunk(result: tuple[list[PreparedContact], list[RejectedLine]], last_line: int) -> PreparedChunk:
-    prepared, rejected = result
-    return PreparedChunk(prepared, last_line, rejected)
-
-
-def default_workers(path: str) -> int:
-    """How many worker processes to prepare a file with (0 = in this process)."""
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return 0
-    if multiprocessing.current_process().daemon:  # e.g. inside a django-q worker: no children allowed
-        return 0
-    if any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
-        return 0
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        return 0
-    if size < PARALLEL_MIN_LINES * 400:  # about 400 bytes a contact line
-        return 0
-    return max(1, (os.cpu_count() or 1))
+def full_payload(p: PreparedContact) -> PreparedContact:
+    """``slim`` undone: the JSON values as objects again, read back from ``json_text``."""
+    if p.json_text is None or p.channels or p.conversations:
+        return p
+    channels, tags, attributes, address, conversations = p.json_text
+    return p._replace(
+        channels=json.loads(channels),
+        tags=json.loads(tags),
+        attributes=json.loads(attributes),
+        address=None if address is None else json.loads(address),
+        conversations=json.loads(conversations),
+    )

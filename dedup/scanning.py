@@ -38,24 +38,21 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DataError, IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from dedup import audit
 from dedup.dblimits import in_values
 from dedup.detection import DetectionSummary, detect
+from dedup.exportfile import ExportFileError, iter_prepared_file, read_line, survey_file
 from dedup.indexing import (
-    ExportFileError,
     IndexWriter,
     PreparedContact,
     RejectedLine,
     WriteResult,
-    iter_prepared_file,
     prepare_contact,
-    read_line,
     storable_uid,
-    survey_file,
     unstorable_reason,
 )
 from dedup.models import (
@@ -71,6 +68,7 @@ from dedup.models import (
 )
 from dedup.podium import get_client, read_indexed_contacts
 from dedup.reparsing import contacts_homed_at, reparse_location, stale_locations
+from dedup.stamps import load_stamps
 from podium_client import Contact as PodiumContact
 from podium_client import InvalidCursorError, PodiumClient, PodiumError
 from podium_client.types import format_timestamp, parse_timestamp
@@ -90,6 +88,13 @@ _WRITE_EVERY = 1000
 # A scan reuses the duplicate rate another scan of its scope measured this recently (it is a
 # statistic for the dashboard; measuring it costs a pass over the cluster tables).
 _RATE_FRESH_FOR = timedelta(hours=1)
+
+# A file scan that wrote at most this many contacts detects only them and what they connect to;
+# more (a first load, a large change) and it detects its whole scope, which is cheaper per contact.
+_FILE_DETECT_CHANGED_MAX = 50_000
+
+# How often a scan reading nothing new writes its progress (it always writes with what it indexes).
+_LAZY_SAVE_EVERY = timedelta(seconds=1)
 # Watermarks are looked up in this many recent successful scans.
 _WATERMARK_HISTORY = 500
 
@@ -336,17 +341,32 @@ class _Run:
         self.checkpoint.setdefault("locations", {})
         # Index rows written by this process; a resumed scan also counts what its predecessor wrote.
         self.touched_ids: set[int] = set()
+        # A file scan stops collecting ids past _FILE_DETECT_CHANGED_MAX and says so here.
+        self.touched_many = False
+        self.pending: dict[str, Any] = {}
+        self.saved_at: datetime | None = None
 
     def location_state(self, uid: str) -> dict[str, Any]:
         states: dict[str, dict[str, Any]] = self.checkpoint["locations"]
         return states.setdefault(uid, {})
 
-    def save(self, **fields: Any) -> None:
-        """Write counters, heartbeat and checkpoint, unless another run took this one over."""
+    def save(self, *, lazy: bool = False, **fields: Any) -> None:
+        """Write counters, heartbeat and checkpoint, unless another run took this one over.
+
+        ``lazy``: only when the last write is a second old (a rescan skips thousands of unchanged
+        contacts a second; a round trip per chunk of them would be most of its time). The next
+        save writes what a lazy one held back.
+        """
         now = timezone.now()
-        fields.update(heartbeat_at=now, checkpoint=self.checkpoint)
         for name, value in fields.items():
             setattr(self.run, name, value)
+        self.pending.update(fields)
+        if lazy and self.saved_at is not None and now - self.saved_at < _LAZY_SAVE_EVERY:
+            return
+        fields = {**self.pending, "heartbeat_at": now, "checkpoint": self.checkpoint}
+        self.run.heartbeat_at, self.run.checkpoint = now, self.checkpoint
+        self.pending = {}
+        self.saved_at = now
         if not ScanRun.objects.filter(pk=self.run.pk, state=ScanRun.RUNNING).update(**fields):
             raise _TakenOver
 
@@ -529,8 +549,8 @@ def _duplicate_rate(location_ids: list[int] | None) -> float | None:
 def _analyze_if_grown(state: _Run) -> None:
     # Right after a bulk load the planner's statistics still describe the empty tables, and a plan
     # made for 100 rows over a million takes minutes. Cheap next to the load itself.
-    if state.run.contacts_seen < 10_000:
-        return
+    if not state.touched_many and len(state.touched_ids) < 10_000:
+        return  # few rows written (a rescan of an unchanged export writes none): statistics hold
     with connection.cursor() as cursor:
         for model in (Contact, ContactKey):
             cursor.execute(f"ANALYZE {model._meta.db_table}")
@@ -581,8 +601,57 @@ def _detect_after(state: _Run) -> DetectionSummary:
             since = datetime.fromisoformat(state.checkpoint["touchedSince"])
             touched.update(Contact.objects.filter(indexed_at__gte=since).values_list("pk", flat=True))
         return detect(contact_ids=touched, scan_run=run, actor=actor)
+    if run.kind == ScanRun.FILE and "resumedFrom" not in state.checkpoint:
+        summary = _detect_file_changes(state)
+        if summary is not None:
+            return summary
     # A full read (or a read whole for want of a watermark), or a file: detect the whole scope.
     return detect(locations=run.scope or None, scan_run=run, actor=actor)
+
+
+def _detect_file_changes(state: _Run) -> DetectionSummary | None:
+    """Detection after a file scan that changed little; None when the whole scope must be detected.
+
+    Nothing written, and the index unchanged since the last successful scan of the scope detected
+    it: the clusters are as they were, so they are only counted. A few contacts written: only
+    they and what they connect to are detected. Most of the scope written (a first load): None.
+    """
+    run = state.run
+    touched = state.touched_ids
+    if state.touched_many:
+        return None
+    if touched:
+        return detect(contact_ids=touched, scan_run=run, actor=run.holder or "system")
+    newest_write = Contact.objects.aggregate(newest=Max("indexed_at"))["newest"]
+    detected = (
+        ScanRun.objects.filter(scope_key=run.scope_key, state=ScanRun.SUCCEEDED)
+        .exclude(pk=run.pk)
+        .aggregate(last=Max("finished_at"))["last"]
+    )
+    if detected is None or (newest_write is not None and newest_write > detected):
+        return None
+    logger.info("scan #%s changed nothing; detection skipped", run.pk)
+    return _open_clusters_summary(run.scope)
+
+
+def _open_clusters_summary(scope: Sequence[str]) -> DetectionSummary:
+    """The open clusters of a scope, counted by kind (what detection would report unchanged)."""
+    clusters = Cluster.objects.filter(status=Cluster.OPEN)
+    location_ids = _scope_location_ids(scope)
+    if location_ids is not None:
+        ids = in_values(location_ids)
+        clusters = clusters.filter(Q(location_id__in=ids) | Q(locations__in=ids)).distinct()
+    summary = DetectionSummary()
+    for kind, count in clusters.order_by().values_list("kind").annotate(n=Count("pk", distinct=True)):
+        summary.clusters_open += count
+        if kind == Cluster.CROSS:
+            summary.cross += count
+        elif kind == Cluster.AUTO:
+            summary.auto += count
+        else:
+            summary.review += count
+    summary.unchanged = summary.clusters_open
+    return summary
 
 
 # --- reading Podium -------------------------------------------------------------------------------------
@@ -916,18 +985,36 @@ def _scan_file(state: _Run) -> None:
             _record_rejected(state, survey.rejected, source=run.source_file)
             file_state["surveyed"] = True
             state.save(rejected_count=run.rejected_count + len(survey.rejected))
+    # The index's version of every contact, read once: the workers skip what it already holds as
+    # read (a rescan of an unchanged export writes nothing) or newer (webhooks got there first).
+    state.writer.stamps = load_stamps()
+    state.writer.bulk = True
     for chunk in iter_prepared_file(
         run.source_file,
         state.writer.regions(),
         state.writer.default_region,
         start_after_line=int(file_state.get("line", 0)),
+        known=state.writer.stamps,
     ):
         items = [p for p in chunk.contacts if not scope or scope.intersection(p.location_uids)]
-        read = len(chunk.contacts) + len(chunk.rejected)  # before the write adds what the database refuses
+        # before the write adds what the database refuses
+        read = len(chunk.contacts) + len(chunk.rejected) + chunk.skipped
+        if not items and not chunk.rejected:
+            # Nothing to write (a rescan's unchanged contacts): only progress, now and then.
+            file_state["line"] = chunk.last_line
+            state.save(lazy=True, pages=run.pages + 1, contacts_seen=run.contacts_seen + read)
+            state.report()
+            continue
         with transaction.atomic():
             result = write_quarantining(
                 state.writer, items, chunk.rejected, lambda p: (p.line_number, read_line(run.source_file, p.line_number or 0))
             )
+            if not state.touched_many:
+                state.touched_ids.update(result.contact_ids)
+                if len(state.touched_ids) > _FILE_DETECT_CHANGED_MAX:
+                    # The whole scope is detected anyway: a million ids is memory for nothing.
+                    state.touched_many = True
+                    state.touched_ids = set()
             _record_rejected(state, chunk.rejected, source=run.source_file)
             file_state["line"] = chunk.last_line
             for uid, newest in result.max_updated_at.items():
@@ -941,6 +1028,7 @@ def _scan_file(state: _Run) -> None:
                 rejected_count=run.rejected_count + len(chunk.rejected),
             )
         state.report()
+    state.writer.stamps = None  # a million entries; detection needs the memory more
     for location_state in state.checkpoint["locations"].values():
         location_state["done"] = True
     state.save()

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.db.models.signals import post_migrate
 
-from dedup import detection, indexing
+from dedup import detection, exportfile
 from dedup.models import Cluster, Contact
 from dedup.scanning import start_scan
 from podium_client.corpus import generate_corpus
@@ -55,10 +55,10 @@ def test_parallel_preparation_and_scoring_match_one_process(
     lines, truth = generate_corpus(400, 5)
     path = tmp_path / "corpus.ndjson"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    monkeypatch.setattr(indexing, "PARALLEL_MIN_LINES", 0)  # prepare the file in worker processes
+    monkeypatch.setattr(exportfile, "PARALLEL_MIN_LINES", 0)  # prepare the file in worker processes
     monkeypatch.setattr(detection, "PARALLEL_MIN_CONTACTS", 0)  # and score in worker processes
     monkeypatch.setattr(detection, "BATCH_GROUPS", 25)
-    assert indexing.default_workers(str(path)) >= 1
+    assert exportfile.default_workers(str(path)) >= 1
 
     run = start_scan(from_file=str(path), run_async=False)
     assert Contact.objects.count() == len(truth) == run.contacts_seen

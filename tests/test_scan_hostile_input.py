@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dedup import indexing, scanning
+from dedup import exportfile, indexing, scanning
 from dedup.models import Contact, Policy, RejectedRecord, ScanRun
 from dedup.scanning import ScanError, start_scan
 from podium_client.corpus import LOCATIONS, SYDNEY
@@ -144,6 +144,7 @@ def test_records_the_database_refuses_for_an_unforeseen_reason_are_found_among_t
 ) -> None:
     # Take away the checks that know what no database stores: the write itself must find the bad records.
     monkeypatch.setattr(indexing, "unstorable_reason", lambda prepared: None)
+    monkeypatch.setattr(exportfile, "unstorable_reason", lambda prepared: None)
     monkeypatch.setattr(scanning, "unstorable_reason", lambda prepared: None)
     good = good_contacts(2999)
     first, _ = spoiled_line("huge-number")

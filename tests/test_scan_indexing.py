@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dedup.indexing import ExportFileError, IndexWriter, iter_prepared_file, prepare_contact, survey_file
+from dedup.exportfile import ExportFileError, iter_prepared_file, survey_file
+from dedup.indexing import IndexWriter, prepare_contact
 from dedup.models import Contact, ContactKey, ContactLocation, Location, UncategorizedPhone
 from podium_client import Location as PodiumLocation
 from podium_client.corpus import LOCATIONS as DEMO_LOCATIONS

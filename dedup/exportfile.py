@@ -1,0 +1,384 @@
+"""Reading Podium export files (NDJSON) into prepared contacts, for ``scan --from-file``.
+
+``survey_file`` reads the locations and counts the lines; ``iter_prepared_file`` prepares the contact
+lines chunk by chunk, in worker processes when the file is big enough to be worth it (parsing JSON and
+phone numbers is the CPU-bound part; the main process only writes).
+
+A rescan reads the index's ``updatedAt`` of every contact once (``load_stamps``) and hands it to the
+workers, which drop a line whose contact the index already holds at that ``updatedAt`` (unchanged) or
+newer (the line is older than what a webhook wrote) before anything is parsed beyond the line's JSON:
+a rescan of an unchanged export writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+from django.db import connections
+
+from dedup.indexing import DEFAULT_BATCH_SIZE, PreparedContact, prepare_contact, slim
+from dedup.stamps import Stamp, stamp_is_current, wire_stamp
+from dedup.unstorable import RejectedLine, storable_uid, uid_problem, unstorable_reason
+from podium_client.errors import MalformedResponse
+from podium_client.types import (
+    EXPECTED_EXPORT_SHAPE,
+    OldExportShape,
+    parse_export_line,
+    parse_export_object,
+)
+from podium_client.types import Contact as PodiumContact
+from podium_client.types import Location as PodiumLocation
+
+# Below this many lines a file is prepared in this process: starting workers costs more than it saves.
+PARALLEL_MIN_LINES = 50_000
+
+# What in a line's bytes could decode to something the index cannot store (a NUL or surrogate escape,
+# a non-finite or overflowing number): only such lines need ``unstorable_reason``'s full walk over
+# every value; any other line can only be refused for its uids' lengths.
+_SUSPECT = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|Infinity|NaN|[:,\[]\s*-?[0-9.]+[eE]\+?[0-9]{3}|[0-9]{300}")
+
+# The index's stamps (uid -> updatedAt etc.) during a file scan; set before the workers fork, so
+# they inherit it instead of receiving a copy per chunk.
+_KNOWN: Mapping[str, Stamp | None] = {}
+
+
+# --- export files ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileSurvey:
+    """What a first quick pass over an export found: its locations and how many contact lines it has."""
+
+    locations: list[PodiumLocation]
+    contact_lines: int
+    rejected: list[RejectedLine] = field(default_factory=list)
+
+
+def _reject_reason(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at column {exc.start + 1})"
+    if isinstance(exc, MalformedResponse):
+        return exc.message
+    return str(exc)
+
+
+class ExportFileError(ValueError):
+    """An export that cannot be scanned at all (wrong shape, empty); the message says what is expected."""
+
+
+_BOM = b"\xef\xbb\xbf"
+
+# Lines shorter than this are checked for being blank; no contact line is this short.
+_SHORT = 64
+
+# A block sent to a worker holds about this many bytes per contact the caller asked for per chunk.
+_BYTES_PER_LINE = 1024
+
+
+def _decode(line: bytes, lineno: int) -> str:
+    if lineno == 1 and line.startswith(_BOM):
+        line = line[3:]  # a byte-order mark some tools write; not part of the JSON
+    return line.decode("utf-8")
+
+
+def _is_blank(line: bytes, lineno: int) -> bool:
+    """A line holding nothing but whitespace (and, on the first line, a byte-order mark)."""
+    if lineno == 1 and line.startswith(_BOM):
+        line = line[3:]
+    return not line.strip()
+
+
+def _raw_text(line: bytes | str) -> str:
+    text = line if isinstance(line, str) else line.decode("utf-8", errors="backslashreplace")
+    return text.rstrip("\r\n")
+
+
+def survey_file(path: str) -> FileSurvey:
+    """Read an export once, cheaply: collect its locations and count its contact lines.
+
+    Locations may appear anywhere in an export, but each contact must be normalized with its location's
+    region, so they are read first. Only location lines carry ``"object"``, so the other lines are
+    counted without being decoded — except the first contact line, which is decoded to refuse a file in
+    the pre-v4 shape at once (rather than rejecting every line of it). Raises ExportFileError for a file
+    of the wrong shape or with nothing in it.
+    """
+    locations: list[PodiumLocation] = []
+    rejected: list[RejectedLine] = []
+    contacts = 0
+    first_contact_checked = False
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            # A contact line is hundreds of bytes: only short lines can be blank (a million calls saved).
+            if len(line) < _SHORT and _is_blank(line, lineno):
+                continue
+            if b'"object"' in line or not first_contact_checked:
+                try:
+                    parsed = parse_export_line(_decode(line, lineno))
+                except OldExportShape as exc:
+                    raise ExportFileError(f"{path}, line {lineno}: {exc.message}") from None
+                except (MalformedResponse, UnicodeDecodeError) as exc:
+                    parsed = None
+                    if b'"object"' in line:
+                        rejected.append(RejectedLine(lineno, "", _reject_reason(exc), _raw_text(line)))
+                        continue
+                if isinstance(parsed, PodiumLocation):
+                    locations.append(parsed)
+                    continue
+                first_contact_checked = True
+            contacts += 1
+    if not contacts and not locations:
+        raise ExportFileError(f"{path} holds no contacts: " + EXPECTED_EXPORT_SHAPE)
+    return FileSurvey(locations, contacts, rejected)
+
+
+def read_line(path: str, line_number: int) -> str:
+    """The text of one line of an export (for showing a record the database refused), or ""."""
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if lineno == line_number:
+                return _raw_text(line)
+    return ""
+
+
+def _parse_line(line: bytes, lineno: int) -> Any:
+    """The JSON value of one line (MalformedResponse / UnicodeDecodeError as ``parse_export_line``)."""
+    text = _decode(line, lineno)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise MalformedResponse(f"not JSON ({exc})") from None
+
+
+def _is_current(line: bytes, known: Mapping[str, Stamp | None]) -> bool:
+    """True when the index holds this line's contact at the same or a newer version.
+
+    orjson reads the line (a rescan reads every line of the export; this is most of its work). A line
+    it cannot read, or whose contact is new or changed, goes down the full path, which parses it with
+    json exactly as a first scan does.
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(obj, dict):
+        return False
+    uid = obj.get("uid")
+    if type(uid) is not str or uid not in known:
+        return False
+    stamp = wire_stamp(obj)
+    return stamp is not None and stamp_is_current(known[uid], stamp)
+
+
+def _prepare_lines(
+    lines: list[tuple[int, bytes]],
+    regions: dict[str, str],
+    default_region: str,
+    known: Mapping[str, Stamp | None] | None = None,
+) -> tuple[list[PreparedContact], list[RejectedLine], int]:
+    """Parse and prepare a chunk of export lines (runs in a worker process for big files).
+
+    A line that cannot be read or stored is set aside with its reason, never stops the chunk. A
+    contact ``known`` holds at the same or a newer ``updatedAt`` is skipped (counted, not returned).
+    """
+    out: list[PreparedContact] = []
+    rejected: list[RejectedLine] = []
+    skipped = 0
+    for lineno, line in lines:
+        uid = ""
+        if known and _is_current(line, known):
+            skipped += 1
+            continue
+        try:
+            parsed = parse_export_object(_parse_line(line, lineno))
+            if not isinstance(parsed, PodiumContact):
+                continue
+            uid = parsed.uid
+            home = parsed.location_uid
+            prepared = prepare_contact(parsed, regions.get(home, default_region) if home else default_region)
+        except (MalformedResponse, UnicodeDecodeError, ValueError) as exc:
+            rejected.append(RejectedLine(lineno, storable_uid(uid), _reject_reason(exc), _raw_text(line)))
+            continue
+        problem = unstorable_reason(prepared) if _SUSPECT.search(line) else uid_problem(prepared)
+        if problem is not None:
+            rejected.append(RejectedLine(lineno, storable_uid(uid), problem, _raw_text(line)))
+            continue
+        out.append(slim(prepared)._replace(line_number=lineno))
+    return out, rejected, skipped
+
+
+def _prepare_block_in_worker(
+    block: bytes, first_line: int, regions: dict[str, str], default_region: str
+) -> tuple[list[PreparedContact], list[RejectedLine], int]:
+    """Split a block of the export into its contact lines and prepare them, in a worker process.
+
+    The main process only reads blocks and counts their newlines: splitting a million lines and
+    sending each across is work a worker does in parallel. The index's stamps come from
+    ``_KNOWN``, inherited when the worker was forked.
+    """
+    lines = [
+        (lineno, line)
+        for lineno, line in enumerate(block.split(b"\n"), first_line)
+        if not (
+            (len(line) < _SHORT and _is_blank(line, lineno))
+            or (b'"object"' in line and _is_location_line(line))
+        )
+    ]
+    return _prepare_lines(lines, regions, default_region, _KNOWN)
+
+
+@dataclass
+class PreparedChunk:
+    """Prepared contacts of consecutive export lines; ``last_line`` is the number of the last one read.
+
+    ``rejected`` holds the lines of the chunk that were set aside, with their reasons; ``skipped``
+    counts the contacts the index already held as read (or newer), which were not prepared.
+    """
+
+    contacts: list[PreparedContact]
+    last_line: int
+    rejected: list[RejectedLine] = field(default_factory=list)
+    skipped: int = 0
+
+
+def _is_location_line(line: bytes) -> bool:
+    # Only location lines carry "object"; decoding just the rare lines that mention it is cheap.
+    if b'"object"' not in line:
+        return False
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return False  # the parser names the bad line later
+    return isinstance(obj, dict) and obj.get("object") == "location"
+
+
+def _read_chunks(
+    fh: IO[bytes], start_after_line: int, chunk_lines: int
+) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
+    """Contact lines in chunks of ``chunk_lines`` (locations were read by the survey), with line numbers."""
+    chunk: list[tuple[int, bytes]] = []
+    lineno = start_after_line
+    for lineno, line in enumerate(fh, 1):
+        if lineno <= start_after_line:
+            continue
+        if (len(line) < _SHORT and _is_blank(line, lineno)) or (
+            b'"object"' in line and _is_location_line(line)
+        ):
+            continue
+        chunk.append((lineno, line))
+        if len(chunk) >= chunk_lines:
+            yield chunk, lineno
+            chunk = []
+    if chunk or lineno > start_after_line:
+        yield chunk, lineno
+
+
+def _read_blocks(fh: IO[bytes], start_after_line: int, block_bytes: int) -> Iterator[tuple[bytes, int, int]]:
+    """Whole lines in blocks of about ``block_bytes``: (bytes, number of its first line, of its last)."""
+    lineno = 0
+    while lineno < start_after_line and fh.readline():
+        lineno += 1
+    while True:
+        block = fh.read(block_bytes)
+        if not block:
+            return
+        if not block.endswith(b"\n"):
+            block += fh.readline()  # finish the last line (or the file's last, unterminated one)
+        lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        yield block, lineno + 1, lineno + lines
+        lineno += lines
+
+
+def iter_prepared_file(
+    path: str,
+    regions: dict[str, str],
+    default_region: str,
+    *,
+    start_after_line: int = 0,
+    chunk_lines: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    known: Mapping[str, Stamp | None] | None = None,
+) -> Iterator[PreparedChunk]:
+    """Prepare an export's contacts chunk by chunk, in order, resuming after ``start_after_line``.
+
+    ``known`` (``load_stamps``) skips the contacts the index holds at the same or a newer
+    ``updatedAt``; without it every contact line is prepared.
+
+    ``workers`` > 0 prepares in that many forked processes (at most a few chunks ahead of the
+    caller, so memory stays flat however big the file); 0 prepares here. ``None`` chooses: workers
+    when the file is big, this process is allowed children, and no transaction is open (forking
+    requires closing this process's database connections first, so the child cannot disturb them).
+    """
+    if workers is None:
+        workers = default_workers(path)
+    elif workers > 0 and any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
+        workers = 0  # forking needs this process's connections closed, which an open transaction forbids
+    with open(path, "rb") as fh:
+        if workers <= 0:
+            for lines, last in _read_chunks(fh, start_after_line, chunk_lines):
+                prepared, rejected, skipped = _prepare_lines(lines, regions, default_region, known)
+                yield PreparedChunk(prepared, last, rejected, skipped)
+            return
+        blocks = _read_blocks(fh, start_after_line, chunk_lines * _BYTES_PER_LINE)
+        # Forked children inherit open sockets; closing the connections first means neither side
+        # can send on the other's session. Django reconnects on the next query.
+        connections.close_all()
+        ctx = multiprocessing.get_context("fork")
+        global _KNOWN
+        _KNOWN = known or {}
+        try:
+            yield from _prepare_in_pool(ctx, workers, blocks, regions, default_region)
+        finally:
+            _KNOWN = {}
+
+
+def _prepare_in_pool(
+    ctx: Any,
+    workers: int,
+    blocks: Iterator[tuple[bytes, int, int]],
+    regions: dict[str, str],
+    default_region: str,
+) -> Iterator[PreparedChunk]:
+    """Prepare blocks of lines in ``workers`` forked processes, at most a few ahead of the caller."""
+    with ctx.Pool(workers) as pool:
+        pending: deque[tuple[Any, int]] = deque()
+        ahead = workers * 2
+        for block, first, last in blocks:
+            pending.append(
+                (pool.apply_async(_prepare_block_in_worker, (block, first, regions, default_region)), last)
+            )
+            if len(pending) > ahead:
+                result, done_line = pending.popleft()
+                yield _chunk(result.get(), done_line)
+        while pending:
+            result, done_line = pending.popleft()
+            yield _chunk(result.get(), done_line)
+
+
+def _chunk(result: tuple[list[PreparedContact], list[RejectedLine], int], last_line: int) -> PreparedChunk:
+    prepared, rejected, skipped = result
+    return PreparedChunk(prepared, last_line, rejected, skipped)
+
+
+def default_workers(path: str) -> int:
+    """How many worker processes to prepare a file with (0 = in this process)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    if multiprocessing.current_process().daemon:  # e.g. inside a django-q worker: no children allowed
+        return 0
+    if any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
+        return 0
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return 0
+    if size < PARALLEL_MIN_LINES * 400:  # about 400 bytes a contact line
+        return 0
+    return max(1, (os.cpu_count() or 1))
