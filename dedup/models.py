@@ -1021,3 +1021,41 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"worker {self.name}"
+
+
+class ContactTally(models.Model):
+    """Changes to the number of active contacts, per home location and set of locations (``dedup.tallies``).
+
+    On PostgreSQL, statement-level triggers on ``dedup_contact`` append one row per (home, locations)
+    group a statement changed, with the signed change in active contacts; the dashboard sums the rows
+    instead of counting a million contacts. Appending (never updating a shared row) keeps concurrent
+    scans from waiting on each other; reads fold the rows together now and then. Not used on SQLite.
+    """
+
+    location_id = models.BigIntegerField(help_text="the contact's home location")
+    location_uids = models.TextField(help_text="the contact's location_uids as JSON text")
+    n = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["location_id"], name="contacttally_loc")]
+
+    def __str__(self) -> str:
+        return f"{self.n:+d} contacts at {self.location_id}"
+
+
+class ClusterTally(models.Model):
+    """Changes to the number of open within-location clusters, per location and kind (``dedup.tallies``).
+
+    Kept like ``ContactTally`` by triggers on ``dedup_cluster`` (PostgreSQL only). Cross-location
+    clusters (no own location) are few and are counted live.
+    """
+
+    location_id = models.BigIntegerField()
+    kind = models.CharField(max_length=6)
+    n = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["location_id", "kind"], name="clustertally_loc_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.n:+d} open {self.kind} clusters at {self.location_id}"
