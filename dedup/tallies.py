@@ -26,7 +26,7 @@ from django.db.models import Count, Sum
 from dedup import access
 from dedup.access import AnyUser
 from dedup.dblimits import in_values
-from dedup.models import Cluster, ClusterTally, ContactTally
+from dedup.models import Cluster, ClusterTally, Contact, ContactTally
 
 # Fold the appended rows together once there are this many more than groups (each scan chunk and each
 # merge appends a few); reading stays a scan of a few hundred rows.
@@ -222,3 +222,14 @@ def open_auto_clusters(user: AnyUser) -> int:
     counts = open_within_counts(access.visible_location_ids(user))
     return sum(n for (_loc, kind), n in counts.items() if kind == Cluster.AUTO)
 
+
+
+def active_contacts_by_home(location_ids: Collection[int]) -> dict[int, int]:
+    """Active contacts per home location, for these locations (the Locations page's column)."""
+    if not kept_by_database():
+        rows = Contact.objects.filter(location_id__in=in_values(location_ids), deleted_at__isnull=True,
+                                      merged_into_uid="")
+        return {r["location_id"]: int(r["n"]) for r in rows.order_by().values("location_id").annotate(n=Count("id"))}
+    rows = ContactTally.objects.filter(location_id__in=in_values(location_ids))
+    sums = rows.order_by().values("location_id").annotate(n=Sum("n"))
+    return {r["location_id"]: int(r["n"]) for r in sums if r["n"]}

@@ -39,6 +39,9 @@ def _assert_right(*users: Any) -> None:
         ids = access.visible_location_ids(user)
         expected = {k: n for k, n in _live_within().items() if ids is None or k[0] in ids}
         assert tallies.open_within_counts(ids) == expected, user
+    homes = Contact.objects.filter(deleted_at__isnull=True, merged_into_uid="").order_by().values("location_id")
+    every = list(Location.objects.values_list("pk", flat=True))
+    assert tallies.active_contacts_by_home(every) == {r["location_id"]: r["n"] for r in homes.annotate(n=Count("id"))}
     if tallies.kept_by_database():
         # The figures came from the triggers' rows, not from a live count.
         assert ContactTally.objects.exists()

@@ -63,9 +63,13 @@ def cluster_list(request: HttpRequest) -> HttpResponse:
     access.require_perm(request, "dedup.view_cluster")
     form, flt, filter_query = queue_filter(request, request.GET)
     per_page = int(form.cleaned_data.get("per_page") or 25)
-    source = queue.SegmentedClusters(
-        queue.segments(request.user, queue.matching(request.user, flt, region_for(flt))), flt.order, _for_display
-    )
+    clusters = queue.matching(request.user, flt, region_for(flt))
+    capped = False
+    if flt.q:
+        segments, capped = queue.capped_segments(request.user, clusters, queue.SEARCH_COUNT_CAP)
+    else:
+        segments = queue.segments(request.user, clusters)
+    source = queue.SegmentedClusters(segments, flt.order, _for_display)
     page = paginate(request, source, per_page, count=len(source))
     can_approve = access.has_perm(request.user, "dedup.approve_cluster")
     rows = [
@@ -89,6 +93,8 @@ def cluster_list(request: HttpRequest) -> HttpResponse:
             "can_bulk": any(r.selectable for r in rows),
             "can_approve": can_approve,
             "max_bulk": MAX_BULK,
+            "count_capped": capped,
+            "count_cap": queue.SEARCH_COUNT_CAP,
         },
     )
 
