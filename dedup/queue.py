@@ -127,7 +127,7 @@ def _member_visible_q(ids: frozenset[int]) -> Q:
     """
     granted = in_values(ids)
     elsewhere = ContactLocation.objects.filter(contact_id=OuterRef("contact_id"), location_id__in=granted)
-    return Q(location_id__in=granted) | Exists(elsewhere)
+    return Q(location_id__in=granted) | Q(Exists(elsewhere))
 
 
 def search_q(user: AnyUser, text: str, region: str) -> Q:

@@ -230,6 +230,6 @@ def active_contacts_by_home(location_ids: Collection[int]) -> dict[int, int]:
         rows = Contact.objects.filter(location_id__in=in_values(location_ids), deleted_at__isnull=True,
                                       merged_into_uid="")
         return {r["location_id"]: int(r["n"]) for r in rows.order_by().values("location_id").annotate(n=Count("id"))}
-    rows = ContactTally.objects.filter(location_id__in=in_values(location_ids))
-    sums = rows.order_by().values("location_id").annotate(n=Sum("n"))
+    tally = ContactTally.objects.filter(location_id__in=in_values(location_ids))
+    sums = tally.order_by().values("location_id").annotate(n=Sum("n"))
     return {r["location_id"]: int(r["n"]) for r in sums if r["n"]}
