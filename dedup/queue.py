@@ -21,7 +21,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, overload
 
 from django.contrib.auth import get_user_model
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Exists, OuterRef, Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from dedup import access, audit
 from dedup.access import AnyUser
@@ -282,7 +283,22 @@ def _count_upto(qs: QuerySet[Cluster], cap: int) -> int:
 
 
 def _after_q(order: Sequence[str], cluster: Cluster) -> Q:
-    """Clusters strictly after ``cluster`` in ``order`` (a keyset condition, index-friendly)."""
+    """Clusters strictly after ``cluster`` in ``order`` (a keyset condition the queue's index answers).
+
+    When every field runs the same way (all the queue's sorts do), it is one row comparison,
+    ``(confidence, id) < (x, y)``, which PostgreSQL and SQLite both read as where to start walking the
+    index. The spelled-out ``OR`` form is read as a filter instead: finding the next cluster then
+    walked every open cluster tied on confidence (385 ms at 250,000 open clusters).
+    """
+    fields = [field.lstrip("-") for field in order]
+    descending = {field.startswith("-") for field in order}
+    if len(descending) == 1:
+        table = Cluster._meta.db_table
+        columns = ", ".join(f'"{table}"."{Cluster._meta.get_field(f).column}"' for f in fields)
+        marks = ", ".join(["%s"] * len(fields))
+        op = "<" if descending == {True} else ">"
+        values = [getattr(cluster, f) for f in fields]
+        return Q(RawSQL(f"({columns}) {op} ({marks})", values, output_field=BooleanField()))
     after = Q(pk__in=[])
     ties = Q()
     for field in order:
