@@ -21,10 +21,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, overload
 
 from django.contrib.auth import get_user_model
-from django.db.models import BooleanField, Exists, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Exists, Field, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
-from dedup import access, audit
+from dedup import access, audit, tallies
 from dedup.access import AnyUser
 from dedup.dblimits import in_values
 from dedup.models import Cluster, ClusterMember, Contact, ContactKey, ContactLocation, MergeBatch
@@ -246,13 +246,44 @@ class SegmentedClusters(Sequence[Cluster]):
         return [rows[pk] for pk in pks if pk in rows]
 
 
-def segments(user: AnyUser, clusters: QuerySet[Cluster]) -> list[tuple[QuerySet[Cluster], int]]:
-    """The queue's segments for this user with their counts: decidable first (one segment when all are)."""
+def segments(
+    user: AnyUser, clusters: QuerySet[Cluster], flt: QueueFilter | None = None
+) -> list[tuple[QuerySet[Cluster], int]]:
+    """The queue's segments for this user with their counts: decidable first (one segment when all are).
+
+    When ``flt`` narrows the open queue by kind at most, the within-location clusters are counted from
+    the tallies the database keeps (``dedup.tallies``) and only the few cross-location ones live: an
+    exact count that does not visit the 250,000 clusters of a large queue.
+    """
+    tallied = flt is not None and _tally_countable(flt)
     if access.decides_every_visible_cluster(user) or not access.has_perm(user, "dedup.approve_cluster"):
-        return [(access.restrict_clusters(user, clusters), access.count_visible_clusters(user, clusters))]
+        visible = access.restrict_clusters(user, clusters)
+        if tallied:
+            cross = clusters.filter(location__isnull=True)
+            return [(visible, _tallied_within(user, flt) + access.count_visible_clusters(user, cross))]
+        return [(visible, access.count_visible_clusters(user, clusters))]
     decidable, readable = access.split_by_decidable(user, clusters)
+    if tallied:
+        n_cross_decidable, n_readable = access.count_split(user, clusters.filter(location__isnull=True))
+        return [(decidable, _tallied_within(user, flt) + n_cross_decidable), (readable, n_readable)]
     n_decidable, n_readable = access.count_split(user, clusters)
     return [(decidable, n_decidable), (readable, n_readable)]
+
+
+def _tally_countable(flt: QueueFilter) -> bool:
+    """Whether the tallies count this filter's clusters: the open queue, narrowed by kind at most."""
+    return (
+        flt.status == Cluster.OPEN
+        and not (flt.q or flt.location_uid or flt.min_confidence or flt.max_confidence)
+        and flt.kind in ("", Cluster.AUTO, Cluster.REVIEW, Cluster.CROSS)
+    )
+
+
+def _tallied_within(user: AnyUser, flt: QueueFilter | None) -> int:
+    """Open within-location clusters this user sees (of ``flt``'s kind), from the tallies."""
+    kind = flt.kind if flt is not None else ""
+    counts = tallies.open_within_counts(access.visible_location_ids(user))
+    return sum(n for (_loc, k), n in counts.items() if not kind or k == kind)
 
 
 def capped_segments(
@@ -282,6 +313,12 @@ def _count_upto(qs: QuerySet[Cluster], cap: int) -> int:
     return int(qs.order_by()[: cap + 1].count())
 
 
+def _column(name: str) -> str:
+    field = Cluster._meta.get_field(name)
+    assert isinstance(field, Field)
+    return str(field.column)
+
+
 def _after_q(order: Sequence[str], cluster: Cluster) -> Q:
     """Clusters strictly after ``cluster`` in ``order`` (a keyset condition the queue's index answers).
 
@@ -294,7 +331,7 @@ def _after_q(order: Sequence[str], cluster: Cluster) -> Q:
     descending = {field.startswith("-") for field in order}
     if len(descending) == 1:
         table = Cluster._meta.db_table
-        columns = ", ".join(f'"{table}"."{Cluster._meta.get_field(f).column}"' for f in fields)
+        columns = ", ".join(f'"{table}"."{_column(f)}"' for f in fields)
         marks = ", ".join(["%s"] * len(fields))
         op = "<" if descending == {True} else ">"
         values = [getattr(cluster, f) for f in fields]

@@ -68,7 +68,7 @@ def cluster_list(request: HttpRequest) -> HttpResponse:
     if flt.q:
         segments, capped = queue.capped_segments(request.user, clusters, queue.SEARCH_COUNT_CAP)
     else:
-        segments = queue.segments(request.user, clusters)
+        segments = queue.segments(request.user, clusters, flt)
     source = queue.SegmentedClusters(segments, flt.order, _for_display)
     page = paginate(request, source, per_page, count=len(source))
     can_approve = access.has_perm(request.user, "dedup.approve_cluster")
