@@ -71,7 +71,9 @@ def _vacuum() -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        for table in ("dedup_cluster", "dedup_cluster_locations", "dedup_clustermember", "dedup_contact"):
+        for table in ("dedup_cluster", "dedup_cluster_locations", "dedup_clustermember", "dedup_contact",
+                      "dedup_contactkey", "dedup_contactlocation", "dedup_uncategorizedphone", "dedup_mergeoperation",
+                      "dedup_auditevent", "dedup_scanrun", "dedup_rejectedrecord"):
             cursor.execute(f"VACUUM ANALYZE {table}")
 
 
