@@ -198,6 +198,7 @@ def main() -> int:
     parser.add_argument("--clusters", type=int, default=250_000)
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--only", default="", help="measure only pages whose label contains this text")
+    parser.add_argument("--users", default="admin,manager", help="whom to measure: admin, manager or both")
     parser.add_argument("--timeout-ms", type=int, default=10_000, help="a query running longer fails its page")
     args = parser.parse_args()
 
@@ -225,6 +226,8 @@ def main() -> int:
     print(f"{'page':<44} {'user':<8} {'p50 ms':>8} {'p95 ms':>8} {'queries':>8}")
     over: list[str] = []
     for label, user in (("admin", admin), ("manager", manager)):
+        if label not in args.users.split(","):
+            continue
         client = Client()
         client.force_login(user)  # type: ignore[arg-type]
         rng = random.Random(7)
