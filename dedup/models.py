@@ -572,6 +572,15 @@ class MergeOperation(models.Model):
     RESUMABLE_STATES = (PENDING, MERGING, MERGED, COMPLIANCE_FAILED, CONFLICT_PENDING)
 
     cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="operations")
+    location = models.ForeignKey(
+        Location,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="the cluster's own location (empty for a cross-location cluster), copied when created so "
+        "the history is filtered by location without reading every cluster (access.operations_visible_to)",
+    )
     batch = models.ForeignKey(
         MergeBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations"
     )
@@ -630,6 +639,12 @@ class MergeOperation(models.Model):
 
     def __str__(self) -> str:
         return f"merge #{self.pk} {self.state}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self._state.adding and self.location_id is None and self.cluster_id is not None:
+            # A cluster's own location never changes (a new membership is a new cluster).
+            self.location_id = Cluster.objects.filter(pk=self.cluster_id).values_list("location_id", flat=True).first()
+        super().save(*args, **kwargs)
 
     @property
     def is_terminal(self) -> bool:
