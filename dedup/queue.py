@@ -46,7 +46,9 @@ APPROVE_CHUNK = 200
 # Contacts one uid, phone or email may name, and their clusters, taken into a search at most.
 DIRECT_CAP = 5000
 # A search's clusters are counted up to this many; past it the queue says "more than".
-SEARCH_COUNT_CAP = 500
+SEARCH_COUNT_CAP = 200
+# A name matching at most this many contacts is searched through their list, not cluster by cluster.
+NAME_LIST_CAP = 5000
 
 
 @dataclass(frozen=True)
@@ -140,10 +142,10 @@ def search_q(user: AnyUser, text: str, region: str) -> Q:
     are searched, so a search cannot reveal a masked member of another location.
 
     What a uid, a phone or an email names is a handful of contacts: they are looked up first (indexed
-    equalities) and their clusters passed on as a list. A name may match tens of thousands of contacts:
-    it stays one correlated ``EXISTS`` per cluster, which PostgreSQL answers either by walking the queue
-    in order and probing each cluster's members (a common name fills a page after a few hundred
-    clusters) or from the trigram index on ``normalized_name`` (a rare one), whichever is cheaper.
+    equalities) and their clusters passed on as a list. So are the contacts of a name that matches at
+    most ``NAME_LIST_CAP`` of them (read off the trigram index on ``normalized_name`` on PostgreSQL).
+    A more common name stays one correlated ``EXISTS`` per cluster: its clusters are dense, and walking
+    the queue in order, probing each cluster's members, fills a page after a few hundred clusters.
     A text that names a contact by uid, email or phone is not also searched as a name.
     """
     text = text.strip()
@@ -168,6 +170,14 @@ def search_q(user: AnyUser, text: str, region: str) -> Q:
         found |= Q(pk__in=in_values(set(members.values_list("cluster_id", flat=True)[:DIRECT_CAP])))
     if direct or email or not normalize_name(text) or _CLUSTER_REF.fullmatch(text):
         return found
+    named = list(Contact.objects.filter(name_search_q(text)).values_list("pk", flat=True)[: NAME_LIST_CAP + 1])
+    if len(named) <= NAME_LIST_CAP:
+        # A rare name: its few contacts' clusters, as a list.
+        members = ClusterMember.objects.filter(contact_id__in=in_values(named))
+        if ids is not None:
+            members = members.filter(_member_visible_q(ids))
+        return found | Q(pk__in=in_values(set(members.values_list("cluster_id", flat=True))))
+    # A common name: matching clusters are dense, so walking the queue in order finds a page quickly.
     by_name = ClusterMember.objects.filter(cluster_id=OuterRef("pk")).filter(name_search_q(text, "contact__"))
     if ids is not None:
         by_name = by_name.filter(_member_visible_q(ids))

@@ -54,3 +54,14 @@ class CappedSearchTestCase(DashboardTestCase):
         assert response.context["count_capped"] is False
         assert response.context["page"].paginator.count == Cluster.objects.filter(status=Cluster.OPEN).count()
         assert "more than" not in response.content.decode()
+
+    def test_a_common_name_searched_cluster_by_cluster_finds_what_the_list_finds(self) -> None:
+        for user in (self.sydney_manager, self.burleigh_manager, self.admin):
+            self.login(user)
+            for q in ("garcia", "maria garcia", "José", "jack smith", "chen"):
+                by_list = self.search(q)[0]
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr(queue, "NAME_LIST_CAP", 0)  # every name is "common"
+                    assert self.search(q)[0] == by_list, (user.username, q)
+        self.login(self.sydney_manager)
+        assert self.search("garcia")[0] == {self.sydney_cluster.pk, self.garcia_two.pk}
