@@ -435,6 +435,13 @@ class Cluster(models.Model):
             # page of 250,000 open clusters costs a few index entries instead of a sort of the table;
             # the location for the same reason as above.
             models.Index(fields=["status", "confidence", "id", "location"], name="cluster_queue_order_loc"),
+            # What "approve all matching" counts: open auto-mergeable clusters, by location, on an index
+            # of their own (the queue's indexes do not hold ``auto_merge``, so counting read every row).
+            models.Index(
+                fields=["location", "id"],
+                condition=Q(status="open", kind="auto", auto_merge=True),
+                name="cluster_approvable",
+            ),
         ]
         permissions = [
             ("approve_cluster", "Can approve a cluster for merging"),
