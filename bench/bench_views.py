@@ -126,6 +126,15 @@ def _queries(client: object, path: str) -> int:
 
 
 
+def _yardstick() -> float:
+    """Milliseconds for a fixed pure-Python loop: how loaded this shared machine is during the run."""
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(2_000_000):
+        total += i * i
+    return (time.perf_counter() - t0) * 1000
+
+
 def _status(client: object, path: str) -> int:
     return int(client.get(path).status_code)  # type: ignore[attr-defined]
 
@@ -223,6 +232,8 @@ def main() -> int:
     contacts = Contact.objects.count()
     print(f"\n{contacts:,} contacts, {open_total:,} open clusters; {args.samples} samples per row after 5 warm-up "
           f"requests; target p95 <= {TARGET_P95_MS:.0f} ms\n")
+    yard_before = _yardstick()
+    print(f"yardstick (a fixed Python loop; it grows with the load other processes put on the machine): {yard_before:.0f} ms\n")
     print(f"{'page':<44} {'user':<8} {'p50 ms':>8} {'p95 ms':>8} {'queries':>8}")
     over: list[str] = []
     for label, user in (("admin", admin), ("manager", manager)):
@@ -258,6 +269,7 @@ def main() -> int:
             h1, h2 = _queries(client, "/history/?page=1"), _queries(client, "/history/?page=7")
             print(f"{'  history queries, page 1 vs page 7':<44} {label:<8} {h1:>8} {h2:>8} "
                   f"{'constant' if h1 == h2 else 'GROWS':>8}")
+    print(f"\nyardstick at the start {yard_before:.0f} ms, at the end {_yardstick():.0f} ms")
     if over:
         print(f"\nOVER the {TARGET_P95_MS:.0f} ms p95 target: " + "; ".join(over))
     else:

@@ -46,7 +46,7 @@ APPROVE_CHUNK = 200
 # Contacts one uid, phone or email may name, and their clusters, taken into a search at most.
 DIRECT_CAP = 5000
 # A search's clusters are counted up to this many; past it the queue says "more than".
-SEARCH_COUNT_CAP = 200
+SEARCH_COUNT_CAP = 100
 # A name matching at most this many contacts is searched through their list, not cluster by cluster.
 NAME_LIST_CAP = 5000
 
