@@ -73,7 +73,7 @@ def cluster_list(request: HttpRequest) -> HttpResponse:
     page = paginate(request, source, per_page, count=len(source))
     can_approve = access.has_perm(request.user, "dedup.approve_cluster")
     rows = [
-        _ClusterRow.of(c, request.user, can_approve and access.can_act_on_cluster(request.user, c), filter_query)
+        _ClusterRow.of(c, request.user, can_approve and access.is_granted_cluster(request.user, c), filter_query)
         for c in page
     ]
     if can_approve and source.boundary is not None:
