@@ -228,6 +228,9 @@ def main() -> int:
         cursor.execute(f"SET statement_timeout = {int(args.timeout_ms)}")
 
     admin, manager = _users()
+    from dedup.heap import settle_heap
+
+    settle_heap()  # as dedup/wsgi.py does in a web process
     open_total = Cluster.objects.filter(status=Cluster.OPEN).count()
     contacts = Contact.objects.count()
     print(f"\n{contacts:,} contacts, {open_total:,} open clusters; {args.samples} samples per row after 5 warm-up "
