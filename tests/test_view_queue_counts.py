@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from dedup import access
 from dedup.models import Cluster
 from tests.dashboard_base import (
@@ -54,3 +56,17 @@ class QueueCountsTestCase(DashboardTestCase):
 
     def test_closed_clusters_are_counted_only_when_asked_for(self) -> None:
         assert self.count(self.admin, "status=rejected") == Cluster.objects.filter(status=Cluster.REJECTED).count() == 1
+
+    def test_the_decidable_segment_is_the_same_listed_or_inline(self) -> None:
+        opened = Cluster.objects.filter(status=Cluster.OPEN)
+        for user in (self.sydney_manager, self.both):
+            listed = [set(qs.values_list("pk", flat=True)) for qs in access.split_by_decidable(user, opened)]
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(access, "_DECIDABLE_CROSS_LIST", 0)  # too many to list: the subquery inline
+                inline = [set(qs.values_list("pk", flat=True)) for qs in access.split_by_decidable(user, opened)]
+            assert listed == inline, user.username
+        # The manager of both locations decides the cross-location cluster; Sydney's only reads it.
+        assert self.cross.pk in access.split_by_decidable(self.both, opened)[0].values_list("pk", flat=True)
+        decidable, readable = access.split_by_decidable(self.sydney_manager, opened)
+        assert self.cross.pk not in decidable.values_list("pk", flat=True)
+        assert self.cross.pk in readable.values_list("pk", flat=True)
