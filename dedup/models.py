@@ -140,6 +140,13 @@ class Contact(models.Model):
         indexes = [
             models.Index(fields=["location", "deleted_at"], name="contact_loc_deleted"),
             models.Index(fields=["merged_into_uid"], name="contact_merged_into"),
+            # Deleted contacts, newest first: the page reads a few entries of this small index instead
+            # of filtering and sorting a million contacts (and counts the retired ones alone).
+            models.Index(
+                fields=["-deleted_at", "-id"],
+                condition=Q(deleted_at__isnull=False) | ~Q(merged_into_uid=""),
+                name="contact_retired_order",
+            ),
         ]
         permissions = [("restore_contact", "Can restore a soft-deleted contact in Podium")]
 
@@ -221,7 +228,11 @@ class UncategorizedPhone(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["contact", "raw"], name="uniq_uncategorized_phone")]
-        indexes = [models.Index(fields=["location", "code"], name="uncat_loc_code")]
+        indexes = [
+            models.Index(fields=["location", "code"], name="uncat_loc_code"),
+            # The page's order (newest first) read off an index instead of sorting every phone.
+            models.Index(fields=["-first_seen_at", "-id"], name="uncat_newest"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.code} on {self.contact_id}"
@@ -429,11 +440,24 @@ class Cluster(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["status", "kind", "confidence"], name="cluster_status_kind_conf"),
+            # The queue by kind in its order. Its location rides along so a manager's page is filtered
+            # on the index alone (an index-only scan), never by fetching each skipped cluster's row.
+            models.Index(fields=["status", "kind", "confidence", "id", "location"], name="cluster_kind_queue_order"),
             models.Index(fields=["location", "status"], name="cluster_loc_status"),
             # The review queue's default order (confidence, then id) read straight off an index, so a
-            # page of 100,000 open clusters costs a few index entries instead of a sort of the table.
-            models.Index(fields=["status", "confidence", "id"], name="cluster_queue_order"),
+            # page of 250,000 open clusters costs a few index entries instead of a sort of the table;
+            # the location for the same reason as above.
+            models.Index(fields=["status", "confidence", "id", "location"], name="cluster_queue_order_loc"),
+            # What "approve all matching" counts: open auto-mergeable clusters, by location, on an index
+            # of their own (the queue's indexes do not hold ``auto_merge``, so counting read every row).
+            models.Index(
+                fields=["location", "id"],
+                condition=Q(status="open", kind="auto", auto_merge=True),
+                name="cluster_approvable",
+            ),
+            # The open cross-location clusters (no own location), which the dashboard and the queue count
+            # live: a few thousand entries instead of a walk of every open cluster.
+            models.Index(fields=["id"], condition=Q(status="open", location__isnull=True), name="cluster_open_cross"),
         ]
         permissions = [
             ("approve_cluster", "Can approve a cluster for merging"),
@@ -593,6 +617,15 @@ class MergeOperation(models.Model):
     RESUMABLE_STATES = (PENDING, MERGING, MERGED, COMPLIANCE_FAILED, CONFLICT_PENDING)
 
     cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="operations")
+    location = models.ForeignKey(
+        Location,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="the cluster's own location (empty for a cross-location cluster), copied when created so "
+        "the history is filtered by location without reading every cluster (access.operations_visible_to)",
+    )
     batch = models.ForeignKey(
         MergeBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations"
     )
@@ -638,7 +671,12 @@ class MergeOperation(models.Model):
                 name="one_live_operation_per_cluster",
             )
         ]
-        indexes = [models.Index(fields=["state", "next_attempt_at"], name="mergeop_state_next")]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"], name="mergeop_state_next"),
+            # The merge history, newest first, whole or by state: read off an index, not sorted.
+            models.Index(fields=["-created_at", "-id"], name="mergeop_newest"),
+            models.Index(fields=["state", "-created_at", "-id"], name="mergeop_state_newest"),
+        ]
         permissions = [
             ("retry_operation", "Can retry a compliance-failed merge"),
             ("resolve_operation", "Can resolve an unreconcilable merge"),
@@ -646,6 +684,12 @@ class MergeOperation(models.Model):
 
     def __str__(self) -> str:
         return f"merge #{self.pk} {self.state}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self._state.adding and self.location_id is None and self.cluster_id is not None:
+            # A cluster's own location never changes (a new membership is a new cluster).
+            self.location_id = Cluster.objects.filter(pk=self.cluster_id).values_list("location_id", flat=True).first()
+        super().save(*args, **kwargs)
 
     @property
     def is_terminal(self) -> bool:
@@ -1056,3 +1100,41 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"worker {self.name}"
+
+
+class ContactTally(models.Model):
+    """Changes to the number of active contacts, per home location and set of locations (``dedup.tallies``).
+
+    On PostgreSQL, statement-level triggers on ``dedup_contact`` append one row per (home, locations)
+    group a statement changed, with the signed change in active contacts; the dashboard sums the rows
+    instead of counting a million contacts. Appending (never updating a shared row) keeps concurrent
+    scans from waiting on each other; reads fold the rows together now and then. Not used on SQLite.
+    """
+
+    location_id = models.BigIntegerField(help_text="the contact's home location")
+    location_uids = models.TextField(help_text="the contact's location_uids as JSON text")
+    n = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["location_id"], name="contacttally_loc")]
+
+    def __str__(self) -> str:
+        return f"{self.n:+d} contacts at {self.location_id}"
+
+
+class ClusterTally(models.Model):
+    """Changes to the number of open within-location clusters, per location and kind (``dedup.tallies``).
+
+    Kept like ``ContactTally`` by triggers on ``dedup_cluster`` (PostgreSQL only). Cross-location
+    clusters (no own location) are few and are counted live.
+    """
+
+    location_id = models.BigIntegerField()
+    kind = models.CharField(max_length=6)
+    n = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["location_id", "kind"], name="clustertally_loc_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.n:+d} open {self.kind} clusters at {self.location_id}"

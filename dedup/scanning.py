@@ -42,7 +42,7 @@ from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from dedup import audit
+from dedup import audit, tallies
 from dedup.dblimits import in_values
 from dedup.detection import DetectionSummary, detect
 from dedup.exportfile import ExportFileError, iter_prepared_file, read_line, survey_file
@@ -482,6 +482,7 @@ def _finish(state: _Run, summary: DetectionSummary) -> None:
             "detection": summary.as_dict(),
         },
     )
+    tallies.compact()
     logger.info(
         "scan #%s finished: %d contacts in %d pages, %d invalid phones, %d rejected, %d open clusters (%d auto) "
         "in %.1fs",

@@ -14,3 +14,7 @@ try:
 except SettingsError as exc:
     # One line in the server's log saying what to set, not a traceback through the settings loader.
     raise SystemExit(f"configuration error: {exc}") from None
+
+from dedup.heap import settle_heap  # noqa: E402  (needs the settings loaded above)
+
+settle_heap()

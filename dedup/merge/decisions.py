@@ -203,6 +203,7 @@ def start_operation(
     loops = restore_loops(plan)
     operation = MergeOperation.objects.create(
         cluster=locked,
+        location_id=locked.location_id,
         batch=batch,
         state=MergeOperation.PENDING,
         strategy=strategy,

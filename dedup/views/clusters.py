@@ -63,13 +63,17 @@ def cluster_list(request: HttpRequest) -> HttpResponse:
     access.require_perm(request, "dedup.view_cluster")
     form, flt, filter_query = queue_filter(request, request.GET)
     per_page = int(form.cleaned_data.get("per_page") or 25)
-    source = queue.SegmentedClusters(
-        queue.segments(request.user, queue.matching(request.user, flt, region_for(flt))), flt.order, _for_display
-    )
+    clusters = queue.matching(request.user, flt, region_for(flt))
+    capped = False
+    if flt.q:
+        segments, capped = queue.capped_segments(request.user, clusters, queue.SEARCH_COUNT_CAP)
+    else:
+        segments = queue.segments(request.user, clusters, flt)
+    source = queue.SegmentedClusters(segments, flt.order, _for_display)
     page = paginate(request, source, per_page, count=len(source))
     can_approve = access.has_perm(request.user, "dedup.approve_cluster")
     rows = [
-        _ClusterRow.of(c, request.user, can_approve and access.can_act_on_cluster(request.user, c), filter_query)
+        _ClusterRow.of(c, request.user, can_approve and access.is_granted_cluster(request.user, c), filter_query)
         for c in page
     ]
     if can_approve and source.boundary is not None:
@@ -89,6 +93,8 @@ def cluster_list(request: HttpRequest) -> HttpResponse:
             "can_bulk": any(r.selectable for r in rows),
             "can_approve": can_approve,
             "max_bulk": MAX_BULK,
+            "count_capped": capped,
+            "count_cap": queue.SEARCH_COUNT_CAP,
         },
     )
 
@@ -213,7 +219,9 @@ def approve_matching(request: HttpRequest) -> HttpResponse:
             return redirect(reverse("dashboard") + f"#batch-{batch.pk}")
         messages.warning(request, "More clusters match than when you looked; check the new count and confirm again.")
     n_auto, n_other = queue.count_approvable(request.user, flt, region)
-    upto = approvable.aggregate(top=Max("pk"))["top"] or 0
+    # The newest cluster now: every cluster counted here has an id up to it, and the job takes no later
+    # one. The primary key's index answers at once, where the newest *matching* one meant a scan.
+    upto = Cluster.objects.aggregate(top=Max("pk"))["top"] or 0
     return render(
         request,
         "clusters/approve_matching.html",
