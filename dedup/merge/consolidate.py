@@ -18,7 +18,7 @@ import secrets
 from typing import Any
 
 from dedup.consent import mask, requirements, violations
-from dedup.merge.common import ERR_DRIFT, ERR_NOT_FOUND, ERR_UNRECONCILABLE, crash_point
+from dedup.merge.common import ERR_DRIFT, ERR_UNRECONCILABLE, crash_point
 from dedup.merge.finish import (
     compliance_failed,
     index_survivor,
@@ -55,11 +55,7 @@ def merging(runner: Runner) -> bool:
         return False
     primary = runner.live.get(op.primary_uid) or runner.read(op.primary_uid)
     if primary is None:
-        runner.fail(
-            ERR_NOT_FOUND, f"{ERR_NOT_FOUND} contact_not_found: the primary {op.primary_uid} is gone from Podium",
-            re_evaluate=True,
-        )  # fmt: skip
-        runner.queue_rescan("contact_not_found", [op.primary_uid])
+        runner.primary_gone()
         return False
     if isinstance(primary, Unaddressable):
         runner.back_to_review(

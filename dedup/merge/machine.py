@@ -274,6 +274,15 @@ class Runner:
             cluster_changes=cluster_changes, payload={"reason": message, **(payload or {})},
         )  # fmt: skip
 
+    def primary_gone(self, evidence: Mapping[str, Any] | None = None) -> None:
+        """Podium does not know the primary (or it is deleted): stop, and let the next scan judge the cluster."""
+        uid = self.op.primary_uid
+        self.fail(
+            ERR_NOT_FOUND, f"{ERR_NOT_FOUND} contact_not_found: Podium does not know the primary {uid} (or it is "
+            "deleted); skipped until the next scan", evidence=evidence, re_evaluate=True,
+        )  # fmt: skip
+        self.queue_rescan("contact_not_found", [uid])
+
     def back_to_review(
         self, code: str, message: str, reason: str, evidence: Mapping[str, Any] | None = None
     ) -> None:

@@ -23,7 +23,6 @@ from dedup.merge.common import (
     ERR_CONFLICT,
     ERR_CROSS_LOCATION,
     ERR_INVALID_DUPLICATE,
-    ERR_NOT_FOUND,
     ERR_UNRECONCILABLE,
     TIMINGS,
     backoff,
@@ -78,13 +77,7 @@ def merging(runner: Runner) -> bool:
         except InvalidDuplicateError as exc:
             return _drop_gone(runner, exc)
         except NotFoundError:
-            runner.fail(
-                ERR_NOT_FOUND,
-                f"{ERR_NOT_FOUND} contact_not_found: Podium does not know primary {primary_uid} (or it is deleted); "
-                "skipped until the next scan",
-                re_evaluate=True,
-            )
-            runner.queue_rescan("contact_not_found", [primary_uid])
+            runner.primary_gone()
             return False
         except UnprocessableError:
             runner.fail(
@@ -140,11 +133,7 @@ def _write_first(runner: Runner) -> bool:
             primary_name_before=before.name if before else None, move_conversations=False, before_merge=True,
         )  # fmt: skip
     except NotFoundError:
-        runner.fail(
-            ERR_NOT_FOUND, f"{ERR_NOT_FOUND} contact_not_found: the primary {op.primary_uid} is gone from Podium",
-            re_evaluate=True,
-        )  # fmt: skip
-        runner.queue_rescan("contact_not_found", [op.primary_uid])
+        runner.primary_gone()
         return False
     except (InvalidRequestError, UnprocessableError, ConflictError) as exc:
         runner.back_to_review(
@@ -256,11 +245,7 @@ def _reconcile(runner: Runner) -> bool:
         return True
     if not merged_here and not merged_elsewhere:
         if primary is None:
-            runner.fail(
-                ERR_NOT_FOUND, f"{ERR_NOT_FOUND} contact_not_found: primary {primary_uid} is unknown to Podium",
-                evidence=evidence, re_evaluate=True,
-            )  # fmt: skip
-            runner.queue_rescan("contact_not_found", [primary_uid])
+            runner.primary_gone(evidence)
             return False
         # The primary's own updatedAt may have moved by this operation's writes before the merge: its
         # drift is not a change of anyone else's (what is written next is judged on it as it is now).
