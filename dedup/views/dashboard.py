@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET
 
 from dedup import access, charts, tallies
 from dedup.access import AnyUser
+from dedup.dblimits import in_values
 from dedup.forms import ScanForm
 from dedup.merge import batch_progress, current_strategy
 from dedup.models import Cluster, Location, MergeBatch, MergeOperation, ScanRun
@@ -125,7 +126,8 @@ def _open_cluster_counts(user: AnyUser) -> tuple[dict[str, int], list[charts.Poi
         by_kind[Cluster.CROSS] = by_kind.get(Cluster.CROSS, 0) + cross_total
     for location_id, n in cross_per_location.items():
         per_id[location_id] = per_id.get(location_id, 0) + n
-    names = dict(Location.objects.filter(pk__in=[pk for pk, n in per_id.items() if n]).values_list("pk", "name"))
+    counted = [pk for pk, n in per_id.items() if n]
+    names = dict(Location.objects.filter(pk__in=in_values(counted)).values_list("pk", "name"))
     per_location: dict[str, int] = {}
     for pk, n in per_id.items():
         if n and pk in names:
