@@ -98,7 +98,7 @@ def test_a_first_detection_builds_the_cluster_indexes_after_loading(monkeypatch:
     stamp = datetime(2025, 3, 1, tzinfo=UTC)
     index(*(c for i in range(300) for c in pair(i, stamp=stamp)))
     before = index_names()
-    assert {"cluster_queue_order", "cluster_loc_status", "uniq_cluster_member"} <= before
+    assert {"cluster_queue_order_loc", "cluster_loc_status", "uniq_cluster_member"} <= before
 
     timings = detect().timings
     assert "index_build" in timings  # the secondary indexes were dropped and built again
