@@ -10,13 +10,10 @@ when it ends (a flush emits ``post_migrate``). Register with ``pytest_plugins = 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from django.db import connection
-from django.db.models.signals import post_migrate
 
-_GUARD_UID = "tests.committed_db.audit_guard_again"
+from tests.audit_guard import lift_for_the_flush
 
 
 def _ensure_roles() -> None:
@@ -37,14 +34,4 @@ def _ensure_roles() -> None:
 def committed_db(transactional_db: None) -> Iterator[None]:
     _ensure_roles()
     yield
-    if connection.vendor != "postgresql":
-        return
-
-    def guard_again(**kwargs: Any) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE dedup_auditevent ENABLE TRIGGER dedup_audit_no_truncate")
-        post_migrate.disconnect(dispatch_uid=_GUARD_UID)
-
-    post_migrate.connect(guard_again, weak=False, dispatch_uid=_GUARD_UID)
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE dedup_auditevent DISABLE TRIGGER dedup_audit_no_truncate")
+    lift_for_the_flush()

@@ -26,8 +26,6 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, Permission, User
-from django.db import connection
-from django.db.models.signals import post_migrate
 
 from dedup.clustering import stable_cluster_id
 from dedup.consent import requirements, violations
@@ -45,6 +43,7 @@ from podium_client import PodiumClient
 from podium_client.consent import consent_flags
 from podium_client.corpus import BURLEIGH, SYDNEY
 from podium_client.emulator import EmulatorServer, EmulatorState
+from tests.audit_guard import lift_for_the_flush
 from tests.fixtures_emulator import empty_state, make_contact
 
 CONSOLIDATE = "consolidate"
@@ -433,20 +432,9 @@ def pg_flushable(transactional_db: None) -> Iterator[None]:
     (flush emits ``post_migrate``), so every other test still runs with it.
     """
     yield
-    if connection.vendor != "postgresql":
-        return
-
-    def guard_again(**kwargs: Any) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE dedup_auditevent ENABLE TRIGGER dedup_audit_no_truncate")
-        post_migrate.disconnect(dispatch_uid=_GUARD_UID)
-
-    post_migrate.connect(guard_again, weak=False, dispatch_uid=_GUARD_UID)
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE dedup_auditevent DISABLE TRIGGER dedup_audit_no_truncate")
+    lift_for_the_flush()
 
 
-_GUARD_UID = "tests.merge_helpers.audit_guard_again"
 
 
 @pytest.fixture

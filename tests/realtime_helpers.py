@@ -19,8 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from django.db import connection
-from django.db.models.signals import post_migrate
 from django.test import Client
 
 from dedup.indexing import IndexWriter
@@ -28,6 +26,7 @@ from dedup.models import Policy
 from podium_client.corpus import LOCATIONS, ORGANIZATION_UID
 from podium_client.types import Location as PodiumLocation
 from podium_client.webhooks import sign
+from tests.audit_guard import lift_for_the_flush
 
 SECRET = "test-webhook-secret-0123456789abcdef"
 RECEIVER = "/podium/webhooks/"
@@ -137,7 +136,6 @@ class Capture:
         self._httpd.server_close()
 
 
-_GUARD_UID = "tests.realtime_helpers.audit_guard_again"
 
 
 @pytest.fixture
@@ -149,14 +147,4 @@ def audit_flushable(transactional_db: None) -> Iterator[None]:
     flush emits ``post_migrate``), so every other test runs with it.
     """
     yield
-    if connection.vendor != "postgresql":
-        return
-
-    def guard_again(**kwargs: Any) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE dedup_auditevent ENABLE TRIGGER dedup_audit_no_truncate")
-        post_migrate.disconnect(dispatch_uid=_GUARD_UID)
-
-    post_migrate.connect(guard_again, weak=False, dispatch_uid=_GUARD_UID)
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE dedup_auditevent DISABLE TRIGGER dedup_audit_no_truncate")
+    lift_for_the_flush()

@@ -22,12 +22,12 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
-from django.db.models.signals import post_migrate
 from django.test import override_settings
 
 from dedup import audit, auditchain
 from dedup.audit import Checkpoint, CheckpointError, seal_unkeyed_events, take_checkpoint, verify_chain
 from dedup.models import AuditEvent
+from tests.audit_guard import lift_for_the_flush
 
 pytestmark = pytest.mark.django_db
 
@@ -300,17 +300,7 @@ def test_verifying_a_realistic_log_is_quick_enough(log: list[AuditEvent]) -> Non
 def audit_table_flushable() -> Iterator[None]:
     """Let the test database be emptied after a transactional test on PostgreSQL despite the TRUNCATE guard."""
     yield
-    if connection.vendor != "postgresql":
-        return
-
-    def guard_again(**kwargs: Any) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE dedup_auditevent ENABLE TRIGGER dedup_audit_no_truncate")
-        post_migrate.disconnect(dispatch_uid="tests.test_audit_chain.guard_again")
-
-    post_migrate.connect(guard_again, weak=False, dispatch_uid="tests.test_audit_chain.guard_again")
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE dedup_auditevent DISABLE TRIGGER dedup_audit_no_truncate")
+    lift_for_the_flush()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from django.db import connection
-from django.db.models.signals import post_migrate
 
 from dedup import detection, exportfile
 from dedup.models import Cluster, Contact
 from dedup.scanning import start_scan
 from podium_client.corpus import generate_corpus
+from tests.audit_guard import lift_for_the_flush
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
-_GUARD_UID = "tests.test_detect_parallel.audit_guard_again"
 
 
 @pytest.fixture
@@ -31,14 +28,7 @@ def pg_flushable(transactional_db: None) -> Iterator[None]:
     """
     yield
 
-    def guard_again(**kwargs: Any) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE dedup_auditevent ENABLE TRIGGER dedup_audit_no_truncate")
-        post_migrate.disconnect(dispatch_uid=_GUARD_UID)
-
-    post_migrate.connect(guard_again, weak=False, dispatch_uid=_GUARD_UID)
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE dedup_auditevent DISABLE TRIGGER dedup_audit_no_truncate")
+    lift_for_the_flush()
 
 
 def snapshot() -> set[tuple[object, ...]]:

@@ -20,7 +20,6 @@ import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, connection, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
-from django.db.models.signals import post_migrate
 from django.utils import timezone
 from django_q.models import Schedule
 from django_q.signals import post_spawn
@@ -30,9 +29,9 @@ from dedup.models import ScanRun
 from dedup.scanning import scope_key_for
 from dedup.schedule import SCAN_SCHEDULE_NAME, sync_scan_schedule
 from dedup.worker_hooks import RETRY_SCHEDULE_NAME, ensure_merge_schedule
+from tests.audit_guard import lift_for_the_flush
 
 PRODUCT_SCHEDULES = (SCAN_SCHEDULE_NAME, RETRY_SCHEDULE_NAME)
-_GUARD_UID = "tests.test_worker_start.audit_guard_again"
 
 
 @pytest.fixture
@@ -43,17 +42,7 @@ def audit_guard_lifted(transactional_db: None) -> Iterator[None]:
     when it ends (a flush emits ``post_migrate``).
     """
     yield
-    if connection.vendor != "postgresql":
-        return
-
-    def guard_again(**kwargs: Any) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE dedup_auditevent ENABLE TRIGGER dedup_audit_no_truncate")
-        post_migrate.disconnect(dispatch_uid=_GUARD_UID)
-
-    post_migrate.connect(guard_again, weak=False, dispatch_uid=_GUARD_UID)
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE dedup_auditevent DISABLE TRIGGER dedup_audit_no_truncate")
+    lift_for_the_flush()
 
 
 @pytest.fixture

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection
-from django.db.models.signals import post_migrate
 
 from dedup.models import Policy
+from tests.audit_guard import lift_for_the_flush
 from tests.dashboard_base import BURLEIGH, PASSWORD, SYDNEY, ensure_locations, ensure_role_groups, make_user
 from tests.fixtures_emulator import empty_state
 
@@ -44,7 +43,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.browser)
 
 
-_GUARD_UID = "tests.browser.audit_guard_again"
 
 
 @pytest.fixture(autouse=True)
@@ -56,17 +54,7 @@ def _flushable_audit_log(transactional_db: None) -> Iterator[None]:
     flush emits ``post_migrate``), so every other test runs with it.
     """
     yield
-    if connection.vendor != "postgresql":
-        return
-
-    def guard_again(**kwargs: Any) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE dedup_auditevent ENABLE TRIGGER dedup_audit_no_truncate")
-        post_migrate.disconnect(dispatch_uid=_GUARD_UID)
-
-    post_migrate.connect(guard_again, weak=False, dispatch_uid=_GUARD_UID)
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE dedup_auditevent DISABLE TRIGGER dedup_audit_no_truncate")
+    lift_for_the_flush()
 
 
 @pytest.fixture
