@@ -23,7 +23,7 @@ from dedup.merge import (
     run_operation,
 )
 from dedup.models import AuditEvent, Cluster, MergeOperation
-from podium_client import MergeOutcomeUnknown
+from podium_client import InvalidRequestError, MergeOutcomeUnknown, ServerError
 from tests.merge_helpers import BURLEIGH, consent_problems, flags, missing_on
 
 if TYPE_CHECKING:
@@ -275,3 +275,53 @@ def test_an_opt_out_answering_with_the_primary_is_the_read_back(native_env: Merg
     survivor = native_env.alive("ct_m1")
     assert consent_problems(before.values(), survivor) == []
     assert all(missing_on(survivor, m) == [] for m in before.values())
+
+
+# --- the write onto the primary before Podium's merge ------------------------------------------------------
+
+
+def test_a_write_before_the_merge_that_fails_defers_then_the_resume_merges_once_with_nothing_lost(
+    native_env: MergeEnv, manager: User
+) -> None:
+    uids = native_env.maria()
+    before = {uid: native_env.alive(uid) for uid in uids}
+    op = _approved(native_env, manager, uids)
+    client = native_env.client()
+
+    def unavailable(*args: Any) -> None:
+        raise ServerError("tags are down", http_status=503)
+
+    client.instead["attach_tag"] = unavailable
+    op = run_operation(op.pk, client=client)
+
+    assert op.state == MergeOperation.MERGING and op.next_attempt_at is not None
+    assert native_env.stats()["merges"] == 0 and not client.called("merge")
+    assert AuditEvent.objects.filter(operation_ref=op.pk, event_type="merge.deferred").exists()
+
+    # The resume reads Podium first: the primary moved by this operation's own write (the name fill
+    # landed before the tag failed) is not taken for someone else's change.
+    op = run_operation(op.pk, client=native_env.client())
+    assert op.state == MergeOperation.PATCHED, op.last_error
+    assert native_env.stats()["merges"] == 1
+    survivor = native_env.alive("ct_m1")
+    assert all(missing_on(survivor, member) == [] for member in before.values())
+    assert consent_problems(before.values(), survivor) == []
+
+
+def test_a_write_before_the_merge_that_podium_refuses_sends_the_cluster_to_review_unmerged(
+    native_env: MergeEnv, manager: User
+) -> None:
+    uids = native_env.maria()
+    op = _approved(native_env, manager, uids)
+    client = native_env.client()
+
+    def refuse(*args: Any) -> None:
+        raise InvalidRequestError("tag not allowed", http_status=400, code="invalid_request_values")
+
+    client.instead["attach_tag"] = refuse
+    op = run_operation(op.pk, client=client)
+
+    assert op.state == MergeOperation.FAILED_PERMANENT and "write_back_refused" in op.cluster.reasons
+    assert "nothing was merged" in op.last_error
+    assert op.cluster.status == Cluster.OPEN and not op.cluster.auto_merge
+    assert native_env.stats()["merges"] == 0 and not any(native_env.retired(uid) for uid in uids)
