@@ -112,7 +112,8 @@ class Contact(models.Model):
     """
 
     uid = models.CharField(max_length=64, unique=True)
-    location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="contacts")
+    # No index of its own: contact_loc_deleted (location, deleted_at) serves every lookup by location.
+    location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="contacts", db_index=False)
     location_uids = models.JSONField(default=list, blank=True, help_text="every location uid, home first")
     name = models.CharField(max_length=500, blank=True, default="")
     normalized_name = models.CharField(max_length=500, blank=True, default="")
@@ -175,8 +176,12 @@ class Contact(models.Model):
 class ContactLocation(models.Model):
     """A location a contact belongs to (Podium lets a contact belong to several), for scoping queries."""
 
-    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="contact_locations")
-    location = models.ForeignKey(Location, on_delete=models.CASCADE, related_name="+")
+    # The two composite indexes below lead with each column, so neither needs an index of its own
+    # (each one more would cost an insertion per row written: a first load writes millions).
+    contact = models.ForeignKey(
+        Contact, on_delete=models.CASCADE, related_name="contact_locations", db_index=False
+    )
+    location = models.ForeignKey(Location, on_delete=models.CASCADE, related_name="+", db_index=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["contact", "location"], name="uniq_contact_location")]
@@ -197,7 +202,9 @@ class ContactKey(models.Model):
     EMAIL = "EMAIL"
     KIND_CHOICES = [(PHONE, "Phone"), (EMAIL, "Email")]
 
-    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="keys")
+    # uniq_contact_key leads with the contact, contactkey_key_loc with the key: neither needs an index
+    # of its own (each costs an insertion per key row written).
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="keys", db_index=False)
     location = models.ForeignKey(Location, on_delete=models.CASCADE, related_name="+")
     kind = models.CharField(max_length=5, choices=KIND_CHOICES)
     key = models.CharField(max_length=320)
@@ -207,7 +214,6 @@ class ContactKey(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["contact", "kind", "key"], name="uniq_contact_key")]
         indexes = [
-            models.Index(fields=["key"], name="contactkey_key"),
             models.Index(fields=["key", "location"], name="contactkey_key_loc"),
         ]
 
@@ -218,8 +224,11 @@ class ContactKey(models.Model):
 class UncategorizedPhone(models.Model):
     """A phone that could not become a natural key, waiting for a person to fix it in Podium."""
 
-    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="uncategorized_phones")
-    location = models.ForeignKey(Location, on_delete=models.CASCADE, related_name="+")
+    # uniq_uncategorized_phone leads with the contact and uncat_loc_code with the location.
+    contact = models.ForeignKey(
+        Contact, on_delete=models.CASCADE, related_name="uncategorized_phones", db_index=False
+    )
+    location = models.ForeignKey(Location, on_delete=models.CASCADE, related_name="+", db_index=False)
     raw = models.CharField(max_length=500)
     code = models.CharField(max_length=20, help_text="ERR_DEDUP_001 or ERR_DEDUP_002")
     reason = models.CharField(max_length=300)
