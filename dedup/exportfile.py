@@ -22,9 +22,16 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
-from django.db import connections
+from django.db import DatabaseError, connection, connections
 
-from dedup.indexing import DEFAULT_BATCH_SIZE, PreparedContact, prepare_contact, slim
+from dedup.indexing import (
+    DEFAULT_BATCH_SIZE,
+    IndexWriter,
+    PreparedContact,
+    WriteResult,
+    prepare_contact,
+    slim,
+)
 from dedup.stamps import Stamp, stamp_is_current, wire_stamp
 from dedup.unstorable import RejectedLine, storable_uid, uid_problem, unstorable_reason
 from podium_client.errors import MalformedResponse
@@ -105,6 +112,10 @@ def _has_big_exponent(folded: bytes) -> bool:
 # The index's stamps (uid -> updatedAt etc.) during a file scan; set before the workers fork, so
 # they inherit it instead of receiving a copy per chunk.
 _KNOWN: Mapping[str, Stamp | None] = {}
+
+# The writer workers write their own blocks with, on PostgreSQL (``iter_prepared_file``'s
+# ``write_with``); set before the workers fork, like ``_KNOWN``.
+_WRITER: IndexWriter | None = None
 
 
 # --- export files ------------------------------------------------------------------------------------
@@ -285,7 +296,7 @@ def _prepare_lines(
 
 def _prepare_block_in_worker(
     block: bytes, first_line: int, regions: dict[str, str], default_region: str
-) -> tuple[list[PreparedContact], list[RejectedLine], int]:
+) -> tuple[list[PreparedContact], list[RejectedLine], int, WriteResult | None, int]:
     """Split a block of the export into its contact lines and prepare them, in a worker process.
 
     The main process only reads blocks and counts their newlines: splitting a million lines and
@@ -300,7 +311,40 @@ def _prepare_block_in_worker(
             or (b'"object"' in line and _is_location_line(line))
         )
     ]
-    return _prepare_lines(lines, regions, default_region, _KNOWN)
+    prepared, rejected, skipped = _prepare_lines(lines, regions, default_region, _KNOWN)
+    written = _write_in_worker(prepared) if _WRITER is not None else None
+    if written is not None:
+        return [], rejected, skipped, written, len(prepared)
+    return prepared, rejected, skipped, None, 0
+
+
+def _write_in_worker(prepared: list[PreparedContact]) -> WriteResult | None:
+    """Write a block's contacts from the worker that prepared them, on its own connection.
+
+    Sending a contact to the writer process costs about as much as preparing it beyond its phones
+    (pickling it, unpickling it, building its row there), and the writer does that work alone. A
+    block is written here as ``IndexWriter.write`` writes any batch: in one transaction, never
+    over a newer version. Anything out of the ordinary goes back to the writer process instead
+    (returns None), which writes it as before and sets aside what the database refuses: a location
+    this worker does not know (the writer creates placeholders), and any database error (a refused
+    record, a contact another worker or a webhook wrote meanwhile, a deadlock between workers).
+    The scan's checkpoint stays the writer's: a block written here but not yet counted when a scan
+    stops is found unchanged by the resumed scan.
+    """
+    writer = _WRITER
+    if writer is None or not prepared:
+        return None
+    if any(writer.location_id(uid) is None for p in prepared for uid in p.location_uids):
+        return None
+    driver: Any = getattr(connection, "Database", None)
+    errors: tuple[type[BaseException], ...] = (DatabaseError,)
+    if driver is not None:
+        errors += (driver.DatabaseError,)
+    try:
+        return writer.write(prepared)
+    except errors:
+        connection.close()  # a fresh connection for the next block, whatever state this one is in
+        return None
 
 
 @dataclass
@@ -315,6 +359,15 @@ class PreparedChunk:
     last_line: int
     rejected: list[RejectedLine] = field(default_factory=list)
     skipped: int = 0
+    # What a worker wrote itself (``iter_prepared_file``'s ``write_with``), and how many prepared
+    # contacts it wrote from; ``contacts`` is then empty.
+    written: WriteResult | None = None
+    written_from: int = 0
+
+    @property
+    def read(self) -> int:
+        """Contact lines of the chunk: prepared (written or not), set aside, or skipped as unchanged."""
+        return len(self.contacts) + self.written_from + len(self.rejected) + self.skipped
 
 
 def _is_location_line(line: bytes) -> bool:
@@ -374,11 +427,17 @@ def iter_prepared_file(
     chunk_lines: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     known: Mapping[str, Stamp | None] | None = None,
+    write_with: IndexWriter | None = None,
 ) -> Iterator[PreparedChunk]:
     """Prepare an export's contacts chunk by chunk, in order, resuming after ``start_after_line``.
 
     ``known`` (``load_stamps``) skips the contacts the index holds at the same or a newer
     ``updatedAt``; without it every contact line is prepared.
+
+    ``write_with`` lets worker processes write the contacts they prepared with that writer, on
+    PostgreSQL (several connections write at once; SQLite has one writer): such a chunk carries
+    ``written`` (what the write did) instead of ``contacts``. A chunk a worker could not write
+    arrives with its contacts, for the caller to write.
 
     ``workers`` > 0 prepares in that many forked processes (at most a few chunks ahead of the
     caller, so memory stays flat however big the file); 0 prepares here. ``None`` chooses: workers
@@ -400,12 +459,14 @@ def iter_prepared_file(
         # can send on the other's session. Django reconnects on the next query.
         connections.close_all()
         ctx = multiprocessing.get_context("fork")
-        global _KNOWN
+        global _KNOWN, _WRITER
         _KNOWN = known or {}
+        _WRITER = write_with if write_with is not None and connection.vendor == "postgresql" else None
         try:
             yield from _prepare_in_pool(ctx, workers, blocks, regions, default_region)
         finally:
             _KNOWN = {}
+            _WRITER = None
 
 
 def _prepare_in_pool(
@@ -431,9 +492,11 @@ def _prepare_in_pool(
             yield _chunk(result.get(), done_line)
 
 
-def _chunk(result: tuple[list[PreparedContact], list[RejectedLine], int], last_line: int) -> PreparedChunk:
-    prepared, rejected, skipped = result
-    return PreparedChunk(prepared, last_line, rejected, skipped)
+def _chunk(
+    result: tuple[list[PreparedContact], list[RejectedLine], int, WriteResult | None, int], last_line: int
+) -> PreparedChunk:
+    prepared, rejected, skipped, written, written_from = result
+    return PreparedChunk(prepared, last_line, rejected, skipped, written, written_from)
 
 
 def default_workers(path: str) -> int:

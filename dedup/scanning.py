@@ -996,20 +996,25 @@ def _scan_file(state: _Run) -> None:
         state.writer.default_region,
         start_after_line=int(file_state.get("line", 0)),
         known=state.writer.stamps,
+        # Workers write their own blocks (PostgreSQL) when every contact of the file is in scope.
+        write_with=None if scope else state.writer,
     ):
         items = [p for p in chunk.contacts if not scope or scope.intersection(p.location_uids)]
         # before the write adds what the database refuses
-        read = len(chunk.contacts) + len(chunk.rejected) + chunk.skipped
-        if not items and not chunk.rejected:
+        read = chunk.read
+        if not items and not chunk.rejected and chunk.written is None:
             # Nothing to write (a rescan's unchanged contacts): only progress, now and then.
             file_state["line"] = chunk.last_line
             state.save(lazy=True, pages=run.pages + 1, contacts_seen=run.contacts_seen + read)
             state.report()
             continue
         with transaction.atomic():
-            result = write_quarantining(
-                state.writer, items, chunk.rejected, lambda p: (p.line_number, read_line(run.source_file, p.line_number or 0))
-            )
+            if chunk.written is not None:
+                result = chunk.written  # the worker that prepared the block wrote it
+            else:
+                result = write_quarantining(
+                    state.writer, items, chunk.rejected, lambda p: (p.line_number, read_line(run.source_file, p.line_number or 0))
+                )
             if not state.touched_many:
                 state.touched_ids.update(result.contact_ids)
                 if len(state.touched_ids) > _FILE_DETECT_CHANGED_MAX:
