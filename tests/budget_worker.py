@@ -55,10 +55,14 @@ def main(argv: list[str]) -> int:
         args.base_url, access_token=args.token, rate_limiter=pacer, max_retries=0, timeout=10
     )
     sent = limited = 0
-    delay = args.start_at - time.time()
+    start_at = args.start_at or time.time()
+    delay = start_at - time.time()
     if delay > 0:
         time.sleep(delay)
-    deadline = time.monotonic() + args.seconds
+    # Every process stops at the same moment, ``--seconds`` after ``--start-at``: one that started late
+    # (its imports slowed by a loaded machine) sends for less time, rather than stretching the window the
+    # shared budget is measured over.
+    deadline = time.monotonic() + max(0.0, start_at + args.seconds - time.time())
     with client, client.priority(args.priority):
         while time.monotonic() < deadline:
             try:
