@@ -111,7 +111,9 @@ class Contact(models.Model):
     compares Podium's live ``updatedAt`` with ``updated_at`` to detect drift.
     """
 
-    uid = models.CharField(max_length=64, unique=True)
+    # Unique through a constraint (in Meta), not ``unique=True``: on PostgreSQL that would also build a
+    # second, pattern-matching index of the uid, which no query uses and every contact written pays for.
+    uid = models.CharField(max_length=64)
     # No index of its own: contact_loc_deleted (location, deleted_at) serves every lookup by location.
     location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="contacts", db_index=False)
     location_uids = models.JSONField(default=list, blank=True, help_text="every location uid, home first")
@@ -138,6 +140,7 @@ class Contact(models.Model):
     indexed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        constraints = [models.UniqueConstraint(fields=["uid"], name="dedup_contact_uid_key")]
         indexes = [
             models.Index(fields=["location", "deleted_at"], name="contact_loc_deleted"),
             models.Index(fields=["merged_into_uid"], name="contact_merged_into"),
