@@ -10,6 +10,7 @@ themselves. ``tests/test_detect_scoring.py`` checks that both give the same verd
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -71,6 +72,18 @@ class Proposal:
     member_updated: tuple[datetime | str, ...]
     policy_version: int = 1
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled as the plain tuple of its fields (proposals cross from the scoring workers by the
+        # hundred thousand): the dataclass default goes through a state dict per object, several times
+        # slower to load.
+        return (Proposal, (
+            self.index, self.stable_id, self.member_uids, self.natural_keys, self.location_uids,
+            self.cross_location, self.location_id, self.location_ids, self.kind, self.confidence,
+            self.auto_merge, self.natural_keys_json, self.reasons_json, self.pair_scores_json,
+            self.suggested_primary_uid, self.member_ids, self.member_locations, self.member_updated,
+            self.policy_version,
+        ))  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Unchanged:
@@ -83,6 +96,9 @@ class Unchanged:
     cross_location: bool
     member_ids: tuple[int, ...]
     pk: int
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Unchanged, (self.index, self.stable_id, self.kind, self.cross_location, self.member_ids, self.pk))
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +207,7 @@ def read_members(ids: Sequence[int], scoring: Scoring) -> dict[int, Member]:
     location_uid_of = scoring.location_uid_of
     empty: frozenset[str] = frozenset()
     members: dict[int, Member] = {}
+    phones_of, emails_of = phones.get, emails.get
     for row in select_by_ids(contact_sql, "id", ids):
         contact_id, uid, location_id, location_uids, name, tags, field_count, updated_at, updated_us = row
         uids = location_cache.get(location_uids) if location_uids else ()
@@ -209,19 +226,14 @@ def read_members(ids: Sequence[int], scoring: Scoring) -> dict[int, Member]:
             moment = aware(updated_at)
             updated_us = (moment - EPOCH) // _MICROSECOND
             updated_at = moment if not postgresql else _EPOCH_TEXT
+        held_phones = phones_of(contact_id)
+        held_emails = emails_of(contact_id)
+        # Positional, in the field order of ``Member``.
         members[contact_id] = Member(
-            id=contact_id,
-            uid=uid,
-            location_id=location_id,
-            location_uids=uids or (location_uid_of[location_id],),
-            name=name or "",
-            phones=frozenset(phones.get(contact_id, ())),
-            emails=frozenset(emails[contact_id]) if contact_id in emails else empty,
-            tags=tag_keys,
-            field_count=field_count,
-            updated_at=updated_at,
-            updated_us=updated_us,
-        )
+            contact_id, uid, location_id, uids or (location_uid_of[location_id],), name or "",
+            frozenset(held_phones) if held_phones else empty, frozenset(held_emails) if held_emails else empty,
+            tag_keys, field_count, updated_at, updated_us,
+        )  # fmt: skip
     return members
 
 
@@ -261,35 +273,28 @@ def _json_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _pair(a: Member, b: Member, use_email_key: bool) -> tuple[int, tuple[str, ...], bool, bool]:
-    """``(points, reasons, conflict, same name)`` of one pair, as ``dedup.scoring._score_features``."""
-    points = 0
-    shares_email = bool(a.emails) and not a.emails.isdisjoint(b.emails)
-    if not a.phones.isdisjoint(b.phones):
-        points += PHONE_POINTS
-        first = SAME_PHONE
-    elif shares_email and use_email_key:
-        first = SAME_EMAIL_ONLY
-    else:
-        first = NO_SHARED_PHONE
-    relation = relation_of_normalized(a.name, b.name)
-    if relation is NameRelation.SAME:
-        points += NAME_POINTS
-        second = SAME_NAME
-    elif relation is NameRelation.COMPATIBLE:
-        second = PARTIAL_NAME
-    elif relation is NameRelation.MISSING:
-        second = MISSING_NAME
-    else:
-        second = DIFFERENT_NAMES
-    reasons: tuple[str, ...] = (first, second)
-    if shares_email:
-        points += EMAIL_POINTS
-        reasons += (SAME_EMAIL,)
-    if a.tags and not a.tags.isdisjoint(b.tags):
-        points += TAGS_POINTS
-        reasons += (SHARED_TAGS,)
-    return points, reasons, relation is NameRelation.DIFFERENT, relation is NameRelation.SAME
+_SAME, _COMPATIBLE, _MISSING, _DIFFERENT = (
+    NameRelation.SAME, NameRelation.COMPATIBLE, NameRelation.MISSING, NameRelation.DIFFERENT,
+)  # fmt: skip
+# The JSON of a pair's score, reasons and conflict flag (a handful of distinct values), by value.
+_PAIR_TAILS: dict[tuple[int, tuple[str, ...], bool], str] = {}
+# Relations of two different non-empty canonical names, by value: one person's duplicates carry the
+# same few spellings, compared again in every pair they make. Bounded like the parsed-JSON caches.
+_RELATIONS: dict[tuple[str, str], NameRelation] = {}
+
+
+def _relation(a: str, b: str) -> NameRelation:
+    """``relation_of_normalized``, remembered for two different present names."""
+    if not a or not b:
+        return _MISSING
+    if a == b:
+        return _SAME
+    relation = _RELATIONS.get((a, b))
+    if relation is None:
+        if len(_RELATIONS) >= _PARSED_LIMIT:
+            _RELATIONS.clear()
+        relation = _RELATIONS[(a, b)] = relation_of_normalized(a, b)
+    return relation
 
 
 def _rank_key(member: Member) -> tuple[int, int, str]:
@@ -301,23 +306,66 @@ def propose(index: int, group: ClusterGroup, members: list[Member], scoring: Sco
     """Score one group (members in the group's uid order) into the values of its cluster row."""
     if len(members) < 2:
         raise ValueError("a cluster has at least two members")
-    threshold_points = scoring.threshold * 100
+    # Points are whole numbers: ``points < threshold * 100`` is ``points < ceil(threshold * 100)``,
+    # an integer comparison instead of one with a Decimal per pair.
+    threshold_points = math.ceil(scoring.threshold * 100)
     use_email_key = scoring.email_secondary_key
     pair_json: list[str] = []
     lowest = 100
     below = conflict = unconfirmed = False
+    quoted = [_json_string(m.uid) for m in members]
+    tails = _PAIR_TAILS
     for i, a in enumerate(members):
-        for b in members[i + 1 :]:
-            points, reasons, pair_conflict, same_name = _pair(a, b, use_email_key)
-            lowest = min(lowest, points)
-            below = below or points < threshold_points
-            conflict = conflict or pair_conflict
-            unconfirmed = unconfirmed or not same_name
-            uid_a, uid_b = (a.uid, b.uid) if a.uid < b.uid else (b.uid, a.uid)
-            pair_json.append(
-                f'{{"a":{_json_string(uid_a)},"b":{_json_string(uid_b)},"score":{points / 100!r},'
-                f'"reasons":{_reasons_json(reasons)},"conflict":{"true" if pair_conflict else "false"}}}'
-            )
+        a_uid, a_phones, a_emails, a_tags, a_name, a_quoted = a.uid, a.phones, a.emails, a.tags, a.name, quoted[i]
+        for j in range(i + 1, len(members)):
+            b = members[j]
+            # One pair's points and reasons, as dedup.scoring._score_features gives them.
+            shares_email = bool(a_emails) and not a_emails.isdisjoint(b.emails)
+            if not a_phones.isdisjoint(b.phones):
+                points = PHONE_POINTS
+                first = SAME_PHONE
+            elif shares_email and use_email_key:
+                points = 0
+                first = SAME_EMAIL_ONLY
+            else:
+                points = 0
+                first = NO_SHARED_PHONE
+            relation = _relation(a_name, b.name)
+            if relation is _SAME:
+                points += NAME_POINTS
+                reasons: tuple[str, ...] = (first, SAME_NAME)
+            elif relation is _COMPATIBLE:
+                reasons = (first, PARTIAL_NAME)
+            elif relation is _MISSING:
+                reasons = (first, MISSING_NAME)
+            else:
+                reasons = (first, DIFFERENT_NAMES)
+            if shares_email:
+                points += EMAIL_POINTS
+                reasons += (SAME_EMAIL,)
+            if a_tags and not a_tags.isdisjoint(b.tags):
+                points += TAGS_POINTS
+                reasons += (SHARED_TAGS,)
+            pair_conflict = relation is _DIFFERENT
+            if points < lowest:
+                lowest = points
+            if points < threshold_points:
+                below = True
+            if pair_conflict:
+                conflict = True
+            if relation is not _SAME:
+                unconfirmed = True
+            tail_key = (points, reasons, pair_conflict)
+            tail = tails.get(tail_key)
+            if tail is None:
+                tail = tails[tail_key] = (
+                    f',"score":{points / 100!r},"reasons":{_reasons_json(reasons)},'
+                    f'"conflict":{"true" if pair_conflict else "false"}}}'
+                )
+            if a_uid < b.uid:
+                pair_json.append(f'{{"a":{a_quoted},"b":{quoted[j]}{tail}')
+            else:
+                pair_json.append(f'{{"a":{quoted[j]},"b":{a_quoted}{tail}')
     common_set = set(members[0].location_uids)
     for m in members[1:]:
         common_set.intersection_update(m.location_uids)
@@ -432,6 +480,27 @@ def score_groups(
 ) -> list[Proposal | Unchanged]:
     """Score ``groups`` (the slice starting at ``start``; ``member_ids`` are their members' row ids in
     uid order), skipping those whose cluster is unchanged."""
+    return finish_scoring(read_inputs(start, groups, member_ids, scoring))
+
+
+@dataclass(slots=True)
+class BatchInputs:
+    """What scoring one batch reads from the database (``read_inputs``), before the pure part
+    (``finish_scoring``): split so that a writer may send one batch while the next is scored."""
+
+    start: int
+    groups: Sequence[ClusterGroup]
+    member_ids: Sequence[tuple[int, ...]]
+    scoring: Scoring
+    unchanged: dict[str, tuple[str, int]]
+    hits: list[str | None] | None
+    records: dict[int, Member]
+
+
+def read_inputs(
+    start: int, groups: Sequence[ClusterGroup], member_ids: Sequence[tuple[int, ...]], scoring: Scoring
+) -> BatchInputs:
+    """The database reads of ``score_groups``: which clusters are unchanged, and the other members."""
     candidates = [stored_ids(g) for g in groups]
     unchanged = unchanged_clusters([sid for ids in candidates for sid in ids], scoring)
     hits = [next((sid for sid in ids if sid in unchanged), None) for ids in candidates] if unchanged else None
@@ -440,8 +509,16 @@ def score_groups(
     else:
         wanted = sorted({i for hit, ids in zip(hits, member_ids, strict=True) if hit is None for i in ids})
     records = read_members(wanted, scoring) if wanted else {}
+    return BatchInputs(start, groups, member_ids, scoring, unchanged, hits, records)
+
+
+def finish_scoring(inputs: BatchInputs) -> list[Proposal | Unchanged]:
+    """The rest of ``score_groups``, with no database access."""
+    start, hits, unchanged, records, scoring = (
+        inputs.start, inputs.hits, inputs.unchanged, inputs.records, inputs.scoring,
+    )  # fmt: skip
     out: list[Proposal | Unchanged] = []
-    for offset, (group, ids) in enumerate(zip(groups, member_ids, strict=True)):
+    for offset, (group, ids) in enumerate(zip(inputs.groups, inputs.member_ids, strict=True)):
         hit = hits[offset] if hits is not None else None
         if hit is not None:
             cross = group.cross_location and hit == group.stable_id
