@@ -42,7 +42,7 @@ def dump() -> list[tuple[object, ...]]:
     locations: dict[int, list[int]] = {}
     for cluster_id, location_id in ClusterLocation.objects.values_list("cluster_id", "location_id"):
         locations.setdefault(cluster_id, []).append(location_id)
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for c in Cluster.objects.order_by("pk"):
         rows.append(
             (
