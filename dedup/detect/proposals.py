@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from dedup.clustering import ClusterGroup, stable_cluster_id
-from dedup.detect.sql import EPOCH, aware, select_by_ids, select_by_text
+from dedup.detect.sql import EPOCH, aware, int_array, select_by_ids, select_by_text
 from dedup.models import Cluster, ClusterMember, Contact, RestoreRecord
 from dedup.names import NameRelation, relation_of_normalized
 from dedup.scoring import (
@@ -179,37 +179,42 @@ def _uid_list(text: Any) -> tuple[str, ...]:
 
 
 def read_members(ids: Sequence[int], scoring: Scoring) -> dict[int, Member]:
-    """The ``Member`` of each of these indexed contacts, in two queries (keys, then contacts)."""
+    """The ``Member`` of each of these indexed contacts: on PostgreSQL in one query (each contact with
+    its keys gathered into arrays by the database), elsewhere in two (keys, then contacts)."""
     from dedup.models import ContactKey
     from dedup.names import normalize_name
 
-    phones: dict[int, list[str]] = {}
-    emails: dict[int, list[str]] = {}
-    key_sql = f"SELECT contact_id, kind, key FROM {ContactKey._meta.db_table} WHERE"
     phone_kind = ContactKey.PHONE
-    for contact_id, kind, key in select_by_ids(key_sql, "contact_id", ids):
-        if key:
-            (phones if kind == phone_kind else emails).setdefault(contact_id, []).append(key)
     postgresql = _is_postgresql()
+    rows: Iterable[tuple[Any, ...]]
     if postgresql:
         # Timestamps as text and as integer microseconds: Django's timestamp loader is pure Python
-        # and was a third of this read; the text goes back into the member rows as it is.
-        columns = (
-            "location_uids::text, normalized_name, tags::text, field_count, updated_at::text, "
-            "(extract(epoch FROM updated_at) * 1000000)::bigint"
-        )
+        # and was a third of this read; the text goes back into the member rows as it is. The keys
+        # come as arrays, one row per contact, rather than one row per key to gather here.
+        rows = _select_members_pg(ids, phone_kind)
     else:
-        columns = "location_uids, normalized_name, tags, field_count, updated_at, 0"
-    contact_sql = f"SELECT id, uid, location_id, {columns} FROM {Contact._meta.db_table} WHERE"
+        phones: dict[int, list[str]] = {}
+        emails: dict[int, list[str]] = {}
+        key_sql = f"SELECT contact_id, kind, key FROM {ContactKey._meta.db_table} WHERE"
+        for contact_id, kind, key in select_by_ids(key_sql, "contact_id", ids):
+            if key:
+                (phones if kind == phone_kind else emails).setdefault(contact_id, []).append(key)
+        contact_sql = (
+            "SELECT id, uid, location_id, location_uids, normalized_name, tags, field_count, updated_at, 0 "
+            f"FROM {Contact._meta.db_table} WHERE"
+        )
+        rows = (
+            (*row, phones.get(row[0]), emails.get(row[0])) for row in select_by_ids(contact_sql, "id", ids)
+        )
     tag_cache: dict[Any, frozenset[str]] = {}
     location_cache: dict[Any, tuple[str, ...]] = {}
     name_max = Contact._meta.get_field("normalized_name").max_length or 500
     location_uid_of = scoring.location_uid_of
     empty: frozenset[str] = frozenset()
     members: dict[int, Member] = {}
-    phones_of, emails_of = phones.get, emails.get
-    for row in select_by_ids(contact_sql, "id", ids):
-        contact_id, uid, location_id, location_uids, name, tags, field_count, updated_at, updated_us = row
+    for row in rows:
+        (contact_id, uid, location_id, location_uids, name, tags, field_count, updated_at, updated_us,
+         held_phones, held_emails) = row  # fmt: skip
         uids = location_cache.get(location_uids) if location_uids else ()
         if uids is None:
             uids = _cached(location_cache, location_uids, _uid_list)
@@ -226,8 +231,6 @@ def read_members(ids: Sequence[int], scoring: Scoring) -> dict[int, Member]:
             moment = aware(updated_at)
             updated_us = (moment - EPOCH) // _MICROSECOND
             updated_at = moment if not postgresql else _EPOCH_TEXT
-        held_phones = phones_of(contact_id)
-        held_emails = emails_of(contact_id)
         # Positional, in the field order of ``Member``.
         members[contact_id] = Member(
             contact_id, uid, location_id, uids or (location_uid_of[location_id],), name or "",
@@ -235,6 +238,28 @@ def read_members(ids: Sequence[int], scoring: Scoring) -> dict[int, Member]:
             tag_keys, field_count, updated_at, updated_us,
         )  # fmt: skip
     return members
+
+
+def _select_members_pg(ids: Sequence[int], phone_kind: str) -> list[tuple[Any, ...]]:
+    from django.db import connection
+
+    from dedup.models import ContactKey
+
+    sql = (
+        "SELECT c.id, c.uid, c.location_id, c.location_uids::text, c.normalized_name, c.tags::text, "
+        "c.field_count, c.updated_at::text, (extract(epoch FROM c.updated_at) * 1000000)::bigint, "
+        "k.phones, k.emails "
+        f"FROM {Contact._meta.db_table} c LEFT JOIN ("
+        "SELECT contact_id, array_agg(key) FILTER (WHERE kind = %s) AS phones, "
+        "array_agg(key) FILTER (WHERE kind <> %s) AS emails "
+        f"FROM {ContactKey._meta.db_table} WHERE contact_id = ANY(%s::bigint[]) AND key <> '' "
+        "GROUP BY contact_id"
+        ") k ON k.contact_id = c.id WHERE c.id = ANY(%s::bigint[])"
+    )
+    array = int_array(ids)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [phone_kind, phone_kind, array, array])
+        return cursor.fetchall()
 
 
 _MICROSECOND = timedelta(microseconds=1)
