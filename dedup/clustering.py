@@ -174,7 +174,7 @@ def _split_group(
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while building millions of acyclic containers.
 
     Detection allocates hundreds of thousands of lists, sets and tuples, none of them in a reference
@@ -203,7 +203,7 @@ def build_clusters(
     order) never end up in one cluster (see ``_split_group``). Output is sorted by member uids and does
     not depend on input order.
     """
-    with _gc_paused():
+    with gc_paused():
         if cross_location:
             uf, holders, location_of = _link_across_locations(contacts)
         else:

@@ -40,7 +40,7 @@ from django.db import connection, connections
 from django.db.models import JSONField, Model, Q, QuerySet
 from django.utils import timezone
 
-from dedup.clustering import ClusterGroup, build_clusters
+from dedup.clustering import ClusterGroup, build_clusters, gc_paused
 from dedup.dblimits import in_values
 from dedup.detect.proposals import (
     RESTORED_BY_PERSON,
@@ -207,9 +207,13 @@ def detect(
     # they hold, and each opens its own database connection.
     pool = _start_pool(workers)
     try:
-        return _detect(
-            pool, scoring, kinds, locations, keys, contact_ids, key_scoped, scan_run, actor, started, timings
-        )
+        # The cyclic collector paused for the run: reading and grouping build a million small tuples
+        # and lists (none in a cycle) that every full collection would walk again, a cost that grows
+        # faster than the index. Reference counting still frees them.
+        with gc_paused():
+            return _detect(
+                pool, scoring, kinds, locations, keys, contact_ids, key_scoped, scan_run, actor, started, timings
+            )
     finally:
         if pool is not None:
             pool.terminate()
