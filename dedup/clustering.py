@@ -23,6 +23,7 @@ import hashlib
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 CLUSTER_ID_PREFIX = "cl_"
 CROSS_LOCATION_ID_PREFIX = "clx_"
@@ -64,6 +65,12 @@ class ClusterGroup:
     def cross_location(self) -> bool:
         """True for a cluster that spans locations."""
         return self.location_uid is None
+
+    def __reduce__(self) -> tuple[type[ClusterGroup], tuple[Any, ...]]:
+        # Pickled as the plain tuple of its fields (groups go to scoring workers by the hundred
+        # thousand): the dataclass default goes through a state dict per object, far slower to load.
+        fields = (self.member_uids, self.natural_keys, self.location_uid, self.stable_id, self.location_uids)
+        return (ClusterGroup, fields)
 
 
 class _UnionFind:
@@ -167,7 +174,7 @@ def _split_group(
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while building millions of acyclic containers.
 
     Detection allocates hundreds of thousands of lists, sets and tuples, none of them in a reference
@@ -196,7 +203,7 @@ def build_clusters(
     order) never end up in one cluster (see ``_split_group``). Output is sorted by member uids and does
     not depend on input order.
     """
-    with _gc_paused():
+    with gc_paused():
         if cross_location:
             uf, holders, location_of = _link_across_locations(contacts)
         else:

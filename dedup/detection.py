@@ -37,16 +37,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connection, connections
-from django.db.models import Q, QuerySet
+from django.db.models import JSONField, Model, Q, QuerySet
 from django.utils import timezone
 
-from dedup.clustering import ClusterGroup, build_clusters
+from dedup.clustering import ClusterGroup, build_clusters, gc_paused
 from dedup.dblimits import in_values
 from dedup.detect.proposals import (
     RESTORED_BY_PERSON,
     Proposal,
     Scoring,
     Unchanged,
+    finish_scoring,
+    read_inputs,
     restored_contact_uids,
     score_groups,
 )
@@ -92,6 +94,9 @@ logger = logging.getLogger(__name__)
 BATCH_GROUPS = 5000
 # Rows written by one run after which the cluster tables' planner statistics are refreshed.
 _ANALYZE_AFTER = 10_000
+# Scoring in this process reads a batch's members before the batch ahead of it is written, so that
+# writing overlaps scoring (False: one batch after the other, as before; tests compare the two).
+READ_AHEAD = True
 # Below this many indexed contacts scoring stays in this process: forking costs more than it saves.
 PARALLEL_MIN_CONTACTS = 100_000
 
@@ -202,9 +207,13 @@ def detect(
     # they hold, and each opens its own database connection.
     pool = _start_pool(workers)
     try:
-        return _detect(
-            pool, scoring, kinds, locations, keys, contact_ids, key_scoped, scan_run, actor, started, timings
-        )
+        # The cyclic collector paused for the run: reading and grouping build a million small tuples
+        # and lists (none in a cycle) that every full collection would walk again, a cost that grows
+        # faster than the index. Reference counting still frees them.
+        with gc_paused():
+            return _detect(
+                pool, scoring, kinds, locations, keys, contact_ids, key_scoped, scan_run, actor, started, timings
+            )
     finally:
         if pool is not None:
             pool.terminate()
@@ -290,8 +299,8 @@ def _detect(
         # The planner's statistics still describe the cluster tables before this run; plans made
         # for a few rows over hundreds of thousands turn the next lookups into full scans.
         with connection.cursor() as cursor:
-            for table in (Cluster._meta.db_table, ClusterMember._meta.db_table, ClusterLocation._meta.db_table):
-                cursor.execute(f"ANALYZE {table}")
+            for model in (Cluster, ClusterMember, ClusterLocation):
+                cursor.execute(_analyze_sql(model))
     summary.active_contacts = active_contacts(scope_location_ids, key_scoped, considered_ids)
     summary.elapsed_seconds = time.perf_counter() - started
     summary.timings = timings
@@ -302,6 +311,19 @@ def _detect(
         summary.refreshed, summary.superseded, summary.held, summary.elapsed_seconds,
     )  # fmt: skip
     return summary
+
+
+def _analyze_sql(model: type[Model]) -> str:
+    """``ANALYZE`` of a cluster table; on PostgreSQL only of its columns that are not JSON.
+
+    No query filters or sorts by the JSON columns (pair scores, reasons, natural keys), and sampling
+    them was most of the time the statement took after a first detection.
+    """
+    table = model._meta.db_table
+    if connection.vendor != "postgresql":
+        return f"ANALYZE {table}"
+    columns = [f.column for f in model._meta.concrete_fields if not isinstance(f, JSONField)]
+    return f"ANALYZE {table} ({', '.join(connection.ops.quote_name(c) for c in columns)})"
 
 
 def _group(
@@ -402,13 +424,38 @@ def _start_pool(workers: int) -> Any:
     return multiprocessing.get_context("fork").Pool(workers)
 
 
+def _scored_here(
+    slices: list[tuple[int, int]], groups: list[ClusterGroup], member_ids: list[tuple[int, ...]], scoring: Scoring
+) -> Iterator[list[Proposal | Unchanged]]:
+    """Batches scored in this process, each batch's reads done one batch ahead.
+
+    The writer sends a batch to the database in the background (``writing``) and asks for the next
+    one: the next batch's inputs were read before, so it is scored (pure Python) while the database
+    takes the rows; the reads that follow wait for the connection, as they must.
+    """
+    if not slices:
+        return
+    a, b = slices[0]
+    inputs = read_inputs(a, groups[a:b], member_ids[a:b], scoring)
+    for position in range(len(slices)):
+        batch = finish_scoring(inputs)
+        if position + 1 < len(slices):
+            a, b = slices[position + 1]
+            # Read now, before the batch just scored is written: ``batch`` goes out while the next
+            # one is scored.
+            inputs = read_inputs(a, groups[a:b], member_ids[a:b], scoring)
+        yield batch
+
+
 def _scored_batches(
     groups: list[ClusterGroup], member_ids: list[tuple[int, ...]], scoring: Scoring, pool: Any
 ) -> Iterator[list[Proposal | Unchanged]]:
     """Proposals batch by batch, in order; with a pool, scored a few batches ahead of the writer."""
     slices = [(start, min(start + BATCH_GROUPS, len(groups))) for start in range(0, len(groups), BATCH_GROUPS)]
     if pool is None:
-        return (score_groups(a, groups[a:b], member_ids[a:b], scoring) for a, b in slices)
+        if not READ_AHEAD:
+            return (score_groups(a, groups[a:b], member_ids[a:b], scoring) for a, b in slices)
+        return _scored_here(slices, groups, member_ids, scoring)
     pending: deque[Any] = deque()
     queue = deque(slices)
     ahead = 4

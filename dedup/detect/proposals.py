@@ -10,14 +10,15 @@ themselves. ``tests/test_detect_scoring.py`` checks that both give the same verd
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from dedup.clustering import ClusterGroup, stable_cluster_id
-from dedup.detect.sql import EPOCH, aware, select_by_ids, select_by_text
+from dedup.detect.sql import EPOCH, aware, int_array, select_by_ids, select_by_text
 from dedup.models import Cluster, ClusterMember, Contact, RestoreRecord
 from dedup.names import NameRelation, relation_of_normalized
 from dedup.scoring import (
@@ -71,6 +72,18 @@ class Proposal:
     member_updated: tuple[datetime | str, ...]
     policy_version: int = 1
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled as the plain tuple of its fields (proposals cross from the scoring workers by the
+        # hundred thousand): the dataclass default goes through a state dict per object, several times
+        # slower to load.
+        return (Proposal, (
+            self.index, self.stable_id, self.member_uids, self.natural_keys, self.location_uids,
+            self.cross_location, self.location_id, self.location_ids, self.kind, self.confidence,
+            self.auto_merge, self.natural_keys_json, self.reasons_json, self.pair_scores_json,
+            self.suggested_primary_uid, self.member_ids, self.member_locations, self.member_updated,
+            self.policy_version,
+        ))  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Unchanged:
@@ -83,6 +96,9 @@ class Unchanged:
     cross_location: bool
     member_ids: tuple[int, ...]
     pk: int
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Unchanged, (self.index, self.stable_id, self.kind, self.cross_location, self.member_ids, self.pk))
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,36 +179,42 @@ def _uid_list(text: Any) -> tuple[str, ...]:
 
 
 def read_members(ids: Sequence[int], scoring: Scoring) -> dict[int, Member]:
-    """The ``Member`` of each of these indexed contacts, in two queries (keys, then contacts)."""
+    """The ``Member`` of each of these indexed contacts: on PostgreSQL in one query (each contact with
+    its keys gathered into arrays by the database), elsewhere in two (keys, then contacts)."""
     from dedup.models import ContactKey
     from dedup.names import normalize_name
 
-    phones: dict[int, list[str]] = {}
-    emails: dict[int, list[str]] = {}
-    key_sql = f"SELECT contact_id, kind, key FROM {ContactKey._meta.db_table} WHERE"
     phone_kind = ContactKey.PHONE
-    for contact_id, kind, key in select_by_ids(key_sql, "contact_id", ids):
-        if key:
-            (phones if kind == phone_kind else emails).setdefault(contact_id, []).append(key)
     postgresql = _is_postgresql()
+    rows: Iterable[tuple[Any, ...]]
     if postgresql:
         # Timestamps as text and as integer microseconds: Django's timestamp loader is pure Python
-        # and was a third of this read; the text goes back into the member rows as it is.
-        columns = (
-            "location_uids::text, normalized_name, tags::text, field_count, updated_at::text, "
-            "(extract(epoch FROM updated_at) * 1000000)::bigint"
-        )
+        # and was a third of this read; the text goes back into the member rows as it is. The keys
+        # come as arrays, one row per contact, rather than one row per key to gather here.
+        rows = _select_members_pg(ids, phone_kind)
     else:
-        columns = "location_uids, normalized_name, tags, field_count, updated_at, 0"
-    contact_sql = f"SELECT id, uid, location_id, {columns} FROM {Contact._meta.db_table} WHERE"
+        phones: dict[int, list[str]] = {}
+        emails: dict[int, list[str]] = {}
+        key_sql = f"SELECT contact_id, kind, key FROM {ContactKey._meta.db_table} WHERE"
+        for contact_id, kind, key in select_by_ids(key_sql, "contact_id", ids):
+            if key:
+                (phones if kind == phone_kind else emails).setdefault(contact_id, []).append(key)
+        contact_sql = (
+            "SELECT id, uid, location_id, location_uids, normalized_name, tags, field_count, updated_at, 0 "
+            f"FROM {Contact._meta.db_table} WHERE"
+        )
+        rows = (
+            (*row, phones.get(row[0]), emails.get(row[0])) for row in select_by_ids(contact_sql, "id", ids)
+        )
     tag_cache: dict[Any, frozenset[str]] = {}
     location_cache: dict[Any, tuple[str, ...]] = {}
     name_max = Contact._meta.get_field("normalized_name").max_length or 500
     location_uid_of = scoring.location_uid_of
     empty: frozenset[str] = frozenset()
     members: dict[int, Member] = {}
-    for row in select_by_ids(contact_sql, "id", ids):
-        contact_id, uid, location_id, location_uids, name, tags, field_count, updated_at, updated_us = row
+    for row in rows:
+        (contact_id, uid, location_id, location_uids, name, tags, field_count, updated_at, updated_us,
+         held_phones, held_emails) = row  # fmt: skip
         uids = location_cache.get(location_uids) if location_uids else ()
         if uids is None:
             uids = _cached(location_cache, location_uids, _uid_list)
@@ -209,20 +231,35 @@ def read_members(ids: Sequence[int], scoring: Scoring) -> dict[int, Member]:
             moment = aware(updated_at)
             updated_us = (moment - EPOCH) // _MICROSECOND
             updated_at = moment if not postgresql else _EPOCH_TEXT
+        # Positional, in the field order of ``Member``.
         members[contact_id] = Member(
-            id=contact_id,
-            uid=uid,
-            location_id=location_id,
-            location_uids=uids or (location_uid_of[location_id],),
-            name=name or "",
-            phones=frozenset(phones.get(contact_id, ())),
-            emails=frozenset(emails[contact_id]) if contact_id in emails else empty,
-            tags=tag_keys,
-            field_count=field_count,
-            updated_at=updated_at,
-            updated_us=updated_us,
-        )
+            contact_id, uid, location_id, uids or (location_uid_of[location_id],), name or "",
+            frozenset(held_phones) if held_phones else empty, frozenset(held_emails) if held_emails else empty,
+            tag_keys, field_count, updated_at, updated_us,
+        )  # fmt: skip
     return members
+
+
+def _select_members_pg(ids: Sequence[int], phone_kind: str) -> list[tuple[Any, ...]]:
+    from django.db import connection
+
+    from dedup.models import ContactKey
+
+    sql = (
+        "SELECT c.id, c.uid, c.location_id, c.location_uids::text, c.normalized_name, c.tags::text, "
+        "c.field_count, c.updated_at::text, (extract(epoch FROM c.updated_at) * 1000000)::bigint, "
+        "k.phones, k.emails "
+        f"FROM {Contact._meta.db_table} c LEFT JOIN ("
+        "SELECT contact_id, array_agg(key) FILTER (WHERE kind = %s) AS phones, "
+        "array_agg(key) FILTER (WHERE kind <> %s) AS emails "
+        f"FROM {ContactKey._meta.db_table} WHERE contact_id = ANY(%s::bigint[]) AND key <> '' "
+        "GROUP BY contact_id"
+        ") k ON k.contact_id = c.id WHERE c.id = ANY(%s::bigint[])"
+    )
+    array = int_array(ids)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [phone_kind, phone_kind, array, array])
+        return cursor.fetchall()
 
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -261,35 +298,28 @@ def _json_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _pair(a: Member, b: Member, use_email_key: bool) -> tuple[int, tuple[str, ...], bool, bool]:
-    """``(points, reasons, conflict, same name)`` of one pair, as ``dedup.scoring._score_features``."""
-    points = 0
-    shares_email = bool(a.emails) and not a.emails.isdisjoint(b.emails)
-    if not a.phones.isdisjoint(b.phones):
-        points += PHONE_POINTS
-        first = SAME_PHONE
-    elif shares_email and use_email_key:
-        first = SAME_EMAIL_ONLY
-    else:
-        first = NO_SHARED_PHONE
-    relation = relation_of_normalized(a.name, b.name)
-    if relation is NameRelation.SAME:
-        points += NAME_POINTS
-        second = SAME_NAME
-    elif relation is NameRelation.COMPATIBLE:
-        second = PARTIAL_NAME
-    elif relation is NameRelation.MISSING:
-        second = MISSING_NAME
-    else:
-        second = DIFFERENT_NAMES
-    reasons: tuple[str, ...] = (first, second)
-    if shares_email:
-        points += EMAIL_POINTS
-        reasons += (SAME_EMAIL,)
-    if a.tags and not a.tags.isdisjoint(b.tags):
-        points += TAGS_POINTS
-        reasons += (SHARED_TAGS,)
-    return points, reasons, relation is NameRelation.DIFFERENT, relation is NameRelation.SAME
+_SAME, _COMPATIBLE, _MISSING, _DIFFERENT = (
+    NameRelation.SAME, NameRelation.COMPATIBLE, NameRelation.MISSING, NameRelation.DIFFERENT,
+)  # fmt: skip
+# The JSON of a pair's score, reasons and conflict flag (a handful of distinct values), by value.
+_PAIR_TAILS: dict[tuple[int, tuple[str, ...], bool], str] = {}
+# Relations of two different non-empty canonical names, by value: one person's duplicates carry the
+# same few spellings, compared again in every pair they make. Bounded like the parsed-JSON caches.
+_RELATIONS: dict[tuple[str, str], NameRelation] = {}
+
+
+def _relation(a: str, b: str) -> NameRelation:
+    """``relation_of_normalized``, remembered for two different present names."""
+    if not a or not b:
+        return _MISSING
+    if a == b:
+        return _SAME
+    relation = _RELATIONS.get((a, b))
+    if relation is None:
+        if len(_RELATIONS) >= _PARSED_LIMIT:
+            _RELATIONS.clear()
+        relation = _RELATIONS[(a, b)] = relation_of_normalized(a, b)
+    return relation
 
 
 def _rank_key(member: Member) -> tuple[int, int, str]:
@@ -301,23 +331,66 @@ def propose(index: int, group: ClusterGroup, members: list[Member], scoring: Sco
     """Score one group (members in the group's uid order) into the values of its cluster row."""
     if len(members) < 2:
         raise ValueError("a cluster has at least two members")
-    threshold_points = scoring.threshold * 100
+    # Points are whole numbers: ``points < threshold * 100`` is ``points < ceil(threshold * 100)``,
+    # an integer comparison instead of one with a Decimal per pair.
+    threshold_points = math.ceil(scoring.threshold * 100)
     use_email_key = scoring.email_secondary_key
     pair_json: list[str] = []
     lowest = 100
     below = conflict = unconfirmed = False
+    quoted = [_json_string(m.uid) for m in members]
+    tails = _PAIR_TAILS
     for i, a in enumerate(members):
-        for b in members[i + 1 :]:
-            points, reasons, pair_conflict, same_name = _pair(a, b, use_email_key)
-            lowest = min(lowest, points)
-            below = below or points < threshold_points
-            conflict = conflict or pair_conflict
-            unconfirmed = unconfirmed or not same_name
-            uid_a, uid_b = (a.uid, b.uid) if a.uid < b.uid else (b.uid, a.uid)
-            pair_json.append(
-                f'{{"a":{_json_string(uid_a)},"b":{_json_string(uid_b)},"score":{points / 100!r},'
-                f'"reasons":{_reasons_json(reasons)},"conflict":{"true" if pair_conflict else "false"}}}'
-            )
+        a_uid, a_phones, a_emails, a_tags, a_name, a_quoted = a.uid, a.phones, a.emails, a.tags, a.name, quoted[i]
+        for j in range(i + 1, len(members)):
+            b = members[j]
+            # One pair's points and reasons, as dedup.scoring._score_features gives them.
+            shares_email = bool(a_emails) and not a_emails.isdisjoint(b.emails)
+            if not a_phones.isdisjoint(b.phones):
+                points = PHONE_POINTS
+                first = SAME_PHONE
+            elif shares_email and use_email_key:
+                points = 0
+                first = SAME_EMAIL_ONLY
+            else:
+                points = 0
+                first = NO_SHARED_PHONE
+            relation = _relation(a_name, b.name)
+            if relation is _SAME:
+                points += NAME_POINTS
+                reasons: tuple[str, ...] = (first, SAME_NAME)
+            elif relation is _COMPATIBLE:
+                reasons = (first, PARTIAL_NAME)
+            elif relation is _MISSING:
+                reasons = (first, MISSING_NAME)
+            else:
+                reasons = (first, DIFFERENT_NAMES)
+            if shares_email:
+                points += EMAIL_POINTS
+                reasons += (SAME_EMAIL,)
+            if a_tags and not a_tags.isdisjoint(b.tags):
+                points += TAGS_POINTS
+                reasons += (SHARED_TAGS,)
+            pair_conflict = relation is _DIFFERENT
+            if points < lowest:
+                lowest = points
+            if points < threshold_points:
+                below = True
+            if pair_conflict:
+                conflict = True
+            if relation is not _SAME:
+                unconfirmed = True
+            tail_key = (points, reasons, pair_conflict)
+            tail = tails.get(tail_key)
+            if tail is None:
+                tail = tails[tail_key] = (
+                    f',"score":{points / 100!r},"reasons":{_reasons_json(reasons)},'
+                    f'"conflict":{"true" if pair_conflict else "false"}}}'
+                )
+            if a_uid < b.uid:
+                pair_json.append(f'{{"a":{a_quoted},"b":{quoted[j]}{tail}')
+            else:
+                pair_json.append(f'{{"a":{quoted[j]},"b":{a_quoted}{tail}')
     common_set = set(members[0].location_uids)
     for m in members[1:]:
         common_set.intersection_update(m.location_uids)
@@ -432,6 +505,27 @@ def score_groups(
 ) -> list[Proposal | Unchanged]:
     """Score ``groups`` (the slice starting at ``start``; ``member_ids`` are their members' row ids in
     uid order), skipping those whose cluster is unchanged."""
+    return finish_scoring(read_inputs(start, groups, member_ids, scoring))
+
+
+@dataclass(slots=True)
+class BatchInputs:
+    """What scoring one batch reads from the database (``read_inputs``), before the pure part
+    (``finish_scoring``): split so that a writer may send one batch while the next is scored."""
+
+    start: int
+    groups: Sequence[ClusterGroup]
+    member_ids: Sequence[tuple[int, ...]]
+    scoring: Scoring
+    unchanged: dict[str, tuple[str, int]]
+    hits: list[str | None] | None
+    records: dict[int, Member]
+
+
+def read_inputs(
+    start: int, groups: Sequence[ClusterGroup], member_ids: Sequence[tuple[int, ...]], scoring: Scoring
+) -> BatchInputs:
+    """The database reads of ``score_groups``: which clusters are unchanged, and the other members."""
     candidates = [stored_ids(g) for g in groups]
     unchanged = unchanged_clusters([sid for ids in candidates for sid in ids], scoring)
     hits = [next((sid for sid in ids if sid in unchanged), None) for ids in candidates] if unchanged else None
@@ -440,8 +534,16 @@ def score_groups(
     else:
         wanted = sorted({i for hit, ids in zip(hits, member_ids, strict=True) if hit is None for i in ids})
     records = read_members(wanted, scoring) if wanted else {}
+    return BatchInputs(start, groups, member_ids, scoring, unchanged, hits, records)
+
+
+def finish_scoring(inputs: BatchInputs) -> list[Proposal | Unchanged]:
+    """The rest of ``score_groups``, with no database access."""
+    start, hits, unchanged, records, scoring = (
+        inputs.start, inputs.hits, inputs.unchanged, inputs.records, inputs.scoring,
+    )  # fmt: skip
     out: list[Proposal | Unchanged] = []
-    for offset, (group, ids) in enumerate(zip(groups, member_ids, strict=True)):
+    for offset, (group, ids) in enumerate(zip(inputs.groups, inputs.member_ids, strict=True)):
         hit = hits[offset] if hits is not None else None
         if hit is not None:
             cross = group.cross_location and hit == group.stable_id
