@@ -113,7 +113,7 @@ def _has_big_exponent(folded: bytes) -> bool:
 # they inherit it instead of receiving a copy per chunk.
 _KNOWN: Mapping[str, Stamp | None] = {}
 
-# The writer workers write their own blocks with, on PostgreSQL (``iter_prepared_file``'s
+# The writer that worker processes write their own blocks with, on PostgreSQL (``iter_prepared_file``'s
 # ``write_with``); set before the workers fork, like ``_KNOWN``.
 _WRITER: IndexWriter | None = None
 
@@ -216,6 +216,17 @@ def read_line(path: str, line_number: int) -> str:
     return ""
 
 
+_UNREAD = object()
+
+
+def _orjson_value(line: bytes) -> Any:
+    """The line's JSON value as orjson reads it, or ``_UNREAD`` when orjson refuses it (json decides)."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _UNREAD
+
+
 def _parse_line(line: bytes, lineno: int, folded: bytes | None = None) -> Any:
     """The JSON value of one line (MalformedResponse / UnicodeDecodeError as ``parse_export_line``).
 
@@ -225,10 +236,9 @@ def _parse_line(line: bytes, lineno: int, folded: bytes | None = None) -> Any:
     single-process read of the line does. Where both read a line, they give the same value.
     """
     if _LONG_NUMBER not in (fold_digits(line) if folded is None else folded):
-        try:
-            return orjson.loads(line)
-        except orjson.JSONDecodeError:
-            pass  # json reads it below and says why it is refused, if it is
+        value = _orjson_value(line)
+        if value is not _UNREAD:
+            return value
     text = _decode(line, lineno)
     try:
         return json.loads(text)
