@@ -6,7 +6,6 @@ every cluster it writes carries the verdicts of the domain rules (``assess_clust
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,17 +20,12 @@ from dedup.scanning import start_scan
 from dedup.scoring import assess_cluster
 from dedup.survivorship import choose_primary
 from podium_client.corpus import generate_corpus
-from tests.audit_guard import lift_for_the_flush
+
+pytest_plugins = ["tests.merge_helpers"]  # pg_flushable
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def pg_flushable(transactional_db: None) -> Iterator[None]:
-    """Let pytest-django flush PostgreSQL after this transactional test despite the audit guard."""
-    yield
-
-    lift_for_the_flush()
 
 
 def dump() -> list[tuple[object, ...]]:

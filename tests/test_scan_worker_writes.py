@@ -7,26 +7,23 @@ a placeholder), a contact the file repeats with a newer version (the newer one s
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import connection
+from django.db.models import F
 
 from dedup import exportfile, indexing, scanning
 from dedup.models import Contact, ContactKey, ContactLocation, Location, RejectedRecord, UncategorizedPhone
 from dedup.scanning import start_scan
 from podium_client.corpus import generate_corpus
-from tests.audit_guard import lift_for_the_flush
+
+pytest_plugins = ["tests.merge_helpers"]  # pg_flushable
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def pg_flushable(transactional_db: None) -> Iterator[None]:
-    yield
-    lift_for_the_flush()
 
 
 def _index_state() -> dict[str, Any]:
@@ -44,14 +41,9 @@ def _index_state() -> dict[str, Any]:
         "locations": sorted(ContactLocation.objects.values_list("contact__uid", "location__uid")),
         "uncategorized": sorted(UncategorizedPhone.objects.values_list("contact__uid", "raw", "code", "reason")),
         "rejected": sorted(RejectedRecord.objects.values_list("line_number", "contact_uid", "reason")),
-        "placeholders": sorted(Location.objects.filter(name=models_uid_name()).values_list("uid", flat=True)),
+        # A placeholder location is named by its uid.
+        "placeholders": sorted(Location.objects.filter(name=F("uid")).values_list("uid", flat=True)),
     }
-
-
-def models_uid_name() -> Any:
-    from django.db.models import F
-
-    return F("uid")  # a placeholder location is named by its uid
 
 
 def _empty_index() -> None:
