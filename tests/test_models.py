@@ -180,3 +180,41 @@ def test_a_rejected_record_keeps_any_text_once_escaped(db: None) -> None:
     # Deleting a scan run deletes what it set aside.
     run.delete()
     assert not RejectedRecord.objects.exists()
+
+
+def test_index_tables_location_references_are_kept_by_the_application(contact: Contact, sydney: Location) -> None:
+    """The index tables' location references go unchecked by the database (a first load pays no
+    locking query per row for them); the references to the contact stay checked, and deleting a
+    location still follows Django's on_delete rules."""
+    from django.db.models import ProtectedError
+
+    from dedup.models import ContactLocation, UncategorizedPhone
+
+    for model in (Contact, ContactKey, ContactLocation, UncategorizedPhone):
+        assert model._meta.get_field("location").db_constraint is False
+        assert model is Contact or model._meta.get_field("contact").db_constraint is True
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
+                "WHERE contype = 'f' AND conrelid = ANY(%s::regclass[])",
+                [["dedup_contact", "dedup_contactkey", "dedup_contactlocation", "dedup_uncategorizedphone"]],
+            )
+            referenced = sorted(cursor.fetchall())
+        assert referenced == [
+            ("dedup_contactkey", "dedup_contact"),
+            ("dedup_contactlocation", "dedup_contact"),
+            ("dedup_uncategorizedphone", "dedup_contact"),
+        ]
+    # A key of a contact that does not exist is still refused by the database (at the check the
+    # commit would make: the constraints are deferred), a key of a location that does not exist not.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ContactKey.objects.create(contact_id=contact.pk + 10_000, location=sydney, kind="PHONE", key="+61400000000")
+        connection.check_constraints()
+    with transaction.atomic():
+        ContactKey.objects.create(contact=contact, location_id=sydney.pk + 10_000, kind="PHONE", key="+61400000001")
+        connection.check_constraints()
+        transaction.set_rollback(True)
+    with pytest.raises(ProtectedError):
+        sydney.delete()
+    assert Location.objects.filter(pk=sydney.pk).exists()
