@@ -126,3 +126,38 @@ def test_a_failed_write_in_the_background_fails_the_run_and_leaves_nothing(
         detection.detect(workers=0)
     assert not Cluster.objects.exists()
     assert not ClusterMember.objects.exists()
+
+
+def test_a_whole_index_read_tunes_only_its_own_transaction(pg_flushable: None) -> None:
+    """The whole-index read lets the planner use parallel workers, in a transaction of its own: the
+    settings end with it, a caller's transaction is left as it was, and what is read is the same."""
+    from django.db import transaction
+    from django.test.utils import CaptureQueriesContext
+
+    from dedup.detect.reading import read_shared
+    from tests.index_helpers import contact
+    from tests.index_helpers import index as write_index
+
+    write_index(
+        contact("ct_a", name="Maria Garcia", phones=("+61412345678",)),
+        contact("ct_b", name="Maria Garcia", phones=("0412 345 678", "+61400000001")),
+        contact("ct_c", name="Tom Lee", phones=("+61400000001",)),
+        contact("ct_d", name="Solo", phones=("+61400000009",)),
+    )
+
+    def setting() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW parallel_setup_cost")
+            return str(cursor.fetchone()[0])
+
+    default = setting()
+    with CaptureQueriesContext(connection) as own:
+        alone = read_shared(["PHONE"])
+    with transaction.atomic(), CaptureQueriesContext(connection) as inside:
+        within = read_shared(["PHONE"])
+        assert setting() == default
+    assert list(alone) == list(within) and alone.id_of == within.id_of
+    assert sorted(uid for uid, _location, _keys in alone) == ["ct_a", "ct_b", "ct_c"]
+    tuned = [q["sql"] for q in own.captured_queries if q["sql"].startswith("SET LOCAL")]
+    assert not [q["sql"] for q in inside.captured_queries if q["sql"].startswith("SET LOCAL")]
+    assert tuned and setting() == default

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 
 from dedup.dblimits import in_values
 from dedup.detect.sql import active_sql, select_by_ids, select_by_text
@@ -19,6 +19,16 @@ from dedup.models import Cluster, ClusterMember, Contact, ContactKey
 
 _SHARED_KEYS_TABLE = "dedup_detect_shared_keys"
 _FETCH = 20_000
+# For the two statements of a whole-index read only (SET LOCAL: the transaction ends with the read).
+# Both scan every key and contact row, with nothing else for the database to do meanwhile: let the
+# planner use its parallel workers without charging their start-up, and group the keys in memory
+# instead of spilling to disk. At 1M contacts they took 1.78 + 1.67 s on one core, 0.95 + 1.29 s so.
+# Tables smaller than ``min_parallel_table_scan_size`` still get no parallel worker.
+_PG_READ_SETTINGS = (
+    "SET LOCAL parallel_setup_cost = 0",
+    "SET LOCAL parallel_tuple_cost = 0",
+    "SET LOCAL work_mem = '64MB'",
+)
 
 # An active contact that may join a cluster: (uid, location id, the keys that can join it).
 Candidate = tuple[str, int, tuple[str, ...]]
@@ -65,8 +75,13 @@ def read_shared(kinds: Sequence[str]) -> Candidates:
     key_table, contact_table = ContactKey._meta.db_table, Contact._meta.db_table
     marks = ", ".join(["%s"] * len(kinds))
     candidates = Candidates()
-    with connection.cursor() as cursor:
+    # Only in a transaction of its own: inside a caller's, the settings would outlast the read.
+    tune = connection.vendor == "postgresql" and not connection.in_atomic_block
+    with transaction.atomic(), connection.cursor() as cursor:
         try:
+            if tune:
+                for setting in _PG_READ_SETTINGS:
+                    cursor.execute(setting)
             cursor.execute(f"DROP TABLE IF EXISTS {_SHARED_KEYS_TABLE}")
             cursor.execute(
                 f"CREATE TEMP TABLE {_SHARED_KEYS_TABLE} AS SELECT k.key FROM {key_table} k "
