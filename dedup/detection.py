@@ -53,13 +53,16 @@ from dedup.detect.proposals import (
     score_groups,
 )
 from dedup.detect.reading import (
+    BatchKeys,
     Candidate,
     Candidates,
     active_contacts,
     clusters_with_members,
+    held_keys,
     holders,
     read_closure,
     read_shared,
+    scoring_keys,
 )
 from dedup.detect.records import cluster_to_dict, clusters_for_export, load_member_records, member_records
 from dedup.detect.writing import MUTABLE, write
@@ -99,6 +102,9 @@ _ANALYZE_AFTER = 10_000
 READ_AHEAD = True
 # Below this many indexed contacts scoring stays in this process: forking costs more than it saves.
 PARALLEL_MIN_CONTACTS = 100_000
+# A whole-index run scores with the members' phone keys its read found (``scoring_keys``) rather than
+# having the database gather every key of each member again (False: as before; tests compare the two).
+KEYS_FROM_READ = True
 
 
 @dataclass
@@ -261,13 +267,25 @@ def _detect(
         groups = [g for g in groups if scope_uids.intersection(g.location_uids)]
     id_of = candidates.id_of
     member_ids = [tuple(map(id_of.__getitem__, g.member_uids)) for g in groups]
-    del candidates, id_of
+    # A whole-index read found every phone key scoring needs (``scoring_keys``): which ones each
+    # member holds goes to scoring with the group, instead of being gathered again batch by batch.
+    member_keys: BatchKeys | None = None
+    del id_of
+    if not key_scoped and KEYS_FROM_READ:
+        keys_of = scoring_keys(candidates)
+        del candidates
+        member_keys = [held_keys(g, keys_of) for g in groups]
+        del keys_of
+    else:
+        del candidates
     # Scored in the order of their members' row ids: a batch then reads a run of neighbouring contact
     # rows (one person's duplicates are usually indexed close together) instead of rows spread over
     # the whole table, which at a million contacts no longer fits the database's cache.
     order = sorted(range(len(groups)), key=lambda i: min(member_ids[i]))
     groups = [groups[i] for i in order]
     member_ids = [member_ids[i] for i in order]
+    if member_keys is not None:
+        member_keys = [member_keys[i] for i in order]
     del order
     timings["cluster"] = time.perf_counter() - t
 
@@ -285,7 +303,7 @@ def _detect(
     else:
         reconsider = Cluster.objects.filter(status=MUTABLE)
     now = timezone.now()
-    batches = _scored_batches(groups, member_ids, scoring, pool)
+    batches = _scored_batches(groups, member_ids, member_keys, scoring, pool)
     counts = write(batches, groups, scoring, reconsider, scan_run, actor, now, timings)
     timings["score_and_write"] = time.perf_counter() - t
 
@@ -386,10 +404,14 @@ def _group(
 
 
 def _score_task(
-    start: int, groups: list[ClusterGroup], member_ids: list[tuple[int, ...]], scoring: Scoring
+    start: int,
+    groups: list[ClusterGroup],
+    member_ids: list[tuple[int, ...]],
+    batch_keys: BatchKeys | None,
+    scoring: Scoring,
 ) -> list[Proposal | Unchanged]:
     """Score a slice of groups in a worker process (with its own database connection)."""
-    return score_groups(start, groups, member_ids, scoring)
+    return score_groups(start, groups, member_ids, scoring, batch_keys)
 
 
 def _default_workers() -> int:
@@ -425,7 +447,11 @@ def _start_pool(workers: int) -> Any:
 
 
 def _scored_here(
-    slices: list[tuple[int, int]], groups: list[ClusterGroup], member_ids: list[tuple[int, ...]], scoring: Scoring
+    slices: list[tuple[int, int]],
+    groups: list[ClusterGroup],
+    member_ids: list[tuple[int, ...]],
+    keys: BatchKeys | None,
+    scoring: Scoring,
 ) -> Iterator[list[Proposal | Unchanged]]:
     """Batches scored in this process, each batch's reads done one batch ahead.
 
@@ -436,33 +462,45 @@ def _scored_here(
     if not slices:
         return
     a, b = slices[0]
-    inputs = read_inputs(a, groups[a:b], member_ids[a:b], scoring)
+    inputs = read_inputs(a, groups[a:b], member_ids[a:b], scoring, _keys_slice(keys, a, b))
     for position in range(len(slices)):
         batch = finish_scoring(inputs)
         if position + 1 < len(slices):
             a, b = slices[position + 1]
             # Read now, before the batch just scored is written: ``batch`` goes out while the next
             # one is scored.
-            inputs = read_inputs(a, groups[a:b], member_ids[a:b], scoring)
+            inputs = read_inputs(a, groups[a:b], member_ids[a:b], scoring, _keys_slice(keys, a, b))
         yield batch
 
 
+def _keys_slice(member_keys: BatchKeys | None, a: int, b: int) -> BatchKeys | None:
+    return None if member_keys is None else member_keys[a:b]
+
+
 def _scored_batches(
-    groups: list[ClusterGroup], member_ids: list[tuple[int, ...]], scoring: Scoring, pool: Any
+    groups: list[ClusterGroup],
+    member_ids: list[tuple[int, ...]],
+    keys: BatchKeys | None,
+    scoring: Scoring,
+    pool: Any,
 ) -> Iterator[list[Proposal | Unchanged]]:
     """Proposals batch by batch, in order; with a pool, scored a few batches ahead of the writer."""
     slices = [(start, min(start + BATCH_GROUPS, len(groups))) for start in range(0, len(groups), BATCH_GROUPS)]
     if pool is None:
         if not READ_AHEAD:
-            return (score_groups(a, groups[a:b], member_ids[a:b], scoring) for a, b in slices)
-        return _scored_here(slices, groups, member_ids, scoring)
+            return (
+                score_groups(a, groups[a:b], member_ids[a:b], scoring, _keys_slice(keys, a, b))
+                for a, b in slices
+            )
+        return _scored_here(slices, groups, member_ids, keys, scoring)
     pending: deque[Any] = deque()
     queue = deque(slices)
     ahead = 4
 
     def submit() -> None:
         a, b = queue.popleft()
-        pending.append(pool.apply_async(_score_task, (a, groups[a:b], member_ids[a:b], scoring)))
+        task = (a, groups[a:b], member_ids[a:b], _keys_slice(keys, a, b), scoring)
+        pending.append(pool.apply_async(_score_task, task))
 
     while queue and len(pending) < ahead:
         submit()

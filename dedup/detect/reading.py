@@ -8,11 +8,12 @@ has the same empty value) and scans a million contacts per batch of keys.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from django.db import connection, transaction
 
+from dedup.clustering import ClusterGroup
 from dedup.dblimits import in_values
 from dedup.detect.sql import active_sql, select_by_ids, select_by_text
 from dedup.models import Cluster, ClusterMember, Contact, ContactKey
@@ -40,6 +41,68 @@ class Candidates(list[Candidate]):
     def __init__(self) -> None:
         super().__init__()
         self.id_of: dict[str, int] = {}
+
+
+# For each group of a batch, which of its natural keys each member holds (``held_keys``).
+BatchKeys = list[tuple[int, ...]]
+
+
+def scoring_keys(candidates: Candidates) -> dict[str, tuple[str, ...]]:
+    """Each candidate's joining keys by uid: every phone key scoring needs of it.
+
+    Scoring asks whether two members hold a phone in common. Two active contacts holding the same
+    phone make it a key two or more active contacts hold, so it is among the keys a whole-index read
+    found for both (``read_shared``): the shared keys answer exactly as every key of the two would.
+
+    Made out of ``candidates.id_of`` in place (its row ids are gone afterwards): at a million contacts
+    a second table of every uid would be the run's peak of memory.
+    """
+    keys_of: dict[str, Any] = candidates.id_of
+    for uid, _location_id, keys in candidates:
+        keys_of[uid] = keys
+    candidates.id_of = {}
+    return keys_of
+
+
+def held_keys(group: ClusterGroup, keys_of: Mapping[str, tuple[str, ...]]) -> tuple[int, ...]:
+    """Which of the group's natural keys each member holds: a bit mask per member, in member order
+    (bit ``j`` for ``group.natural_keys[j]``).
+
+    Two members of a group can only share a key that is one of its natural keys (the keys two or
+    more of its members hold), so the masks answer scoring's question as the members' joining keys
+    do, in small integers instead of a tuple of keys kept per contact for the whole run.
+    """
+    natural = group.natural_keys
+    if len(natural) == 1:
+        key = natural[0]
+        return tuple(1 if key in keys_of[uid] else 0 for uid in group.member_uids)
+    bit = {key: 1 << j for j, key in enumerate(natural)}
+    # A contact's joining keys are distinct (one key row per contact, kind and key): the sum is the union.
+    return tuple(sum(bit.get(key, 0) for key in keys_of[uid]) for uid in group.member_uids)
+
+
+def batch_phones(
+    groups: Sequence[ClusterGroup], member_ids: Sequence[tuple[int, ...]], masks: BatchKeys
+) -> dict[int, list[str]]:
+    """Each member's phone keys for scoring, by row id, from a batch's masks (``held_keys``).
+
+    A phone key is E.164 (``+`` and digits), an email key always holds an ``@`` (``dedup.phones``):
+    the joining keys hold emails too when policy makes email a secondary key. A contact in two groups
+    of the batch (its location's and a cross-location one) gets the keys both masks give it: a pair
+    of either group still shares exactly the phones its two members share.
+    """
+    phones: dict[int, list[str]] = {}
+    for group, ids, group_masks in zip(groups, member_ids, masks, strict=True):
+        natural = group.natural_keys
+        for contact_id, mask in zip(ids, group_masks, strict=True):
+            held = phones.setdefault(contact_id, [])
+            j = 0
+            while mask:
+                if mask & 1 and "@" not in natural[j] and natural[j] not in held:
+                    held.append(natural[j])
+                mask >>= 1
+                j += 1
+    return phones
 
 
 def _fold_rows(rows: Iterable[tuple[Any, ...]], out: Candidates) -> None:
