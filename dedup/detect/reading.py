@@ -133,7 +133,7 @@ def read_shared(kinds: Sequence[str]) -> Candidates:
     """Every active contact holding a key that another active contact holds too, sorted by location.
 
     The database does the grouping (into a temporary table, analyzed so the join that follows is
-    planned for its real size) and the sorting; rows are streamed, never fetched all at once.
+    planned for its real size) and the sorting; rows are turned into candidates a fetch at a time.
     """
     key_table, contact_table = ContactKey._meta.db_table, Contact._meta.db_table
     marks = ", ".join(["%s"] * len(kinds))
