@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 
 from dedup.models import Policy
 from tests.audit_guard import lift_for_the_flush
@@ -81,6 +82,10 @@ def chromium(require_browser: bool, transactional_db: None) -> Iterator[Any]:
         finally:
             browser.close()
     finally:
+        # The test's ORM calls ran next to Playwright's event loop, where Django keeps connections of
+        # their own: closed here, or each browser test leaves a session open on the test database
+        # (which then cannot be dropped at the end of the run).
+        connections.close_all()
         playwright.stop()
         if previous is None:
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
