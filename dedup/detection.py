@@ -53,9 +53,9 @@ from dedup.detect.proposals import (
     score_groups,
 )
 from dedup.detect.reading import (
-    BatchKeys,
     Candidate,
     Candidates,
+    HeldMasks,
     active_contacts,
     clusters_with_members,
     held_keys,
@@ -269,12 +269,12 @@ def _detect(
     member_ids = [tuple(map(id_of.__getitem__, g.member_uids)) for g in groups]
     # A whole-index read found every phone key scoring needs (``scoring_keys``): which ones each
     # member holds goes to scoring with the group, instead of being gathered again batch by batch.
-    member_keys: BatchKeys | None = None
+    masks: HeldMasks | None = None
     del id_of
     if not key_scoped and KEYS_FROM_READ:
         keys_of = scoring_keys(candidates)
         del candidates
-        member_keys = [held_keys(g, keys_of) for g in groups]
+        masks = [held_keys(g, keys_of) for g in groups]
         del keys_of
     else:
         del candidates
@@ -284,8 +284,8 @@ def _detect(
     order = sorted(range(len(groups)), key=lambda i: min(member_ids[i]))
     groups = [groups[i] for i in order]
     member_ids = [member_ids[i] for i in order]
-    if member_keys is not None:
-        member_keys = [member_keys[i] for i in order]
+    if masks is not None:
+        masks = [masks[i] for i in order]
     del order
     timings["cluster"] = time.perf_counter() - t
 
@@ -303,7 +303,7 @@ def _detect(
     else:
         reconsider = Cluster.objects.filter(status=MUTABLE)
     now = timezone.now()
-    batches = _scored_batches(groups, member_ids, member_keys, scoring, pool)
+    batches = _scored_batches(groups, member_ids, masks, scoring, pool)
     counts = write(batches, groups, scoring, reconsider, scan_run, actor, now, timings)
     timings["score_and_write"] = time.perf_counter() - t
 
@@ -407,11 +407,11 @@ def _score_task(
     start: int,
     groups: list[ClusterGroup],
     member_ids: list[tuple[int, ...]],
-    batch_keys: BatchKeys | None,
+    masks: HeldMasks | None,
     scoring: Scoring,
 ) -> list[Proposal | Unchanged]:
     """Score a slice of groups in a worker process (with its own database connection)."""
-    return score_groups(start, groups, member_ids, scoring, batch_keys)
+    return score_groups(start, groups, member_ids, scoring, masks)
 
 
 def _default_workers() -> int:
@@ -450,7 +450,7 @@ def _scored_here(
     slices: list[tuple[int, int]],
     groups: list[ClusterGroup],
     member_ids: list[tuple[int, ...]],
-    keys: BatchKeys | None,
+    masks: HeldMasks | None,
     scoring: Scoring,
 ) -> Iterator[list[Proposal | Unchanged]]:
     """Batches scored in this process, each batch's reads done one batch ahead.
@@ -462,25 +462,25 @@ def _scored_here(
     if not slices:
         return
     a, b = slices[0]
-    inputs = read_inputs(a, groups[a:b], member_ids[a:b], scoring, _keys_slice(keys, a, b))
+    inputs = read_inputs(a, groups[a:b], member_ids[a:b], scoring, _masks_slice(masks, a, b))
     for position in range(len(slices)):
         batch = finish_scoring(inputs)
         if position + 1 < len(slices):
             a, b = slices[position + 1]
             # Read now, before the batch just scored is written: ``batch`` goes out while the next
             # one is scored.
-            inputs = read_inputs(a, groups[a:b], member_ids[a:b], scoring, _keys_slice(keys, a, b))
+            inputs = read_inputs(a, groups[a:b], member_ids[a:b], scoring, _masks_slice(masks, a, b))
         yield batch
 
 
-def _keys_slice(member_keys: BatchKeys | None, a: int, b: int) -> BatchKeys | None:
-    return None if member_keys is None else member_keys[a:b]
+def _masks_slice(masks: HeldMasks | None, a: int, b: int) -> HeldMasks | None:
+    return None if masks is None else masks[a:b]
 
 
 def _scored_batches(
     groups: list[ClusterGroup],
     member_ids: list[tuple[int, ...]],
-    keys: BatchKeys | None,
+    masks: HeldMasks | None,
     scoring: Scoring,
     pool: Any,
 ) -> Iterator[list[Proposal | Unchanged]]:
@@ -489,17 +489,17 @@ def _scored_batches(
     if pool is None:
         if not READ_AHEAD:
             return (
-                score_groups(a, groups[a:b], member_ids[a:b], scoring, _keys_slice(keys, a, b))
+                score_groups(a, groups[a:b], member_ids[a:b], scoring, _masks_slice(masks, a, b))
                 for a, b in slices
             )
-        return _scored_here(slices, groups, member_ids, keys, scoring)
+        return _scored_here(slices, groups, member_ids, masks, scoring)
     pending: deque[Any] = deque()
     queue = deque(slices)
     ahead = 4
 
     def submit() -> None:
         a, b = queue.popleft()
-        task = (a, groups[a:b], member_ids[a:b], _keys_slice(keys, a, b), scoring)
+        task = (a, groups[a:b], member_ids[a:b], _masks_slice(masks, a, b), scoring)
         pending.append(pool.apply_async(_score_task, task))
 
     while queue and len(pending) < ahead:

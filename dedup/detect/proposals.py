@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from dedup.clustering import ClusterGroup, stable_cluster_id
-from dedup.detect.reading import BatchKeys, batch_phones
+from dedup.detect.reading import HeldMasks, batch_phones
 from dedup.detect.sql import EPOCH, aware, int_array, select_by_ids, select_by_text
 from dedup.models import Cluster, ClusterMember, Contact, RestoreRecord
 from dedup.names import NameRelation, relation_of_normalized
@@ -196,8 +196,8 @@ def read_members(
     phone_kind = ContactKey.PHONE
     postgresql = _is_postgresql()
     rows: Iterable[tuple[Any, ...]]
-    if phones_of is not None:
-        rows = _select_members_with_emails(ids, phones_of, postgresql)
+    if postgresql and phones_of is not None:
+        rows = _select_members_with_emails_pg(ids, phones_of)
     elif postgresql:
         # Timestamps as text and as integer microseconds: Django's timestamp loader is pure Python
         # and was a third of this read; the text goes back into the member rows as it is. The keys
@@ -207,11 +207,14 @@ def read_members(
         phones: dict[int, list[str]] = {}
         emails: dict[int, list[str]] = {}
         key_sql = f"SELECT contact_id, kind, key FROM {ContactKey._meta.db_table} WHERE"
+        if phones_of is not None:
+            key_sql += f" kind = '{ContactKey.EMAIL}' AND"  # the phones are given
         for contact_id, kind, key in select_by_ids(key_sql, "contact_id", ids):
             if key:
                 (phones if kind == phone_kind else emails).setdefault(contact_id, []).append(key)
+        held: Mapping[int, Sequence[str]] = phones if phones_of is None else phones_of
         rows = (
-            (*row, phones.get(row[0]), emails.get(row[0]))
+            (*row, held.get(row[0]), emails.get(row[0]))
             for row in select_by_ids(f"{_MEMBER_COLUMNS} FROM {Contact._meta.db_table} c WHERE", "c.id", ids)
         )
     tag_cache: dict[Any, frozenset[str]] = {}
@@ -259,25 +262,15 @@ _MEMBER_COLUMNS_PG = (
 )
 
 
-def _select_members_with_emails(
-    ids: Sequence[int], phones_of: Mapping[int, Sequence[str]], postgresql: bool
-) -> Iterable[tuple[Any, ...]]:
-    """Member rows with the given phones, and each contact's email keys read beside it."""
+def _select_members_with_emails_pg(ids: Sequence[int], phones_of: Mapping[int, Sequence[str]]) -> Iterable[tuple[Any, ...]]:
+    """Member rows with the given phones, and each contact's email keys read beside it (PostgreSQL)."""
     from dedup.models import ContactKey
 
-    key_table, email = ContactKey._meta.db_table, ContactKey.EMAIL
-    if postgresql:
-        sql = (
-            f"{_MEMBER_COLUMNS_PG}, ARRAY(SELECT k.key FROM {key_table} k WHERE k.contact_id = c.id "
-            f"AND k.kind = '{email}' AND k.key <> '') FROM {Contact._meta.db_table} c WHERE"
-        )
-        return ((*row[:-1], phones_of[row[0]], row[-1]) for row in select_by_ids(sql, "c.id", ids))
-    emails: dict[int, list[str]] = {}
-    key_sql = f"SELECT contact_id, key FROM {key_table} WHERE kind = '{email}' AND key <> '' AND"
-    for contact_id, key in select_by_ids(key_sql, "contact_id", ids):
-        emails.setdefault(contact_id, []).append(key)
-    contact_sql = f"{_MEMBER_COLUMNS} FROM {Contact._meta.db_table} c WHERE"
-    return ((*row, phones_of[row[0]], emails.get(row[0])) for row in select_by_ids(contact_sql, "c.id", ids))
+    sql = (
+        f"{_MEMBER_COLUMNS_PG}, ARRAY(SELECT k.key FROM {ContactKey._meta.db_table} k WHERE k.contact_id = c.id "
+        f"AND k.kind = '{ContactKey.EMAIL}' AND k.key <> '') FROM {Contact._meta.db_table} c WHERE"
+    )
+    return ((*row[:-1], phones_of[row[0]], row[-1]) for row in select_by_ids(sql, "c.id", ids))
 
 
 def _select_members_pg(ids: Sequence[int], phone_kind: str) -> list[tuple[Any, ...]]:
@@ -543,12 +536,12 @@ def score_groups(
     groups: Sequence[ClusterGroup],
     member_ids: Sequence[tuple[int, ...]],
     scoring: Scoring,
-    batch_keys: BatchKeys | None = None,
+    masks: HeldMasks | None = None,
 ) -> list[Proposal | Unchanged]:
     """Score ``groups`` (the slice starting at ``start``; ``member_ids`` are their members' row ids in
-    uid order, ``batch_keys`` their keys as a whole-index read found them, if it did), skipping
+    uid order, ``masks`` which of its natural keys each member holds, from a whole-index read), skipping
     those whose cluster is unchanged."""
-    return finish_scoring(read_inputs(start, groups, member_ids, scoring, batch_keys))
+    return finish_scoring(read_inputs(start, groups, member_ids, scoring, masks))
 
 
 @dataclass(slots=True)
@@ -570,7 +563,7 @@ def read_inputs(
     groups: Sequence[ClusterGroup],
     member_ids: Sequence[tuple[int, ...]],
     scoring: Scoring,
-    batch_keys: BatchKeys | None = None,
+    masks: HeldMasks | None = None,
 ) -> BatchInputs:
     """The database reads of ``score_groups``: which clusters are unchanged, and the other members."""
     candidates = [stored_ids(g) for g in groups]
@@ -580,7 +573,7 @@ def read_inputs(
         wanted = sorted({i for ids in member_ids for i in ids})
     else:
         wanted = sorted({i for hit, ids in zip(hits, member_ids, strict=True) if hit is None for i in ids})
-    phones_of = None if batch_keys is None else batch_phones(groups, member_ids, batch_keys)
+    phones_of = None if masks is None else batch_phones(groups, member_ids, masks)
     records = read_members(wanted, scoring, phones_of) if wanted else {}
     return BatchInputs(start, groups, member_ids, scoring, unchanged, hits, records)
 

@@ -44,7 +44,7 @@ class Candidates(list[Candidate]):
 
 
 # For each group of a batch, which of its natural keys each member holds (``held_keys``).
-BatchKeys = list[tuple[int, ...]]
+HeldMasks = list[tuple[int, ...]]
 
 
 def scoring_keys(candidates: Candidates) -> dict[str, tuple[str, ...]]:
@@ -82,7 +82,7 @@ def held_keys(group: ClusterGroup, keys_of: Mapping[str, tuple[str, ...]]) -> tu
 
 
 def batch_phones(
-    groups: Sequence[ClusterGroup], member_ids: Sequence[tuple[int, ...]], masks: BatchKeys
+    groups: Sequence[ClusterGroup], member_ids: Sequence[tuple[int, ...]], masks: HeldMasks
 ) -> dict[int, list[str]]:
     """Each member's phone keys for scoring, by row id, from a batch's masks (``held_keys``).
 
