@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from django.db import connection, transaction
@@ -112,10 +113,9 @@ def load_stamps(uids: list[str] | None = None) -> dict[str, Stamp | None]:
         with transaction.atomic():
             connection.ensure_connection()
             with connection.connection.cursor(name="dedup_load_stamps") as cursor:
-                cursor.itersize = _FETCH_ROWS
                 cursor.execute(sql, [uids] if uids is not None else None)
-                for uid, updated, deleted, merged in cursor:
-                    out[uid] = None if updated is None else make_stamp(updated, deleted, merged)
+                while rows := cursor.fetchmany(_FETCH_ROWS):
+                    _fold_stamps(rows, out)
         return out
     if uids is not None:
         for chunk in chunked(uids, in_list_size()):
@@ -129,6 +129,24 @@ def load_stamps(uids: list[str] | None = None) -> dict[str, Stamp | None]:
         for uid, updated, deleted, merged in cursor:
             out[uid] = contact_stamp(_as_datetime(updated), _as_datetime(deleted), merged)
     return out
+
+
+def _fold_stamps(rows: list[tuple[str, int | None, int | None, str]], out: dict[str, Stamp | None]) -> None:
+    """Add ``(uid, updatedAt µs, deletedAt µs, mergedIntoUid)`` rows to ``out`` as stamps.
+
+    Nearly every contact is visible, its stamp the bare ``updatedAt`` (None when it has none): those
+    are stored in one ``dict.update`` over the batch, without a Python call per row (a row at a time
+    through the cursor was most of the seconds a rescan spent reading a million stamps). The few
+    deleted or merged ones are then given their tuple stamps.
+    """
+    out.update(zip(map(_first, rows), map(_second, rows), strict=True))
+    for uid, updated, deleted, merged in rows:
+        if updated is not None and (deleted is not None or merged):
+            out[uid] = make_stamp(updated, deleted, merged)
+
+
+_first = itemgetter(0)
+_second = itemgetter(1)
 
 
 def _as_datetime(value: datetime | str | None) -> datetime | None:

@@ -12,7 +12,7 @@ import pytest
 
 from dedup.indexing import IndexWriter, prepare_contact
 from dedup.models import Cluster, Contact, ContactKey, ContactLocation, ScanRun, UncategorizedPhone
-from dedup.scanning import start_scan
+from dedup.scanning import ScanError, start_scan
 from tests.index_helpers import LOCATIONS, contact
 
 pytestmark = pytest.mark.django_db
@@ -145,3 +145,76 @@ def test_a_contact_indexed_after_the_stamps_were_read_is_upserted_not_duplicated
         ("ct_1", "+61412345678"),
         ("ct_2", "+61413000111"),
     ]
+
+
+def test_the_survey_of_the_file_runs_while_the_index_stamps_are_read(
+    demo_corpus: tuple[list[str], dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The survey is given until the stamps are being read to start: done one after the other (either
+    # way round), one of them would wait for the other and the scan would fail.
+    import threading
+
+    from dedup import scanning
+
+    path = _export(tmp_path / "export.ndjson", demo_corpus[0])
+    stamps_reading, survey_started = threading.Event(), threading.Event()
+    survey, load_stamps = scanning.survey_file, scanning.load_stamps
+    threads: list[str] = []
+
+    def surveying(source: str) -> Any:
+        threads.append(threading.current_thread().name)
+        survey_started.set()
+        assert stamps_reading.wait(10), "the stamps were not being read during the survey"
+        return survey(source)
+
+    def reading_stamps() -> Any:
+        stamps_reading.set()
+        assert survey_started.wait(10), "the survey did not start while the stamps were read"
+        return load_stamps()
+
+    monkeypatch.setattr(scanning, "survey_file", surveying)
+    monkeypatch.setattr(scanning, "load_stamps", reading_stamps)
+    run = start_scan(from_file=path, run_async=False)
+    assert run.state == ScanRun.SUCCEEDED and run.contacts_total and run.contacts_seen == run.contacts_total
+    assert threads and threads[0] != threading.main_thread().name
+
+
+def test_an_export_refused_by_its_survey_fails_the_scan_and_writes_nothing(tmp_path: Path) -> None:
+    old_shape = json.dumps({"uid": "ct_1", "locationUid": "loc_x", "name": "A", "smsOptOut": False})
+    with pytest.raises(ScanError, match="line 1: a contact line in the pre-v4 shape"):
+        start_scan(from_file=_export(tmp_path / "old.ndjson", [old_shape]), run_async=False)
+    run = ScanRun.objects.get()
+    assert run.state == ScanRun.FAILED and "pre-v4 shape" in run.error_message
+    assert not Contact.objects.exists()
+
+
+def test_the_stamps_of_thousands_of_contacts_are_read_as_each_contact_gives_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dedup import stamps
+    from dedup.stamps import contact_stamp, load_stamps
+
+    contacts = []
+    for i in range(2500):
+        kind = i % 5
+        contacts.append(
+            contact(
+                f"ct_{i:05d}",
+                phones=(f"0412 {i:06d}",),
+                updated_at=datetime(2025, 1, 1, 0, 0, i % 60, i * 7 % 1_000_000, tzinfo=UTC),
+                deleted_at=datetime(2025, 2, 1, 0, 0, i % 60, i, tzinfo=UTC) if kind == 1 else None,
+                merged_into_uid=f"ct_{i + 1:05d}" if kind in (2, 3) else None,
+            )
+        )
+    writer = IndexWriter("AU")
+    writer.ensure_locations(LOCATIONS)
+    writer.write([prepare_contact(c, "AU") for c in contacts])
+    Contact.objects.filter(uid__in=["ct_00004", "ct_00006", "ct_00009"]).update(updated_at=None)
+    expected = {
+        uid: contact_stamp(updated, deleted, merged)
+        for uid, updated, deleted, merged in Contact.objects.values_list("uid", "updated_at", "deleted_at", "merged_into_uid")
+    }
+    assert sum(isinstance(s, tuple) for s in expected.values()) == 1499
+    assert expected["ct_00004"] is None and expected["ct_00006"] is None
+    monkeypatch.setattr(stamps, "_FETCH_ROWS", 700)  # several round trips, the last one short
+    assert load_stamps() == expected
+    some = ["ct_00001", "ct_00002", "ct_00004", "ct_00005", "ct_missing"]
+    assert load_stamps(some) == {uid: expected[uid] for uid in some if uid in expected}
