@@ -300,7 +300,7 @@ def _prepare_lines(
         if problem is not None:
             rejected.append(RejectedLine(lineno, storable_uid(uid), problem, _raw_text(line)))
             continue
-        out.append(slim(prepared)._replace(line_number=lineno))
+        out.append(slim(prepared, lineno))
     return out, rejected, skipped
 
 

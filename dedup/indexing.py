@@ -885,15 +885,26 @@ def _json(value: Any) -> str:
 
 
 
-def slim(p: PreparedContact) -> PreparedContact:
-    """The contact without its JSON values as objects (their text in ``json_text`` is what is written).
+def slim(p: PreparedContact, line_number: int | None = None) -> PreparedContact:
+    """The contact without its JSON values as objects (their text in ``json_text`` is what is written),
+    and with ``line_number`` when one is given.
 
     A worker process sends contacts to the writer pickled; the nested dicts of channels, tags and
-    attributes cost more to pickle and unpickle than everything else about the contact.
+    attributes cost more to pickle and unpickle than everything else about the contact. Built by
+    position (``_SLIMMED`` .. ``_REST`` are the emptied fields and those after them): ``_replace``
+    pops a keyword per field, a few microseconds per contact of a file scan.
     """
+    number = p.line_number if line_number is None else line_number
     if p.json_text is None:
-        return p
-    return p._replace(channels=[], tags=[], attributes=[], address=None, conversations=[])
+        return p if number == p.line_number else p._replace(line_number=number)
+    return PreparedContact._make((*p[:_SLIMMED], [], [], [], None, [], *p[_REST:_LINE], number))
+
+
+_SLIMMED = PreparedContact._fields.index("channels")
+_REST = PreparedContact._fields.index("field_count")
+_LINE = PreparedContact._fields.index("line_number")
+assert PreparedContact._fields[_SLIMMED:_REST] == ("channels", "tags", "attributes", "address", "conversations")
+assert _LINE == len(PreparedContact._fields) - 1
 
 
 def full_payload(p: PreparedContact) -> PreparedContact:

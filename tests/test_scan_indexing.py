@@ -197,3 +197,24 @@ def test_rewriting_a_contact_whose_keys_did_not_change_keeps_its_key_rows() -> N
     assert list(ContactKey.objects.values_list("pk", "key")) == before
     assert list(ContactLocation.objects.values_list("pk", flat=True)) == locations_before
     assert Contact.objects.get(uid="ct_1").name == "Maria G"
+
+
+def test_a_slimmed_contact_keeps_every_field_but_its_json_objects_and_gets_them_back() -> None:
+    from dedup.indexing import full_payload, slim
+
+    prepared = prepare_contact(
+        contact("ct_s", name="Maria", phones=("0412 345 678", "bogus"), emails=("m@example.com",), tags=("VIP",)),
+        "AU",
+    )
+    assert prepared.channels and prepared.tags and prepared.json_text is not None
+    slimmed = slim(prepared, 17)
+    emptied = {"channels", "tags", "attributes", "address", "conversations"}
+    for name in prepared._fields:
+        if name in emptied:
+            assert getattr(slimmed, name) in ([], None), name
+        elif name == "line_number":
+            assert slimmed.line_number == 17
+        else:
+            assert getattr(slimmed, name) == getattr(prepared, name), name
+    assert slim(prepared).line_number is None and slim(slimmed).line_number == 17
+    assert full_payload(slimmed) == prepared._replace(line_number=17)
