@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import DatabaseError
 
+from dedup import scanning
 from dedup.indexing import IndexWriter, prepare_contact
 from dedup.models import Cluster, Contact, ContactKey, ContactLocation, ScanRun, UncategorizedPhone
 from dedup.scanning import ScanError, start_scan
@@ -152,10 +155,6 @@ def test_the_survey_of_the_file_runs_while_the_index_stamps_are_read(
 ) -> None:
     # The survey is given until the stamps are being read to start: done one after the other (either
     # way round), one of them would wait for the other and the scan would fail.
-    import threading
-
-    from dedup import scanning
-
     path = _export(tmp_path / "export.ndjson", demo_corpus[0])
     stamps_reading, survey_started = threading.Event(), threading.Event()
     survey, load_stamps = scanning.survey_file, scanning.load_stamps
@@ -218,3 +217,18 @@ def test_the_stamps_of_thousands_of_contacts_are_read_as_each_contact_gives_them
     assert load_stamps() == expected
     some = ["ct_00001", "ct_00002", "ct_00004", "ct_00005", "ct_missing"]
     assert load_stamps(some) == {uid: expected[uid] for uid in some if uid in expected}
+
+
+def test_a_database_failure_while_the_stamps_are_read_fails_the_scan_and_leaves_no_survey_running(
+    demo_corpus: tuple[list[str], dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreadable() -> Any:
+        raise DatabaseError("connection lost while reading stamps")
+
+    monkeypatch.setattr(scanning, "load_stamps", unreadable)
+    with pytest.raises(ScanError, match="connection lost while reading stamps"):
+        start_scan(from_file=_export(tmp_path / "export.ndjson", demo_corpus[0]), run_async=False)
+    run = ScanRun.objects.get()
+    assert run.state == ScanRun.FAILED and "re-run the scan" in run.error_message
+    assert not Contact.objects.exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("survey")]
