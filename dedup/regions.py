@@ -16,7 +16,6 @@ from typing import Any
 
 import phonenumbers
 from django.db import transaction
-from phonenumbers import geocoder
 
 from dedup import audit
 from dedup.models import Location, Policy, ScanRun
@@ -29,7 +28,14 @@ def region_choices() -> tuple[tuple[str, str], ...]:
 
     The regions are libphonenumber's (a region it cannot parse in would be no use), named in English
     by its geocoder from one example number of each; the few it has no name for show their code.
+
+    The geocoder is imported here, not with this module: importing it loads every prefix's place names
+    (about 100 MB), and this module is imported with the URLconf, so by every web process and every
+    ``manage.py`` command (Django's system checks load the URLconf). Only a process that shows an admin
+    the region form pays for it.
     """
+    from phonenumbers import geocoder
+
     named = []
     for code in phonenumbers.SUPPORTED_REGIONS:
         example = phonenumbers.example_number(code)
