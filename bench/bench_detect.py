@@ -7,8 +7,9 @@ minutes; the figures in the issue are for ``--contacts 1000000``.
 Printed:
 
 * detection over the whole index with an empty cluster table (every cluster created), then again
-  with nothing changed (every cluster recognized as unchanged): seconds, clusters, peak RSS of this
-  process and of the largest scoring worker;
+  with nothing changed (every cluster recognized as unchanged): seconds, clusters, the CPU of this
+  process, of the scoring workers and of the PostgreSQL server (``cpuclock``; 10 s on two CPUs is 20
+  CPU-seconds), peak RSS of this process and of the largest scoring worker;
 * an incremental scan through the Podium emulator over HTTP after ``--changes`` contacts changed in
   Podium (renames, and phones moved to another contact's number): seconds, contacts fetched, and what
   detection did.
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import cpuclock  # noqa: E402
 from bench_index import corpus_for, empty_index, high_water_mb, setup_django  # noqa: E402
 
 
@@ -194,18 +196,23 @@ def main() -> None:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     children_cpu_before = before.ru_utime + before.ru_stime  # the indexing subprocess, if any
     yard_before = yardstick()
+    postmaster = cpuclock.django_postmaster()
+    clock = cpuclock.read(postmaster)
     cpu = time.process_time()
     first = detect(actor="bench")
     first_cpu = time.process_time() - cpu
+    first_clock = cpuclock.read(postmaster) - clock
     first_hwm = high_water_mb()
     # Workers forked by this first run (a second run forks from a bigger parent and would count its
     # inherited pages too).
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     worker_mb = children.ru_maxrss / 1024
     worker_cpu = children.ru_utime + children.ru_stime - children_cpu_before
+    clock = cpuclock.read(postmaster)
     cpu = time.process_time()
     again = detect(actor="bench")
     again_cpu = time.process_time() - cpu
+    again_clock = cpuclock.read(postmaster) - clock
     yard_after = yardstick()
 
     # Incremental scans through the emulator after contacts changed in Podium. The first one after a
@@ -277,13 +284,21 @@ def main() -> None:
         f"({first.auto:,} auto, {first.review:,} review, {first.cross:,} cross)"
         f"  [target <= {DETECT_TARGET_PER_MILLION * max(1, Contact.objects.count()) / 1e6:.1f} s at this size]"
     )
-    print(f"  CPU                     {first_cpu:.2f} s in this process, {worker_cpu:.2f} s in scoring workers")
+    cpus = os.cpu_count() or 1
+    print(
+        f"  CPU                     {first_cpu:.2f} s in this process, {worker_cpu:.2f} s in scoring workers, "
+        f"{cpuclock.seconds(first_clock.postgres)} in PostgreSQL; machine busy {cpuclock.seconds(first_clock.machine)} "
+        f"of {first.elapsed_seconds * cpus:.1f} CPU-s ({cpus} CPUs)"
+    )
     print("  phases                  " + ", ".join(f"{k} {v:.2f}s" for k, v in first.timings.items()))
     print(
         f"detection, nothing new    {again.elapsed_seconds:6.2f} s  {again.unchanged:,} clusters unchanged, "
         f"{again.created + again.refreshed + again.reopened + again.superseded:,} rows written"
     )
-    print(f"  CPU                     {again_cpu:.2f} s in this process")
+    print(
+        f"  CPU                     {again_cpu:.2f} s in this process, {cpuclock.seconds(again_clock.postgres)} in "
+        f"PostgreSQL; machine busy {cpuclock.seconds(again_clock.machine)} of {again.elapsed_seconds * cpus:.1f} CPU-s"
+    )
     print("  phases                  " + ", ".join(f"{k} {v:.2f}s" for k, v in again.timings.items()))
     print(
         f"peak RSS, detection       {first_hwm:6.0f} MB this process (from {baseline:.0f} MB before); "

@@ -13,6 +13,9 @@ Printed, measured in the same run:
 * indexing: contacts/s of the file scan's indexing phase (read, parse, normalize, write contacts,
   keys and uncategorized phones) against the yardstick's numbers/s (target: at least 1.0x), the
   detection that follows, and the whole scan;
+* where the CPU of indexing and of detection went (``cpuclock``): this process, its worker
+  processes, the PostgreSQL server (when it runs on this machine) and the machine as a whole; per
+  contact for indexing, beside what a contact may use at 1.0x (the CPUs' time per yardstick number);
 * an unchanged rescan: a second scan of the same file (target: no writes, at most 15 s at 1M
   contacts), with the index and cluster rows it wrote;
 * peak memory (high-water RSS) of this process during indexing and over the whole scan, and of the
@@ -37,6 +40,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import cpuclock  # noqa: E402
 
 CONTACTS_PER_PERSON = 1.72  # what the demo generator makes on average (duplicates, cross-location)
 
@@ -251,6 +257,32 @@ def high_water_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def print_cpu(phase: str, cpu: cpuclock.Reading, wall: float) -> None:
+    """Where a phase's CPU went: this process, its workers, PostgreSQL, and the machine as a whole."""
+    print(
+        f"  CPU, {phase:<16} this process {cpuclock.seconds(cpu.this_process)}, workers "
+        f"{cpuclock.seconds(cpu.children)}, PostgreSQL {cpuclock.seconds(cpu.postgres)}; machine busy "
+        f"{cpuclock.seconds(cpu.machine)} of {wall * (os.cpu_count() or 1):.1f} CPU-s"
+    )
+
+
+def per_contact_cpu(cpu: cpuclock.Reading, contacts: int) -> str:
+    parts = {"this process": cpu.this_process, "workers": cpu.children, "PostgreSQL": cpu.postgres}
+    known = {name: value / contacts * 1e6 for name, value in parts.items() if value is not None}
+    text = ", ".join(f"{name} {value:.0f} us" for name, value in known.items())
+    return f"{text} = {sum(known.values()):.0f} us of CPU"
+
+
+def cpu_json(cpu: cpuclock.Reading) -> dict[str, float | None]:
+    return {
+        name: None if value is None else round(value, 2)
+        for name, value in (
+            ("this_process", cpu.this_process), ("workers", cpu.children),
+            ("postgres", cpu.postgres), ("machine", cpu.machine),
+        )
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=100_000)
@@ -276,16 +308,27 @@ def main() -> None:
         indexing.default_workers = lambda _path: workers  # type: ignore[assignment]
     empty_index()
     Policy.current()
+    # This process then holds what ``manage.py scan`` holds when it starts scanning: Django's system
+    # checks load the URLconf and everything the views import (the workers fork from it).
+    from django.core import checks
+
+    checks.run_checks()
     marks: dict[str, float] = {}
+
+    postmaster = cpuclock.django_postmaster()
+    clocks: dict[str, cpuclock.Reading] = {}
 
     def progress(run: ScanRun) -> None:
         if run.contacts_total and run.contacts_seen >= run.contacts_total and "indexed" not in marks:
             marks["indexed"] = time.perf_counter()
             marks["index_hwm"] = high_water_mb()
+            clocks["indexed"] = cpuclock.read(postmaster)
 
+    clocks["started"] = cpuclock.read(postmaster)
     started = time.perf_counter()
     run = start_scan(from_file=str(path), run_async=False, actor="bench", progress_callback=progress)
     finished = time.perf_counter()
+    clocks["finished"] = cpuclock.read(postmaster)
     scan_hwm = high_water_mb()
     indexed_at = marks.get("indexed", finished)
     index_seconds = indexed_at - started
@@ -293,6 +336,8 @@ def main() -> None:
     children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
     contacts_per_second = run.contacts_seen / index_seconds
+    index_cpu = clocks.get("indexed", clocks["finished"]) - clocks["started"]
+    detect_cpu = clocks["finished"] - clocks.get("indexed", clocks["finished"])
     again = rescan(path)
     # The yardstick runs after the scans, in the same run: its sample of phones (and the parser metadata
     # of every region it meets) would otherwise count in the scan's peak memory.
@@ -312,7 +357,16 @@ def main() -> None:
         print(f"  {name:<21} {rates[name]:>10,.0f}   {per_contact[name]:>10,.0f}")
     print(f"indexing                {index_seconds:8.1f} s   {contacts_per_second:>10,.0f} contacts/s")
     print(f"  vs yardstick          {ratio:.2f}x parse_validate_e164 numbers/s (target >= 1.0x)")
+    print_cpu("indexing", index_cpu, index_seconds)
+    budget = (os.cpu_count() or 1) / rates["parse_validate_e164"] * 1e6
+    parse = phones_per_contact / rates["parse_validate_e164"] * 1e6
+    print(f"  per contact           {per_contact_cpu(index_cpu, run.contacts_seen)}")
+    print(
+        f"  at 1.0x               a contact may use {budget:.0f} us of CPU on {os.cpu_count()} CPUs, "
+        f"its phones' parse (one core) {parse:.0f} us of it"
+    )
     print(f"detection after it      {detect_seconds:8.1f} s   {run.clusters_found:,} open clusters")
+    print_cpu("detection", detect_cpu, detect_seconds)
     print(f"whole scan              {finished - started:8.1f} s")
     print(f"peak RSS, indexing      {marks.get('index_hwm', 0):8.0f} MB (this process)")
     print(
@@ -339,6 +393,8 @@ def main() -> None:
                 "peak_rss_mb_scan": round(scan_hwm),
                 "peak_rss_mb_worker": round(children_mb),
                 "index_vs_yardstick": round(ratio, 3),
+                "cpu_seconds_indexing": cpu_json(index_cpu),
+                "cpu_seconds_detection": cpu_json(detect_cpu),
                 "rescan": again,
             }
         )
