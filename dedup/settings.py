@@ -190,6 +190,12 @@ Q_CLUSTER: dict[str, object] = {
     "catch_up": False,
     "poll": 0.5,
     "label": "Background jobs",
+    # A worker may have processes of its own: a scan it runs prepares a big export and scores detection
+    # in a pool of forked processes, as ``manage.py scan`` does. Daemonic workers (django-q2's default)
+    # may not, and a 1M-contact scan queued from the dashboard took 3:07 in one process against 1:57
+    # from the command line. A stopping cluster signals every process below it (``dedup.workers``); a
+    # pool whose worker was killed ends by itself (its processes read end-of-file on their task pipe).
+    "daemonize_workers": False,
 }
 # Seconds a busy worker's task gets to finish after SIGTERM/Ctrl-C before it is interrupted (dedup.workers).
 Q_STOP_GRACE = float(ENV.get("Q_STOP_GRACE", "5"))

@@ -72,8 +72,8 @@ class _Cluster:
             assert time.monotonic() < deadline, "the cluster did not start:\n" + self.output()
             time.sleep(0.3)
 
-    def enqueue(self, marker: Path, seconds: float) -> None:
-        code = f"from django_q.tasks import async_task; async_task('tests.worker_tasks.mark_then_sleep', {str(marker)!r}, {seconds})"
+    def enqueue(self, marker: Path, seconds: float, task: str = "tests.worker_tasks.mark_then_sleep") -> None:
+        code = f"from django_q.tasks import async_task; async_task({task!r}, {str(marker)!r}, {seconds})"
         subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=self.env, check=True,
                        capture_output=True)
         deadline = time.monotonic() + 30
@@ -153,4 +153,38 @@ def test_ctrl_c_stops_an_idle_cluster_and_its_workers_at_once(var_dir: Path, sta
     assert cluster.stopped_within(GRACE + 6) < GRACE + 6
     assert cluster.proc.returncode == 0, cluster.output()
     gone, alive = psutil.wait_procs(processes, timeout=2)
+    assert not alive, f"left running: {alive}"
+
+
+def test_a_task_may_start_processes_and_they_stop_with_the_cluster(
+    var_dir: Path, start_cluster: type[_Cluster], tmp_path: Path
+) -> None:
+    """A big scan run by a worker prepares and scores in processes of its own: a daemonic worker may
+    not start them (django-q2's default). They go when the cluster is stopped, and when their worker
+    is killed outright (as django-q2 does to a task past its timeout)."""
+    import psutil
+
+    cluster = start_cluster(var_dir)
+    cluster.wait_ready()
+    marker = tmp_path / "pool"
+    cluster.enqueue(marker, seconds=600, task="tests.worker_tasks.pool_then_sleep")
+    pids = [int(pid) for pid in marker.read_text().split()]
+    assert len(pids) == 2, cluster.output()
+    pool = [psutil.Process(pid) for pid in pids]
+    cluster_processes = {p.pid for p in psutil.Process(cluster.proc.pid).children(recursive=True)}
+    assert {p.pid for p in pool} <= cluster_processes
+    # Its worker killed outright: the pool's processes end by themselves.
+    worker = psutil.Process(pool[0].ppid())
+    assert worker.pid in cluster_processes and all(p.ppid() == worker.pid for p in pool)
+    worker.kill()
+    gone, alive = psutil.wait_procs(pool, timeout=10)
+    assert not alive, f"left running after their worker was killed: {alive}"
+    # A second pool, in the worker django-q2 starts in its place, ends with the cluster.
+    second = tmp_path / "pool2"
+    cluster.enqueue(second, seconds=600, task="tests.worker_tasks.pool_then_sleep")
+    pool = [psutil.Process(int(pid)) for pid in second.read_text().split()]
+    cluster.proc.send_signal(signal.SIGTERM)
+    cluster.stopped_within(STOP_WITHIN)
+    assert cluster.proc.returncode == 0, cluster.output()
+    gone, alive = psutil.wait_procs(pool, timeout=5)
     assert not alive, f"left running: {alive}"

@@ -12,3 +12,27 @@ def mark_then_sleep(path: str, seconds: float) -> str:
     time.sleep(seconds)
     Path(path).write_text("done")
     return "done"
+
+
+def pool_then_sleep(path: str, seconds: float) -> str:
+    """Start a pool of forked processes as a big scan does, write their pids to ``path``, then sleep.
+
+    In a daemonic django-q2 worker starting the pool fails ("daemonic processes are not allowed to have
+    children") and nothing is written.
+    """
+    import multiprocessing
+    import os
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pids = sorted(set(pool.map(_pid_after, [0.2] * 4, chunksize=1)))
+        Path(path + ".tmp").write_text(" ".join(map(str, pids)))
+        os.replace(path + ".tmp", path)
+        time.sleep(seconds)
+    return "done"
+
+
+def _pid_after(seconds: float) -> int:
+    import os
+
+    time.sleep(seconds)  # long enough that both pool processes get a share of the work
+    return os.getpid()
