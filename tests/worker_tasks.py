@@ -24,7 +24,7 @@ def pool_then_sleep(path: str, seconds: float) -> str:
     import os
 
     with multiprocessing.get_context("fork").Pool(2) as pool:
-        pids = sorted(set(pool.map(_pid_after, [0.2] * 4, chunksize=1)))
+        pids = sorted(set(pool.map(_pid_after, [0.2] * 8, chunksize=1)))
         Path(path + ".tmp").write_text(" ".join(map(str, pids)))
         os.replace(path + ".tmp", path)
         time.sleep(seconds)
