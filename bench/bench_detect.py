@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import cpuclock  # noqa: E402
-from bench_index import corpus_for, empty_index, high_water_mb, setup_django  # noqa: E402
+from bench_index import corpus_for, empty_index, high_water_mb, print_cpu, setup_django  # noqa: E402
 
 
 def count_contact_lines(path: Path) -> int:
@@ -193,25 +193,18 @@ def main() -> None:
             for table in tables:
                 cursor.execute(f"DELETE FROM {table}")
     baseline = high_water_mb()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    children_cpu_before = before.ru_utime + before.ru_stime  # the indexing subprocess, if any
     yard_before = yardstick()
     postmaster = cpuclock.django_postmaster()
-    clock = cpuclock.read(postmaster)
-    cpu = time.process_time()
+    clock = cpuclock.read(postmaster)  # after the indexing subprocess, if any, so it does not count
     first = detect(actor="bench")
-    first_cpu = time.process_time() - cpu
     first_clock = cpuclock.read(postmaster) - clock
     first_hwm = high_water_mb()
     # Workers forked by this first run (a second run forks from a bigger parent and would count its
     # inherited pages too).
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     worker_mb = children.ru_maxrss / 1024
-    worker_cpu = children.ru_utime + children.ru_stime - children_cpu_before
     clock = cpuclock.read(postmaster)
-    cpu = time.process_time()
     again = detect(actor="bench")
-    again_cpu = time.process_time() - cpu
     again_clock = cpuclock.read(postmaster) - clock
     yard_after = yardstick()
 
@@ -284,21 +277,13 @@ def main() -> None:
         f"({first.auto:,} auto, {first.review:,} review, {first.cross:,} cross)"
         f"  [target <= {DETECT_TARGET_PER_MILLION * max(1, Contact.objects.count()) / 1e6:.1f} s at this size]"
     )
-    cpus = os.cpu_count() or 1
-    print(
-        f"  CPU                     {first_cpu:.2f} s in this process, {worker_cpu:.2f} s in scoring workers, "
-        f"{cpuclock.seconds(first_clock.postgres)} in PostgreSQL; machine busy {cpuclock.seconds(first_clock.machine)} "
-        f"of {first.elapsed_seconds * cpus:.1f} CPU-s ({cpus} CPUs)"
-    )
+    print_cpu("detection", first_clock, first.elapsed_seconds)
     print("  phases                  " + ", ".join(f"{k} {v:.2f}s" for k, v in first.timings.items()))
     print(
         f"detection, nothing new    {again.elapsed_seconds:6.2f} s  {again.unchanged:,} clusters unchanged, "
         f"{again.created + again.refreshed + again.reopened + again.superseded:,} rows written"
     )
-    print(
-        f"  CPU                     {again_cpu:.2f} s in this process, {cpuclock.seconds(again_clock.postgres)} in "
-        f"PostgreSQL; machine busy {cpuclock.seconds(again_clock.machine)} of {again.elapsed_seconds * cpus:.1f} CPU-s"
-    )
+    print_cpu("detection", again_clock, again.elapsed_seconds)
     print("  phases                  " + ", ".join(f"{k} {v:.2f}s" for k, v in again.timings.items()))
     print(
         f"peak RSS, detection       {first_hwm:6.0f} MB this process (from {baseline:.0f} MB before); "

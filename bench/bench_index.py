@@ -35,6 +35,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -274,13 +275,7 @@ def per_contact_cpu(cpu: cpuclock.Reading, contacts: int) -> str:
 
 
 def cpu_json(cpu: cpuclock.Reading) -> dict[str, float | None]:
-    return {
-        name: None if value is None else round(value, 2)
-        for name, value in (
-            ("this_process", cpu.this_process), ("workers", cpu.children),
-            ("postgres", cpu.postgres), ("machine", cpu.machine),
-        )
-    }  # fmt: skip
+    return {name: None if value is None else round(value, 2) for name, value in asdict(cpu).items()}
 
 
 def main() -> None:
