@@ -22,6 +22,12 @@ signal to the whole group) as a request to stop:
   last committed step when they are next run. Long tasks may poll ``stop_requested()`` to stop
   sooner at a point of their choosing.
 
+Processes a task forks (a big scan's preparing and scoring pools) are not workers: they do not keep
+the worker's stop handlers. They ignore SIGINT, so the cluster's request reaches their task instead,
+and keep SIGTERM's default action, which ``Pool.terminate`` uses when the task ends or is interrupted.
+A pool process that kept the handlers ignored that SIGTERM once its worker was stopping, and the
+worker hung in ``terminate`` until the cluster killed it.
+
 Whatever is still running ``Q_STOP_GRACE`` + 5 seconds after the request is killed, and ``qcluster``
 says so and exits with status 1.
 
@@ -74,6 +80,7 @@ class _Worker:
     stopping = False
     task: str | None = None  # the task in hand, by name; None while idle
     heartbeat: Beater | None = None  # this worker's heartbeat (dedup.heartbeat), once started
+    fork_hook = False  # whether processes forked from here drop the above (``_not_a_worker``)
 
 
 def stop_requested() -> bool:
@@ -114,6 +121,17 @@ def handle_stop_signals(sender: Any, proc_name: str = "", **kwargs: Any) -> None
     _Worker.stopping, _Worker.task = False, None
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_stop_signal)
+    if not _Worker.fork_hook:
+        _Worker.fork_hook = True
+        os.register_at_fork(after_in_child=_not_a_worker)
+
+
+def _not_a_worker() -> None:
+    """In a process a worker's task forks: drop the worker's stop handlers and state (module doc)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    _Worker.stopping, _Worker.task, _Worker.heartbeat = False, None, None
 
 
 @receiver(post_spawn, dispatch_uid="dedup.workers.start_heartbeat")

@@ -188,3 +188,25 @@ def test_a_task_may_start_processes_and_they_stop_with_the_cluster(
     assert cluster.proc.returncode == 0, cluster.output()
     gone, alive = psutil.wait_procs(pool, timeout=5)
     assert not alive, f"left running: {alive}"
+    # The pool's processes are no workers: the request to stop went to their task, not to them.
+    assert not [p.pid for p in pool if f"worker {p.pid} asked to stop" in cluster.output()], cluster.output()
+
+
+def test_processes_a_task_forks_leave_stopping_to_their_task(
+    var_dir: Path, start_cluster: type[_Cluster], tmp_path: Path
+) -> None:
+    """A process forked by a worker's task ignores SIGINT (the cluster's request to stop goes to the
+    task, which ends its pool) and keeps SIGTERM's default action, which ``Pool.terminate`` relies on.
+
+    With the worker's own handlers, such a process took the request as a worker does and exited after
+    the grace; its pool forked a replacement from the stopping worker, which ignored ``terminate``'s
+    SIGTERM, and the cluster had to kill the worker (a failure this file's pool test showed now and
+    then)."""
+    cluster = start_cluster(var_dir)
+    cluster.wait_ready()
+    marker = tmp_path / "signals"
+    cluster.enqueue(marker, seconds=600, task="tests.worker_tasks.pool_signal_handling")
+    assert marker.read_text() == "SIGINT=SIG_IGN SIGTERM=SIG_DFL", cluster.output()
+    cluster.proc.send_signal(signal.SIGTERM)
+    cluster.stopped_within(STOP_WITHIN)
+    assert cluster.proc.returncode == 0, cluster.output()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -29,6 +30,29 @@ def pool_then_sleep(path: str, seconds: float) -> str:
         os.replace(path + ".tmp", path)
         time.sleep(seconds)
     return "done"
+
+
+def pool_signal_handling(path: str, seconds: float) -> str:
+    """Write what a process forked by this task does on SIGINT and SIGTERM, then sleep."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        handling = pool.apply(_signal_handling)
+    Path(path + ".tmp").write_text(handling)
+    os.replace(path + ".tmp", path)
+    time.sleep(seconds)
+    return "done"
+
+
+def _signal_handling() -> str:
+    import signal
+
+    def name(handler: object) -> str:
+        if isinstance(handler, signal.Handlers):
+            return handler.name
+        return getattr(handler, "__qualname__", repr(handler))
+
+    return " ".join(f"{sig.name}={name(signal.getsignal(sig))}" for sig in (signal.SIGINT, signal.SIGTERM))
 
 
 def _pid_after(seconds: float) -> int:
