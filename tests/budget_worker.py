@@ -70,7 +70,9 @@ def main(argv: list[str]) -> int:
             except RateLimitError:
                 limited += 1
             sent += 1
-    print(json.dumps({"sent": sent, "rate_limited": limited, "seconds": args.seconds}))
+    # How late this process began (its imports and connection took longer than the lead it was given).
+    late = round(max(0.0, -delay), 3)
+    print(json.dumps({"sent": sent, "rate_limited": limited, "seconds": args.seconds, "late": late}))
     return 0
 
 

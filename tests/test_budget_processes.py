@@ -43,7 +43,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _run(server: EmulatorServer, store: str, env: dict[str, str], *extra: str) -> list[dict[str, int]]:
+def _run(server: EmulatorServer, store: str, env: dict[str, str], *extra: str) -> list[dict[str, float]]:
     start_at = time.time() + 3.0  # every process imports and connects first, then they start together
     suffix = uuid.uuid4().hex
     procs = [
@@ -88,7 +88,7 @@ def _run(server: EmulatorServer, store: str, env: dict[str, str], *extra: str) -
     return results
 
 
-def _check_shared(server: EmulatorServer, results: list[dict[str, int]]) -> None:
+def _check_shared(server: EmulatorServer, results: list[dict[str, float]]) -> None:
     stats = server.stats()
     sent = sum(r["sent"] for r in results)
     accepted = sent - sum(r["rate_limited"] for r in results)
@@ -97,8 +97,12 @@ def _check_shared(server: EmulatorServer, results: list[dict[str, int]]) -> None
     assert 0.85 * paced <= accepted <= paced + PROCESSES + 1, (results, stats)
     assert stats["rate_limited"] == 0, stats
     assert stats["peak_window_requests"] <= int(BUDGET * WINDOW / 60), stats
-    # Each process got a share of it.
-    assert all(r["sent"] >= 0.15 * paced for r in results), results
+    # None of them starved: each got a share of the time it was sending (one whose start a loaded
+    # machine delayed, ``late``, shares a shorter stretch). Shares are not equal: a process whose
+    # requests or lock waits run slower reserves its slots less often (13 of 94 seen once in CI on
+    # SQLite, 26-43 under load otherwise), so the floor is 30% of an even share.
+    even = paced / PROCESSES
+    assert all(r["sent"] >= 0.3 * even * (SECONDS - r["late"]) / SECONDS for r in results), results
 
 
 @pytest.fixture
