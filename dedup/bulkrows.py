@@ -6,11 +6,13 @@ the write itself. Datetimes are bound without Django's per-value adapters where 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from django.db import connection
+from django.db.backends.utils import CursorWrapper
 
 
 def _adapter() -> Callable[[Any], Any]:
@@ -101,3 +103,32 @@ def update_rows(table: str, key_column: str, columns: Sequence[str], rows: Seque
 
 def _identity(value: Any) -> Any:
     return value
+
+
+def fetch_chunks(
+    cursor: CursorWrapper, sql: str, params: Sequence[Any] | None, size: int
+) -> Generator[list[tuple[Any, ...]], None, None]:
+    """The rows of a big query, ``size`` at a time, without the whole result held in memory.
+
+    On PostgreSQL a plain ``execute`` has libpq receive the whole result before the first
+    ``fetchmany``: for detection's read at a million contacts that was 86 MB of the process's peak,
+    outside Python's heap and not given back to the system afterwards. psycopg's ``stream`` receives
+    it ``size`` rows at a time (libpq 17's chunked rows mode; single rows with an older libpq), on
+    the cursor's own session, so temporary tables and the transaction's settings apply, and with the
+    plan a plain query gets (a named cursor's plan favours the first rows and has no parallel
+    workers). SQLite's cursor already steps through its result.
+
+    Close the generator (``contextlib.closing``) before running anything else on the cursor: left
+    part-way, closing it cancels the rest of the query.
+    """
+    if connection.vendor == "postgresql":
+        stream = cursor.cursor.stream(sql, params, size=size)
+        try:
+            while rows := list(islice(stream, size)):
+                yield rows
+        finally:
+            stream.close()
+        return
+    cursor.execute(sql, params)
+    while rows := cursor.fetchmany(size):
+        yield rows

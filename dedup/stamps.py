@@ -12,12 +12,14 @@ in a dict of plain ints. Two uses:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 
+from dedup.bulkrows import fetch_chunks
 from dedup.dblimits import chunked, in_list_size
 from dedup.models import Contact
 from podium_client.types import parse_timestamp
@@ -27,7 +29,7 @@ Stamp = int | tuple[int, int | None, str]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
-# Rows per round trip when reading every stamp of a big index through a server-side cursor.
+# Rows per round trip when reading every stamp of a big index (``fetch_chunks``).
 _FETCH_ROWS = 20_000
 
 
@@ -98,7 +100,7 @@ def is_older(stored: Stamp | None, updated_at: datetime | None) -> bool:
 def load_stamps(uids: list[str] | None = None) -> dict[str, Stamp | None]:
     """uid -> stamp of the contacts the index holds (all of them, or those of ``uids``).
 
-    One query, read in batches (a server-side cursor on PostgreSQL), with the timestamps turned into
+    One query, read in batches (``fetch_chunks``), with the timestamps turned into
     integers by the database where it can: at a million contacts this takes seconds and holds one
     small int per contact, where a lookup per batch of a rescan would cost a query each.
     """
@@ -110,12 +112,10 @@ def load_stamps(uids: list[str] | None = None) -> dict[str, Stamp | None]:
             "SELECT uid, (EXTRACT(EPOCH FROM updated_at) * 1000000)::bigint, "
             f"(EXTRACT(EPOCH FROM deleted_at) * 1000000)::bigint, merged_into_uid FROM {table} {where}"
         )
-        with transaction.atomic():
-            connection.ensure_connection()
-            with connection.connection.cursor(name="dedup_load_stamps") as cursor:
-                cursor.execute(sql, [uids] if uids is not None else None)
-                while rows := cursor.fetchmany(_FETCH_ROWS):
-                    _fold_stamps(rows, out)
+        params = [uids] if uids is not None else None
+        with connection.cursor() as cursor, closing(fetch_chunks(cursor, sql, params, _FETCH_ROWS)) as chunks:
+            for rows in chunks:
+                _fold_stamps(rows, out)
         return out
     if uids is not None:
         for chunk in chunked(uids, in_list_size()):

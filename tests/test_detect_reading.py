@@ -1,4 +1,5 @@
-"""The whole-index read of detection (``read_shared``) receives its rows a fetch at a time.
+"""Big reads receive their rows a chunk at a time (``fetch_chunks``): detection's whole-index read
+(``read_shared``) and a rescan's stamps (``load_stamps``).
 
 At a million contacts the read returns about 700,000 rows; received whole, they cost the detection
 process 86 MB of its peak (``bench/README.md``). These tests hold the fetch-at-a-time read to the same
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
+from dedup import stamps
 from dedup.detect import reading
 from dedup.detect.reading import read_shared
 from tests.index_helpers import contact, index
@@ -45,24 +47,46 @@ def test_a_read_in_small_fetches_equals_a_read_in_one(monkeypatch: pytest.Monkey
     assert not [key for _uid, _location, keys in whole for key in keys if key.startswith("+6141400")]
 
 
+@pytest.fixture
+def stream_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """The chunk size of every ``stream`` a psycopg cursor runs from here on (PostgreSQL)."""
+    with connection.cursor() as probe:
+        cursor_class = type(probe.cursor)
+    sizes: list[int | None] = []
+    real_stream = cursor_class.stream
+
+    def stream(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        sizes.append(kwargs.get("size"))
+        return real_stream(self, query, params, **kwargs)
+
+    monkeypatch.setattr(cursor_class, "stream", stream)
+    return sizes
+
+
 @pytest.mark.postgres
-def test_postgres_streams_the_read_instead_of_receiving_it_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgres_streams_the_read_instead_of_receiving_it_whole(
+    monkeypatch: pytest.MonkeyPatch, stream_sizes: list[int | None]
+) -> None:
     """On PostgreSQL the rows come from psycopg's ``stream`` in chunks of ``_FETCH``: a plain execute
     would have libpq hold every row before the first fetch."""
     _corpus()
     monkeypatch.setattr(reading, "_FETCH", 7)
-    with connection.cursor() as probe:
-        cursor_class = type(probe.cursor)
-    chunk_sizes: list[int | None] = []
-    real_stream = cursor_class.stream
-
-    def stream(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        chunk_sizes.append(kwargs.get("size"))
-        return real_stream(self, query, params, **kwargs)
-
-    monkeypatch.setattr(cursor_class, "stream", stream)
     assert len(read_shared(["PHONE"])) == 39
-    assert chunk_sizes == [7]
+    assert stream_sizes == [7]
+
+
+@pytest.mark.postgres
+def test_postgres_streams_every_stamp_of_the_index(
+    monkeypatch: pytest.MonkeyPatch, stream_sizes: list[int | None]
+) -> None:
+    """A rescan's read of every stamp goes through the same ``fetch_chunks``, in several chunks."""
+    _corpus()
+    monkeypatch.setattr(stamps, "_FETCH_ROWS", 6)
+    whole = stamps.load_stamps()
+    assert len(whole) == 40 and stream_sizes == [6]
+    assert stamps.load_stamps(["ct_001", "ct_solo", "ct_missing"]) == {
+        uid: whole[uid] for uid in ("ct_001", "ct_solo")
+    }
 
 
 @pytest.mark.postgres

@@ -8,13 +8,13 @@ has the same empty value) and scans a million contacts per batch of keys.
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing
-from itertools import islice
 from typing import Any
 
 from django.db import connection, transaction
 
+from dedup.bulkrows import fetch_chunks
 from dedup.clustering import ClusterGroup
 from dedup.dblimits import in_values
 from dedup.detect.sql import active_sql, select_by_ids, select_by_text
@@ -131,30 +131,6 @@ def _fold_rows(rows: Iterable[tuple[Any, ...]], out: Candidates) -> None:
         id_of[uid] = current
 
 
-def _fetches(cursor: Any, sql: str, params: list[Any]) -> Generator[list[tuple[Any, ...]], None, None]:
-    """The rows of a big query, ``_FETCH`` at a time, without the whole result held in memory.
-
-    On PostgreSQL a plain ``execute`` has libpq receive the whole result before the first
-    ``fetchmany``: at a million contacts that was 86 MB of the detection process's peak, outside
-    Python's heap and not given back to the system afterwards. psycopg's ``stream`` receives it in
-    chunks of ``_FETCH`` rows instead (libpq 17's chunked rows mode, single rows with an older libpq),
-    in the same transaction and with the same plan. SQLite's cursor already steps through the result.
-    """
-    if connection.vendor == "postgresql":
-        stream = cursor.cursor.stream(sql, params, size=_FETCH)
-        try:
-            while rows := list(islice(stream, _FETCH)):
-                yield rows
-        finally:
-            # Left early (an error while folding), closing the stream cancels the rest of the
-            # query, so the connection can run the cleanup statement that follows.
-            stream.close()
-        return
-    cursor.execute(sql, params)
-    while rows := cursor.fetchmany(_FETCH):
-        yield rows
-
-
 def read_shared(kinds: Sequence[str]) -> Candidates:
     """Every active contact holding a key that another active contact holds too, sorted by location.
 
@@ -179,13 +155,14 @@ def read_shared(kinds: Sequence[str]) -> Candidates:
                 list(kinds),
             )
             cursor.execute(f"ANALYZE {_SHARED_KEYS_TABLE}")
-            fetches = _fetches(
+            fetches = fetch_chunks(
                 cursor,
                 f"SELECT k.contact_id, c.uid, k.location_id, k.key FROM {key_table} k "
                 f"JOIN {contact_table} c ON c.id = k.contact_id "
                 f"WHERE {active_sql('c')} AND k.kind IN ({marks}) "
                 f"AND k.key IN (SELECT key FROM {_SHARED_KEYS_TABLE}) ORDER BY k.location_id, k.contact_id",
                 list(kinds),
+                _FETCH,
             )
             with closing(fetches):
                 pending: list[tuple[Any, ...]] = []
