@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,9 +23,6 @@ def pool_then_sleep(path: str, seconds: float) -> str:
     In a daemonic django-q2 worker starting the pool fails ("daemonic processes are not allowed to have
     children") and nothing is written.
     """
-    import multiprocessing
-    import os
-
     with multiprocessing.get_context("fork").Pool(2) as pool:
         pids = sorted(set(pool.map(_pid_after, [0.2] * 8, chunksize=1)))
         Path(path + ".tmp").write_text(" ".join(map(str, pids)))
@@ -34,8 +33,6 @@ def pool_then_sleep(path: str, seconds: float) -> str:
 
 def pool_signal_handling(path: str, seconds: float) -> str:
     """Write what a process forked by this task does on SIGINT and SIGTERM, then sleep."""
-    import multiprocessing
-
     with multiprocessing.get_context("fork").Pool(1) as pool:
         handling = pool.apply(_signal_handling)
     Path(path + ".tmp").write_text(handling)
@@ -45,8 +42,6 @@ def pool_signal_handling(path: str, seconds: float) -> str:
 
 
 def _signal_handling() -> str:
-    import signal
-
     def name(handler: object) -> str:
         if isinstance(handler, signal.Handlers):
             return handler.name
@@ -56,7 +51,5 @@ def _signal_handling() -> str:
 
 
 def _pid_after(seconds: float) -> int:
-    import os
-
     time.sleep(seconds)  # long enough that both pool processes get a share of the work
     return os.getpid()
