@@ -62,9 +62,11 @@ def main(argv: list[str]) -> int:
     # Every process stops at the same moment, ``--seconds`` after ``--start-at``: one that started late
     # (its imports slowed by a loaded machine) sends for less time, rather than stretching the window the
     # shared budget is measured over.
-    deadline = time.monotonic() + max(0.0, start_at + args.seconds - time.time())
+    # The wall clock, not the monotonic one: the shared budget's slots are wall-clock times (this
+    # process's clock on SQLite, the server's ``statement_timestamp()`` on PostgreSQL).
+    deadline = start_at + args.seconds
     with client, client.priority(args.priority):
-        while time.monotonic() < deadline:
+        while time.time() < deadline:
             try:
                 client.list_locations_page(limit=1)
             except RateLimitError:
