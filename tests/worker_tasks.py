@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -63,7 +64,7 @@ def _count_fork() -> None:
     _forks[0] += 1
 
 
-def scan_with_pools(path: str) -> dict[str, object]:
+def scan_with_pools(path: str, report: str = "") -> dict[str, object]:
     """Scan the export at ``path`` as a big one: prepared in a pool of forked processes, scored in another.
 
     The size thresholds are lowered in this worker process only, so a small corpus takes the path a
@@ -80,10 +81,14 @@ def scan_with_pools(path: str) -> dict[str, object]:
     scanning._FILE_DETECT_CHANGED_MAX = 0  # a first load: detect the whole index, not the contacts written
     before = _forks[0]
     run = scanning.start_scan(from_file=path, run_async=False, actor="tests")
-    return {
+    result: dict[str, object] = {
         "state": run.state,
         "contacts": run.contacts_seen,
         "clusters": run.clusters_found,
         "forks": _forks[0] - before,
         "cpus": os.cpu_count() or 1,
     }
+    if report:
+        Path(report + ".tmp").write_text(json.dumps(result))
+        os.replace(report + ".tmp", report)
+    return result
