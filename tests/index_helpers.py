@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from dedup.indexing import IndexWriter, PreparedContact, prepare_contact
+from dedup.models import Cluster
 from podium_client import Contact as PodiumContact
 from podium_client import Location as PodiumLocation
 from tests.fixtures_emulator import make_contact
@@ -50,3 +51,13 @@ def index(
     prepared = [prepare_contact(c, writer.region_for(c.location_uid or "")) for c in contacts]
     writer.write(prepared)
     return prepared
+
+
+def open_clusters() -> set[tuple[object, ...]]:
+    """The open clusters as comparable tuples: id, kind, confidence, auto-merge, reasons, suggested
+    primary, member uids (two detections of the same index give equal sets)."""
+    return {
+        (c.cluster_id, c.kind, c.confidence, c.auto_merge, tuple(c.reasons), c.suggested_primary_uid,
+         tuple(sorted(c.members.values_list("contact__uid", flat=True))))
+        for c in Cluster.objects.filter(status=Cluster.OPEN)
+    }  # fmt: skip

@@ -10,7 +10,6 @@ three private pacers), so three processes sent three times the budget and met a 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,8 +21,8 @@ import pytest
 from django.db import connection
 
 from podium_client.emulator import EmulatorServer
+from tests.processes import ROOT, child_env, database_url
 
-ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = 3
 SECONDS = 5.0
 # 1200 requests a minute enforced over a 2-second window (40 per window); the processes pace at the
@@ -31,16 +30,6 @@ SECONDS = 5.0
 BUDGET = 1200
 WINDOW = 2.0
 MARGIN = 0.10
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
-    }
-    env.update(DEBUG="1", PYTHONUNBUFFERED="1", **extra)
-    return env
 
 
 def _run(server: EmulatorServer, store: str, env: dict[str, str], *extra: str) -> list[dict[str, float]]:
@@ -116,14 +105,14 @@ def limited_emulator(emulator_factory: Callable[..., EmulatorServer]) -> Emulato
 def test_three_processes_sharing_a_redis_budget_stay_under_the_limit(
     limited_emulator: EmulatorServer, redis_url: str
 ) -> None:
-    results = _run(limited_emulator, "redis", _env(), "--redis-url", redis_url)
+    results = _run(limited_emulator, "redis", child_env(), "--redis-url", redis_url)
     _check_shared(limited_emulator, results)
 
 
 def test_three_processes_pacing_themselves_alone_are_refused(limited_emulator: EmulatorServer) -> None:
     # The control: what every worker did before the budget was shared. Each backs off after a refusal
     # (its own pacer hears the Retry-After), so they do not send three budgets, but each is refused.
-    results = _run(limited_emulator, "private", _env())
+    results = _run(limited_emulator, "private", child_env())
     stats = limited_emulator.stats()
     assert all(r["rate_limited"] >= 1 for r in results), results
     assert stats["rate_limited"] >= PROCESSES, stats
@@ -137,12 +126,10 @@ def shared_database_url(tmp_path: Path) -> str:
     if connection.vendor == "postgresql":
         # The test database (the test is marked django_db so it exists); the workers' rows are committed
         # by their own connections.
-        s = connection.settings_dict
-        auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
-        return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+        return database_url()
     url = f"sqlite:///{tmp_path / 'budget.sqlite3'}"
     subprocess.run(
-        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=_env(DATABASE_URL=url), check=True
+        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=child_env(DATABASE_URL=url), check=True
     )
     return url
 
@@ -151,5 +138,5 @@ def shared_database_url(tmp_path: Path) -> str:
 def test_three_processes_sharing_a_database_budget_stay_under_the_limit(
     limited_emulator: EmulatorServer, shared_database_url: str
 ) -> None:
-    results = _run(limited_emulator, "database", _env(DATABASE_URL=shared_database_url))
+    results = _run(limited_emulator, "database", child_env(DATABASE_URL=shared_database_url))
     _check_shared(limited_emulator, results)

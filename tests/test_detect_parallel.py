@@ -13,6 +13,7 @@ from dedup.models import Cluster, Contact
 from dedup.scanning import start_scan
 from podium_client.corpus import generate_corpus
 from tests.audit_guard import lift_for_the_flush
+from tests.index_helpers import open_clusters
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -31,14 +32,6 @@ def pg_flushable(transactional_db: None) -> Iterator[None]:
     lift_for_the_flush()
 
 
-def snapshot() -> set[tuple[object, ...]]:
-    return {
-        (c.cluster_id, c.kind, c.confidence, c.auto_merge, tuple(c.reasons), c.suggested_primary_uid,
-         tuple(sorted(c.members.values_list("contact__uid", flat=True))))
-        for c in Cluster.objects.filter(status=Cluster.OPEN)
-    }  # fmt: skip
-
-
 def test_parallel_preparation_and_scoring_match_one_process(
     pg_flushable: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -52,10 +45,10 @@ def test_parallel_preparation_and_scoring_match_one_process(
 
     run = start_scan(from_file=str(path), run_async=False)
     assert Contact.objects.count() == len(truth) == run.contacts_seen
-    parallel = snapshot()
+    parallel = open_clusters()
     assert len(parallel) == run.clusters_found > 25 * 3
 
     Cluster.objects.all().delete()
     summary = detection.detect(workers=0)
     assert summary.created == len(parallel)
-    assert snapshot() == parallel
+    assert open_clusters() == parallel

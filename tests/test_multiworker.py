@@ -21,15 +21,11 @@ Then, against the emulator's own records:
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +39,10 @@ from dedup.models import AuditEvent, Cluster, MergeOperation, ScanRun
 from dedup.phones import normalize_phone
 from dedup.records import normalize_email, tag_key
 from podium_client.emulator import EmulatorServer
+from tests.processes import ROOT, QCluster, child_env, database_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("committed_db")]
 
-ROOT = Path(__file__).resolve().parent.parent
 PEOPLE = 150
 BUDGET = 300
 CLUSTERS = 3
@@ -54,40 +50,6 @@ WORKERS_EACH = 2
 RETIREMENT_DOMAIN = "@dedup-retire.invalid"
 #: The whole test stays well inside CI's patience.
 DEADLINE = 170.0
-
-
-@dataclass
-class QCluster:
-    """One ``manage.py qcluster`` in a session of its own (its process group: main, Sentinel, workers)."""
-
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen[bytes] = field(init=False)
-
-    def __post_init__(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=self.env, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-
-    @property
-    def name(self) -> str:
-        """How its workers' heartbeats name it (``dedup.heartbeat``)."""
-        return f"{socket.gethostname()}:{self.proc.pid}"
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -104,29 +66,19 @@ def env(emulator: EmulatorServer, redis_url: str, tmp_path: Path, settings: Any)
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()  # this project's own test database (TEST_REDIS_URL)
-    s = connection.settings_dict
-    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
-    }
     settings.WORKER_STALE_SECONDS = 5
-    return {
-        **base,
-        "DEBUG": "1",
-        "PYTHONUNBUFFERED": "1",
-        "DEDUP_VAR_DIR": str(tmp_path),
-        "DATABASE_URL": f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}",
-        "REDIS_URL": redis_url,
-        "PODIUM_BASE_URL": emulator.url,
-        "PODIUM_ACCESS_TOKEN": emulator.token,
-        "Q_WORKERS": str(WORKERS_EACH),
-        "Q_STOP_GRACE": "2",
-        "WORKER_HEARTBEAT_SECONDS": "1",
-        "WORKER_STALE_SECONDS": "5",
-        "LOG_LEVEL": "INFO",
-    }
+    return child_env(
+        DEDUP_VAR_DIR=str(tmp_path),
+        DATABASE_URL=database_url(),
+        REDIS_URL=redis_url,
+        PODIUM_BASE_URL=emulator.url,
+        PODIUM_ACCESS_TOKEN=emulator.token,
+        Q_WORKERS=str(WORKERS_EACH),
+        Q_STOP_GRACE="2",
+        WORKER_HEARTBEAT_SECONDS="1",
+        WORKER_STALE_SECONDS="5",
+        LOG_LEVEL="INFO",
+    )
 
 
 @pytest.fixture

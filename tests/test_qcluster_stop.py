@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import child_env
+
 ROOT = Path(__file__).resolve().parent.parent
 GRACE = 2.0
 # Grace, plus django-q2's own wind-down and a loaded machine's slack: far below "until the task ends".
@@ -34,9 +36,7 @@ def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env(var_dir: Path, grace: float = GRACE) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}}
-    env.update(DEBUG="1", DEDUP_VAR_DIR=str(var_dir), PYTHONUNBUFFERED="1", Q_WORKERS="2", Q_STOP_GRACE=str(grace))
-    return env
+    return child_env(DEDUP_VAR_DIR=str(var_dir), Q_WORKERS="2", Q_STOP_GRACE=str(grace))
 
 
 class _Cluster:

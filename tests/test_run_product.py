@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.cookiejar
 import io
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ import pytest
 
 from dedup.management.commands.run_product import Command, _Child, _stale_reason
 from podium_client.corpus import SYDNEY
+from tests.processes import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,16 +42,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def _env(tmp_path: Path, podium_port: int) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
-    }
-    env.update(
-        DEBUG="1",
-        DEDUP_VAR_DIR=str(tmp_path),
-        PODIUM_BASE_URL=f"http://127.0.0.1:{podium_port}",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    return child_env(DEDUP_VAR_DIR=str(tmp_path), PODIUM_BASE_URL=f"http://127.0.0.1:{podium_port}")
 
 
 # Picks, in the product's own database, an open auto cluster of Sydney the published API can merge as it

@@ -14,14 +14,11 @@ process only, so a corpus of a few hundred contacts takes the path a first load 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,47 +31,10 @@ from dedup import detection
 from dedup.models import Cluster, Contact, ScanRun
 from dedup.scanning import start_scan
 from podium_client.corpus import generate_corpus
-from tests.test_detect_parallel import snapshot
+from tests.index_helpers import open_clusters
+from tests.processes import ROOT, QCluster, child_env, database_url
 
-ROOT = Path(__file__).resolve().parent.parent
 PEOPLE = 400
-
-
-@dataclass
-class QCluster:
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text()[-4000:]
-
-    def assert_alive(self) -> None:
-        assert self.proc.poll() is None, self.output()
-
-    def stop_leaving_nothing(self) -> None:
-        """SIGTERM to the main process, as ``systemctl stop`` sends: it exits cleanly, and so does
-        every process it and its tasks ever started."""
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=30) == 0, self.output()
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                return
-            if time.monotonic() > deadline:
-                ps = ["ps", "-o", "pid,stat,cmd", "-g", str(self.proc.pid)]
-                raise AssertionError("left running:\n" + subprocess.run(ps, capture_output=True, text=True).stdout)
-            time.sleep(0.2)
-
-
-def _env(var_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}}
-    env.update(
-        DEBUG="1", PYTHONUNBUFFERED="1", DEDUP_VAR_DIR=str(var_dir), Q_WORKERS="1", Q_STOP_GRACE="2",
-        LOG_LEVEL="INFO", **extra,
-    )  # fmt: skip
-    return env
 
 
 @pytest.fixture
@@ -82,21 +42,17 @@ def start_qcluster(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], QClust
     started: list[QCluster] = []
 
     def start(env: dict[str, str]) -> QCluster:
-        log = tmp_path / "qcluster.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        started.append(QCluster(proc, log))
+        started.append(QCluster(env, tmp_path / "qcluster.log"))
         return started[-1]
 
     yield start
     for cluster in started:
-        if cluster.proc.poll() is None:
-            os.killpg(cluster.proc.pid, signal.SIGKILL)
-            cluster.proc.wait(timeout=10)
+        cluster.stop()
     connection.close()
+
+
+def _env(var_dir: Path, **extra: str) -> dict[str, str]:
+    return child_env(DEDUP_VAR_DIR=str(var_dir), Q_WORKERS="1", Q_STOP_GRACE="2", LOG_LEVEL="INFO", **extra)
 
 
 def _corpus(tmp_path: Path) -> tuple[Path, int]:
@@ -123,10 +79,7 @@ def test_a_postgresql_worker_prepares_and_scores_in_forked_pools(
     start_qcluster: Callable[[dict[str, str]], QCluster], tmp_path: Path
 ) -> None:
     path, contacts = _corpus(tmp_path)
-    s = connection.settings_dict
-    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
-    url = f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-    cluster = start_qcluster(_env(tmp_path, DATABASE_URL=url))
+    cluster = start_qcluster(_env(tmp_path, DATABASE_URL=database_url()))
 
     task_id = async_task("tests.worker_tasks.scan_with_pools", str(path), task_name="scan in pools", sync=False)
     task = _wait(lambda: Task.objects.filter(id=task_id).first(), cluster)
@@ -138,13 +91,13 @@ def test_a_postgresql_worker_prepares_and_scores_in_forked_pools(
     assert result["contacts"] == run.contacts_seen == Contact.objects.count() == contacts
     # A pool for preparing the file and one for scoring, each of a process per CPU.
     assert result["forks"] >= 2 * result["cpus"], result
-    in_pools = snapshot()
+    in_pools = open_clusters()
     assert len(in_pools) == result["clusters"] > 25 * 3
 
     # One process, from the same index, finds the same clusters.
     Cluster.objects.all().delete()
     assert detection.detect(workers=0).created == len(in_pools)
-    assert snapshot() == in_pools
+    assert open_clusters() == in_pools
 
     cluster.stop_leaving_nothing()
 
@@ -188,10 +141,6 @@ def test_a_sqlite_worker_prepares_in_a_forked_pool(
     # The same export scanned in one process (this test's own database) gives the same clusters.
     run = start_scan(from_file=str(path), run_async=False)
     assert run.contacts_seen == contacts
-    here = {
-        (c.cluster_id, c.kind, tuple(sorted(c.members.values_list("contact__uid", flat=True))))
-        for c in Cluster.objects.filter(status=Cluster.OPEN)
-    }
-    assert here == in_pool
+    assert {(c[0], c[1], c[-1]) for c in open_clusters()} == in_pool
 
     cluster.stop_leaving_nothing()

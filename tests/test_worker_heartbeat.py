@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from dedup.heartbeat import Beater, mark_cluster_stopped, worker_status
 from dedup.models import WorkerHeartbeat
+from tests.processes import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,16 +135,7 @@ def test_the_scans_page_shows_the_workers(client: Client) -> None:
 
 
 def _env(var_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
-    }
-    env.update(
-        DEBUG="1", DEDUP_VAR_DIR=str(var_dir), PYTHONUNBUFFERED="1", Q_WORKERS="2", Q_STOP_GRACE="1",
-        WORKER_HEARTBEAT_SECONDS="0.5",
-    )  # fmt: skip
-    return env
+    return child_env(DEDUP_VAR_DIR=str(var_dir), Q_WORKERS="2", Q_STOP_GRACE="1", WORKER_HEARTBEAT_SECONDS="0.5")
 
 
 def _rows(var_dir: Path) -> list[tuple[str, str, str | None]]:

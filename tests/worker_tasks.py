@@ -56,36 +56,36 @@ def _pid_after(seconds: float) -> int:
     return os.getpid()
 
 
-_forks = [0]  # processes forked by this worker process since its first ``scan_with_pools``
-_hooked: list[bool] = []
+_forks = 0  # processes this process has forked since it imported this module
 
 
 def _count_fork() -> None:
-    _forks[0] += 1
+    global _forks
+    _forks += 1
 
+
+os.register_at_fork(after_in_parent=_count_fork)
 
 def scan_with_pools(path: str, report: str = "") -> dict[str, object]:
     """Scan the export at ``path`` as a big one: prepared in a pool of forked processes, scored in another.
 
     The size thresholds are lowered in this worker process only, so a small corpus takes the path a
-    first load of a million contacts takes. Returns the run's counters and how many processes the scan forked.
+    first load of a million contacts takes. Returns the run's counters and how many processes the scan
+    forked, and writes them to ``report`` as JSON when given (for a test that cannot read task results).
     """
     from dedup import detection, exportfile, scanning
 
-    if not _hooked:
-        os.register_at_fork(after_in_parent=_count_fork)
-        _hooked.append(True)
     exportfile.PARALLEL_MIN_LINES = 0
     detection.PARALLEL_MIN_CONTACTS = 0
     detection.BATCH_GROUPS = 25
     scanning._FILE_DETECT_CHANGED_MAX = 0  # a first load: detect the whole index, not the contacts written
-    before = _forks[0]
+    before = _forks
     run = scanning.start_scan(from_file=path, run_async=False, actor="tests")
     result: dict[str, object] = {
         "state": run.state,
         "contacts": run.contacts_seen,
         "clusters": run.clusters_found,
-        "forks": _forks[0] - before,
+        "forks": _forks - before,
         "cpus": os.cpu_count() or 1,
     }
     if report:
