@@ -28,6 +28,15 @@ and keep SIGTERM's default action, which ``Pool.terminate`` uses when the task e
 A pool process that kept the handlers ignored that SIGTERM once its worker was stopping, and the
 worker hung in ``terminate`` until the cluster killed it.
 
+Tasks queued in the cluster that no worker started go back to the broker, which hands them out again
+(to this cluster when it next starts, or to another one now): a stopping worker does not start the
+task it takes (``_task_started``), and the Sentinel's stop hands back whatever its queue still holds
+(``_HandingBackSentinel``). django-q2's own stop counts on its workers to empty that queue, up to the
+STOP pills it adds at the end; ours leave on the signal instead, so a full queue (it holds ``Q_WORKERS``
+squared tasks) kept the Sentinel waiting for room for its pills, or for its pusher stuck putting one
+more task, until the cluster killed it, and those tasks waited for the broker's ``retry`` (ORM) or were
+lost (Redis).
+
 Whatever is still running ``Q_STOP_GRACE`` + 5 seconds after the request is killed, and ``qcluster``
 says so and exits with status 1.
 
@@ -40,6 +49,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
@@ -51,6 +61,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.dispatch import receiver
 from django_q.signals import post_execute_in_worker, post_spawn, pre_execute
+from redis import RedisError
 
 from dedup.heartbeat import CLUSTER_ENV, Beater, mark_cluster_stopped, this_process
 
@@ -148,7 +159,11 @@ def _task_started(sender: Any, func: Any = None, task: dict[str, Any] | None = N
     if not _is_cluster_worker():
         return
     if _Worker.stopping:
-        # Asked to stop between two tasks: leave this one to the broker, which hands it out again.
+        # Asked to stop between two tasks: this one goes back to the broker, which hands it out again.
+        from django_q.brokers import get_broker
+
+        if task:
+            hand_back(get_broker(), task)
         raise WorkerStopping(0)
     _Worker.task = f"task {(task or {}).get('name', '?')!r}"
     if _Worker.heartbeat is not None:
@@ -169,6 +184,50 @@ def _task_finished(sender: Any, **kwargs: Any) -> None:
         timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
         timer.daemon = True
         timer.start()
+
+
+def hand_back(broker: Any, task: dict[str, Any]) -> None:
+    """Return to ``broker`` a task the cluster took from it and did not run.
+
+    Queued again first, then the copy the cluster took acknowledged: a failure in between leaves the
+    task twice (the ORM broker would also hand out its copy after ``retry``), never lost. A broker that
+    cannot be reached is logged; the ORM broker still hands the task out again after ``retry``.
+    """
+    from django_q.signing import SignedPackage
+
+    name = task.get("name") or task.get("func")
+    try:
+        broker.enqueue(SignedPackage.dumps({k: v for k, v in task.items() if k != "ack_id"}))
+        if task.get("ack_id") is not None:
+            broker.acknowledge(task["ack_id"])
+    except (DatabaseError, RedisError, OSError) as exc:  # the ORM broker's, Redis's, a socket's
+        logger.warning("could not hand task %r back to the broker: %s: %s", name, type(exc).__name__, exc)
+        return
+    logger.info("task %r handed back to the broker for the next worker", name)
+
+
+def _sentinel_class() -> type:
+    from django_q.cluster import Sentinel
+
+    class _HandingBackSentinel(Sentinel):
+        """django-q2's Sentinel, whose stop hands back to the broker what its task queue holds (module doc)."""
+
+        def stop(self) -> None:
+            # The pusher stops first, as in django-q2's stop (which sets this event again, harmlessly);
+            # every task it queued until then goes back before the STOP pills are added.
+            self.event_out.set()
+            while True:
+                pusher_gone = self.pusher is None or not self.pusher.is_alive()
+                try:
+                    task = self.task_queue.get(timeout=_POLL)
+                except queue.Empty:
+                    if pusher_gone:  # it put nothing more since: the queue is empty for good
+                        break
+                    continue
+                hand_back(self.broker, task)
+            super().stop()
+
+    return _HandingBackSentinel
 
 
 # --- the cluster's main process --------------------------------------------------------------------
@@ -221,8 +280,11 @@ def run_cluster(*, run_once: bool = False) -> int:
     Returns the exit status: 0 when every process of the cluster stopped by itself, 1 when one had to
     be killed or the cluster died on its own.
     """
+    import django_q.cluster
     from django_q.cluster import Cluster
 
+    # Cluster.start starts the Sentinel by this module-level name: ours hands back what it queued.
+    django_q.cluster.Sentinel = _sentinel_class()
     requested: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -42,7 +42,7 @@ def start_qcluster(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], QClust
     started: list[QCluster] = []
 
     def start(env: dict[str, str]) -> QCluster:
-        started.append(QCluster(env, tmp_path / "qcluster.log"))
+        started.append(QCluster(env, tmp_path / f"qcluster-{len(started)}.log"))
         return started[-1]
 
     yield start
@@ -102,6 +102,19 @@ def test_a_postgresql_worker_prepares_and_scores_in_forked_pools(
     cluster.stop_leaving_nothing()
 
 
+def _enqueue(env: dict[str, str], func: str, *args: object) -> None:
+    """Queue a task from a process of its own, as the dashboard does (this test's database is not the
+    cluster's)."""
+    code = f"from django_q.tasks import async_task; async_task({func!r}, *{args!r}, sync=False)"
+    subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=env, check=True)
+
+
+def _scan_runs(var_dir: Path) -> list[tuple[str, int, str]]:
+    with sqlite3.connect(var_dir / "dedup.sqlite3", timeout=10) as db:
+        rows = db.execute("SELECT state, contacts_seen, error_message FROM dedup_scanrun ORDER BY id")
+        return [(str(state), int(seen), str(error)) for state, seen, error in rows]
+
+
 def _open_clusters(db: sqlite3.Connection) -> set[tuple[str, str, tuple[str, ...]]]:
     rows = db.execute(
         "SELECT c.cluster_id, c.kind, t.uid FROM dedup_cluster c JOIN dedup_clustermember m ON m.cluster_id = c.id "
@@ -123,11 +136,7 @@ def test_a_sqlite_worker_prepares_in_a_forked_pool(
     cluster = start_qcluster(env)
 
     report = tmp_path / "report.json"
-    enqueue = (
-        "from django_q.tasks import async_task; "
-        f"async_task('tests.worker_tasks.scan_with_pools', {str(path)!r}, {str(report)!r}, sync=False)"
-    )
-    subprocess.run([sys.executable, "manage.py", "shell", "-c", enqueue], cwd=ROOT, env=env, check=True)
+    _enqueue(env, "tests.worker_tasks.scan_with_pools", str(path), str(report))
     _wait(report.exists, cluster)
     result = json.loads(report.read_text())
 
@@ -144,3 +153,48 @@ def test_a_sqlite_worker_prepares_in_a_forked_pool(
     assert {(c[0], c[1], c[-1]) for c in open_clusters()} == in_pool
 
     cluster.stop_leaving_nothing()
+
+
+def _taken_by_the_cluster(var_dir: Path) -> int:
+    """Tasks the cluster's pusher took from the database broker (locked until the broker's ``retry``)."""
+    with sqlite3.connect(var_dir / "dedup.sqlite3", timeout=10) as db:
+        return int(db.execute("SELECT count(*) FROM django_q_ormq WHERE lock > datetime('now')").fetchone()[0])
+
+
+@pytest.mark.django_db
+def test_a_cluster_stopped_mid_scan_ends_the_pool_hands_back_what_it_queued_and_restarts_it_all(
+    start_qcluster: Callable[[dict[str, str]], QCluster], tmp_path: Path
+) -> None:
+    path, contacts = _corpus(tmp_path)
+    env = _env(tmp_path)  # one worker: django-q2 queues at most one task for it
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    cluster = start_qcluster(env)
+    marker = tmp_path / "preparing"
+    _enqueue(env, "tests.worker_tasks.scan_stalled_in_pool", str(path), str(marker))
+    _wait(marker.exists, cluster)
+    # Two more tasks while the worker is busy: the cluster queues one, and its pusher holds the other,
+    # waiting for room.
+    later = [tmp_path / "later-1", tmp_path / "later-2"]
+    for path_later in later:
+        _enqueue(env, "tests.worker_tasks.mark_then_sleep", str(path_later), 0)
+    _wait(lambda: _taken_by_the_cluster(tmp_path) == 3, cluster)
+
+    # Stopped while a preparing process works: the worker interrupts the scan after its grace, the pool
+    # ends with it, the two tasks go back to the broker, and the cluster exits cleanly. (A pool process
+    # that ignored the pool's SIGTERM hung the worker; a full queue hung the Sentinel: both times the
+    # cluster was killed, exiting 1, and the queued tasks waited an hour for the broker's retry.)
+    cluster.stop_leaving_nothing()
+    assert "interrupted task" in cluster.output()
+    assert cluster.output().count("handed back to the broker") == 2, cluster.output()
+    assert _scan_runs(tmp_path) == [(ScanRun.RUNNING, 0, "")]  # as a crash leaves it
+    assert not any(p.exists() for p in later)
+
+    # The next start continues the scan (in one process now: the corpus is small) to its end, and runs
+    # the two tasks.
+    again = start_qcluster(env)
+    runs = _wait(lambda: [r for r in _scan_runs(tmp_path) if r[0] == ScanRun.SUCCEEDED], again)
+    assert runs == [(ScanRun.SUCCEEDED, contacts, "")]
+    interrupted = _scan_runs(tmp_path)[0]
+    assert interrupted[0] == ScanRun.FAILED and "resumed by system:worker-start" in interrupted[2], interrupted
+    _wait(lambda: all(p.exists() and p.read_text() == "done" for p in later), again)
+    again.stop_leaving_nothing()

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 
 def mark_then_sleep(path: str, seconds: float) -> str:
@@ -26,8 +27,7 @@ def pool_then_sleep(path: str, seconds: float) -> str:
     """
     with multiprocessing.get_context("fork").Pool(2) as pool:
         pids = sorted(set(pool.map(_pid_after, [0.2] * 8, chunksize=1)))
-        Path(path + ".tmp").write_text(" ".join(map(str, pids)))
-        os.replace(path + ".tmp", path)
+        _write(path, " ".join(map(str, pids)))
         time.sleep(seconds)
     return "done"
 
@@ -36,8 +36,7 @@ def pool_signal_handling(path: str, seconds: float) -> str:
     """Write what a process forked by this task does on SIGINT and SIGTERM, then sleep."""
     with multiprocessing.get_context("fork").Pool(1) as pool:
         handling = pool.apply(_signal_handling)
-    Path(path + ".tmp").write_text(handling)
-    os.replace(path + ".tmp", path)
+    _write(path, handling)
     time.sleep(seconds)
     return "done"
 
@@ -66,19 +65,26 @@ def _count_fork() -> None:
 
 os.register_at_fork(after_in_parent=_count_fork)
 
-def scan_with_pools(path: str, report: str = "") -> dict[str, object]:
-    """Scan the export at ``path`` as a big one: prepared in a pool of forked processes, scored in another.
-
-    The size thresholds are lowered in this worker process only, so a small corpus takes the path a
-    first load of a million contacts takes. Returns the run's counters and how many processes the scan
-    forked, and writes them to ``report`` as JSON when given (for a test that cannot read task results).
-    """
+def _as_a_big_scan() -> None:
+    """In this worker process only: a small corpus takes the path a first load of a million contacts
+    takes (the file prepared in a pool of forked processes, the whole index scored in another)."""
     from dedup import detection, exportfile, scanning
 
     exportfile.PARALLEL_MIN_LINES = 0
     detection.PARALLEL_MIN_CONTACTS = 0
     detection.BATCH_GROUPS = 25
     scanning._FILE_DETECT_CHANGED_MAX = 0  # a first load: detect the whole index, not the contacts written
+
+
+def scan_with_pools(path: str, report: str = "") -> dict[str, object]:
+    """Scan the export at ``path`` as a big one (``_as_a_big_scan``).
+
+    Returns the run's counters and how many processes the scan forked, and writes them to ``report``
+    as JSON when given (for a test that cannot read task results).
+    """
+    from dedup import scanning
+
+    _as_a_big_scan()
     before = _forks
     run = scanning.start_scan(from_file=path, run_async=False, actor="tests")
     result: dict[str, object] = {
@@ -89,6 +95,35 @@ def scan_with_pools(path: str, report: str = "") -> dict[str, object]:
         "cpus": os.cpu_count() or 1,
     }
     if report:
-        Path(report + ".tmp").write_text(json.dumps(result))
-        os.replace(report + ".tmp", report)
+        _write(report, json.dumps(result))
     return result
+
+
+_prepare_block: Any = None  # exportfile's own, while ``scan_stalled_in_pool`` stands in for it
+_stall_marker = ""
+
+
+def _stalled_prepare_block(*args: Any) -> Any:
+    """In a preparing process: write its pid to the marker, then take a minute over the block."""
+    _write(_stall_marker, str(os.getpid()))
+    time.sleep(60)
+    return _prepare_block(*args)
+
+
+def scan_stalled_in_pool(path: str, marker: str) -> None:
+    """Scan the export at ``path`` as a big one whose preparing processes each stall for a minute
+    after writing their pid to ``marker``: a scan to stop while its pool works."""
+    global _prepare_block, _stall_marker
+    from dedup import exportfile, scanning
+
+    _as_a_big_scan()
+    _prepare_block, _stall_marker = exportfile._prepare_block_in_worker, marker
+    exportfile._prepare_block_in_worker = _stalled_prepare_block  # type: ignore[assignment]
+    scanning.start_scan(from_file=path, run_async=False, actor="tests")
+
+
+def _write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` at once: a reader polling for the file never sees it half written."""
+    partial = f"{path}.{os.getpid()}.tmp"  # one per process: several may write the same file
+    Path(partial).write_text(text)
+    os.replace(partial, path)
