@@ -207,6 +207,7 @@ def hand_back(broker: Any, task: dict[str, Any]) -> None:
 
 
 def _sentinel_class() -> type:
+    """``_HandingBackSentinel``, built when a cluster starts: only ``qcluster`` imports django-q2's cluster."""
     from django_q.cluster import Sentinel
 
     class _HandingBackSentinel(Sentinel):

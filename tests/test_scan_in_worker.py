@@ -7,6 +7,10 @@ Two deployments, each with a real ``manage.py qcluster`` and the database broker
 * ``make run``'s, a SQLite file: the file is prepared in a pool; SQLite's one writer, and scoring,
   stay in the worker.
 
+And a cluster stopped while its pool works, with tasks queued behind the scan: the pool ends with the
+scan, the queued tasks go back to the broker, the cluster exits cleanly, and its next start finishes
+the scan and runs the tasks.
+
 The worker runs ``tests.worker_tasks.scan_with_pools``, which lowers the size thresholds in that
 process only, so a corpus of a few hundred contacts takes the path a first load of a million takes.
 """
@@ -70,7 +74,7 @@ def _wait(done: Callable[[], Any], cluster: QCluster, timeout: float = 120) -> A
             return found
         cluster.assert_alive()
         time.sleep(0.3)
-    raise AssertionError("the scan did not finish:\n" + cluster.output())
+    raise AssertionError(f"still waiting after {timeout:.0f} s:\n" + cluster.output())
 
 
 @pytest.mark.postgres
